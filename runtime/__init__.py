@@ -1,0 +1,1 @@
+"""Pure-Python runtime pieces that run in the browser (Pyodide)."""

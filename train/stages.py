@@ -1,0 +1,331 @@
+"""Training stages of the default model, each resumable and bounded by a time budget.
+
+Order (as Stable Diffusion was built): a CLIP trained contrastively → its text encoder frozen; an
+AutoencoderKL; latents and text states encoded once; a UNet trained on them with caption dropout.
+The judge (an independent classifier for evaluation) is trained on real images only.
+Each stage checkpoints to RUN_DIR every few minutes and continues from there when rerun.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import models as M
+from . import scenes as S
+
+ROOT = Path(__file__).resolve().parent.parent
+import os
+
+RUN_DIR = Path(os.environ.get("DX_RUN_DIR", ROOT / "train" / "runs"))
+MODEL_DIR = ROOT / "models" / "default"
+TOKENIZER_DIR = ROOT / "export" / "assets" / "clip_tokenizer"
+N_TRAIN = int(os.environ.get("DX_N_TRAIN", 40_000))
+N_JUDGE = int(os.environ.get("DX_N_JUDGE", 24_000))
+CHECKPOINT_EVERY_S = 300
+
+log = logging.getLogger("train")
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def tokenizer():
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"))
+
+
+def _dataset(n=N_TRAIN, seed=0, train=True):
+    cache = RUN_DIR / f"data_{n}_{seed}_{int(train)}.npz"
+    if cache.exists():
+        d = np.load(cache, allow_pickle=False)
+        return d["images"], list(d["captions"]), d["objects"], d["backgrounds"]
+    images, captions, objs, bgs = S.build_dataset(n, seed=seed, train=train)
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, images=images, captions=np.array(captions), objects=objs, backgrounds=bgs)
+    return images, captions, objs, bgs
+
+
+class Checkpointed:
+    """Holds a stage's state; saves it atomically and restores it so a killed run loses minutes, not hours."""
+
+    def __init__(self, name: str, state: dict):
+        self.path = RUN_DIR / f"{name}.pt"
+        self.state = state
+        self.step = 0
+        self.elapsed = 0.0
+        if self.path.exists():
+            saved = torch.load(self.path, map_location="cpu", weights_only=False)
+            for k, obj in state.items():
+                obj.load_state_dict(saved[k])
+            self.step, self.elapsed = saved["step"], saved["elapsed"]
+            log.info("%s: resumed at step %d (%.1f min done)", name, self.step, self.elapsed / 60)
+        self._last_save = time.time()
+
+    def save(self):
+        RUN_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({**{k: o.state_dict() for k, o in self.state.items()}, "step": self.step, "elapsed": self.elapsed}, tmp)
+        tmp.replace(self.path)
+        self._last_save = time.time()
+
+    def maybe_save(self):
+        if time.time() - self._last_save > CHECKPOINT_EVERY_S:
+            self.save()
+
+
+def _loop(ck: Checkpointed, minutes: float, step_fn, name: str, log_every=50):
+    """Run step_fn until the stage's time budget (minutes, counted across resumes) is spent."""
+    budget = minutes * 60
+    t_last = time.time()
+    losses = []
+    while ck.elapsed < budget:
+        losses.append(step_fn(ck.step))
+        ck.step += 1
+        now = time.time()
+        ck.elapsed += now - t_last
+        t_last = now
+        if ck.step % log_every == 0:
+            log.info("%s step %d  loss %.4f  %.1f/%.0f min", name, ck.step, float(np.mean(losses)), ck.elapsed / 60, minutes)
+            losses = []
+        ck.maybe_save()
+    ck.save()
+
+
+# ---------------------------------------------------------------- CLIP
+def train_clip(minutes: float = 8.0, batch: int = 128):
+    torch.manual_seed(0)
+    dev = device()
+    images, captions, _, _ = _dataset()
+    tok = tokenizer()
+    text, image = M.text_encoder().to(dev), M.ImageEncoder().to(dev)
+    proj = torch.nn.Linear(M.TEXT_HIDDEN, M.TEXT_HIDDEN, bias=False).to(dev)
+    logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07), device=dev))
+    params = list(text.parameters()) + list(image.parameters()) + list(proj.parameters()) + [logit_scale]
+    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.05)
+    holder = torch.nn.ParameterDict({"logit_scale": logit_scale})
+    ck = Checkpointed("clip", {"text": text, "image": image, "proj": proj, "scale": holder, "opt": opt})
+    gen = np.random.default_rng(ck.step)
+
+    def step(i):
+        idx = gen.integers(0, len(captions), batch)
+        ids = tok([captions[j] for j in idx], padding=True, truncation=True, max_length=77, return_tensors="pt").input_ids.to(dev)
+        x = M.to_tensor(images[idx]).to(dev)
+        t = F.normalize(proj(text(ids).pooler_output), dim=-1)
+        v = F.normalize(image(x), dim=-1)
+        logits = logit_scale.clamp(max=math.log(100)).exp() * t @ v.T
+        # identical captions in a batch are true positives too: use soft targets over equal captions
+        same = torch.tensor([[captions[a] == captions[b] for b in idx] for a in idx], dtype=torch.float32, device=dev)
+        target = same / same.sum(1, keepdim=True)
+        loss = (torch.sum(-target * logits.log_softmax(1), 1).mean() + torch.sum(-target * logits.T.log_softmax(1), 1).mean()) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    _loop(ck, minutes, step, "clip", log_every=25)
+    text.save_pretrained(RUN_DIR / "text_encoder")
+
+
+# ---------------------------------------------------------------- VAE
+def train_vae(minutes: float = 16.0, batch: int = 32, crop: int = 32, kl_weight: float = 1e-6):
+    torch.manual_seed(1)
+    dev = device()
+    images, _, _, _ = _dataset()
+    vae = M.vae().to(dev)
+    opt = torch.optim.AdamW(vae.parameters(), lr=6e-4, weight_decay=0.0)
+    ck = Checkpointed("vae", {"vae": vae, "opt": opt})
+    gen = np.random.default_rng(1000 + ck.step)
+
+    def step(i):
+        # random crops: 4x cheaper than whole images; the VAE is convolutional, as SD's was trained on crops
+        ox, oy = gen.integers(0, S.SIZE - crop + 1, 2)
+        x = M.to_tensor(images[gen.integers(0, len(images), batch), oy : oy + crop, ox : ox + crop]).to(dev)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    _loop(ck, minutes, step, "vae", log_every=25)
+    vae.save_pretrained(RUN_DIR / "vae")
+
+
+# ---------------------------------------------------------------- judge
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Blur and noise so the judge tolerates a generator's softness; it never sees generated images."""
+    if torch.rand(1, generator=gen).item() < 0.5:
+        k = torch.tensor([1.0, 2.0, 1.0])
+        k = (k[:, None] * k[None, :] / 16).to(x)[None, None].repeat(3, 1, 1, 1)
+        x = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3)
+    return x + 0.08 * torch.rand(1, generator=gen).item() * torch.randn(x.shape, generator=gen).to(x)
+
+
+def train_judge(minutes: float = 3.0, batch: int = 64):
+    torch.manual_seed(2)
+    dev = device()
+    images, _, objs, bgs = _dataset(N_JUDGE, seed=7, train=False)  # all combinations: it is a judge
+    judge = M.Judge(len(S.OBJECTS), len(S.BACKGROUNDS)).to(dev)
+    opt = torch.optim.AdamW(judge.parameters(), lr=2e-3, weight_decay=1e-4)
+    ck = Checkpointed("judge", {"judge": judge, "opt": opt})
+    gen = np.random.default_rng(2000 + ck.step)
+    tgen = torch.Generator().manual_seed(ck.step)
+
+    def step(i):
+        idx = gen.integers(0, len(images), batch)
+        x = _augment(M.to_tensor(images[idx]), tgen).to(dev)
+        lo, lb = judge(x)
+        loss = F.binary_cross_entropy_with_logits(lo, torch.from_numpy(objs[idx]).to(dev)) * 10 + F.cross_entropy(lb, torch.from_numpy(bgs[idx]).to(dev))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    judge.train()
+    _loop(ck, minutes, step, "judge")
+    judge.eval()
+    # accuracy on fresh real images (a sanity check of the judge itself)
+    vi, _, vo, vb = S.build_dataset(2000, seed=99, train=False)
+    with torch.no_grad():
+        lo, lb = judge(M.to_tensor(vi).to(dev))
+    k = vo.sum(1).astype(int)
+    top = torch.argsort(lo, 1, descending=True).cpu().numpy()
+    obj_ok = np.mean([set(top[i, : k[i]]) == set(np.nonzero(vo[i])[0]) for i in range(len(vi))])
+    bg_ok = float((lb.argmax(1).cpu().numpy() == vb).mean())
+    log.info("judge on 2000 fresh real images: objects %.3f, background %.3f", obj_ok, bg_ok)
+    torch.save(judge.state_dict(), RUN_DIR / "judge_final.pt")
+    (RUN_DIR / "judge_accuracy.json").write_text(json.dumps({"objects": obj_ok, "background": bg_ok}))
+
+
+# ---------------------------------------------------------------- encode once
+@torch.no_grad()
+def encode():
+    """Latents and text states once, before UNet training (both encoders are frozen from here on)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
+    out = RUN_DIR / "encoded.pt"
+    if out.exists():
+        return
+    dev = device()
+    images, captions, _, _ = _dataset()
+    vae = AutoencoderKL.from_pretrained(RUN_DIR / "vae").to(dev).eval()
+    text = CLIPTextModel.from_pretrained(RUN_DIR / "text_encoder").to(dev).eval()
+    tok = tokenizer()
+    lat = []
+    for i in range(0, len(images), 256):
+        lat.append(vae.encode(M.to_tensor(images[i : i + 256]).to(dev)).latent_dist.mean.cpu())
+    lat = torch.cat(lat)
+    scaling = 1.0 / lat.flatten().std().item()  # as SD chose 0.18215: unit variance latents
+    states = []
+    for i in range(0, len(captions), 512):
+        ids = tok(captions[i : i + 512], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        states.append(text(ids.to(dev)).last_hidden_state.half().cpu())
+    empty = text(tok([""], padding="max_length", max_length=77, return_tensors="pt").input_ids.to(dev)).last_hidden_state.cpu()
+    torch.save({"latents": lat * scaling, "scaling_factor": scaling, "states": torch.cat(states), "empty": empty}, out)
+    log.info("encoded %d latents, scaling factor %.5f", len(lat), scaling)
+
+
+# ---------------------------------------------------------------- UNet
+def train_unet(minutes: float = 85.0, batch: int = 64, lr: float = 5e-4, dropout: float = 0.1):
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(3)
+    dev = device()
+    enc = torch.load(RUN_DIR / "encoded.pt", weights_only=False)
+    latents, states, empty = enc["latents"], enc["states"], enc["empty"].to(dev)
+    unet = M.unet().to(dev)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
+    ck = Checkpointed("unet", {"unet": unet, "ema": ema, "opt": opt})
+    noise_sched = DDPMScheduler(**{k: v for k, v in M.SCHEDULER_CONFIG.items() if k not in ("skip_prk_steps", "set_alpha_to_one")})
+    alphas = noise_sched.alphas_cumprod.to(dev)
+    gen = torch.Generator().manual_seed(3000 + ck.step)
+
+    def step(i):
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (i + 1) / 200)
+        idx = torch.randint(0, len(latents), (batch,), generator=gen)
+        x0 = latents[idx].to(dev)
+        cond = states[idx].float().to(dev)
+        drop = torch.rand(batch, generator=gen) < dropout
+        cond[drop.to(dev)] = empty
+        t = torch.randint(0, 1000, (batch,), generator=gen).to(dev)
+        noise = torch.randn(x0.shape, generator=gen).to(dev)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        loss = F.mse_loss(unet(xt, t, encoder_hidden_states=cond).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(0.999, (1 + i) / (10 + i))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - decay)
+        return loss.item()
+
+    unet.train()
+    _loop(ck, minutes, step, "unet")
+    ema.save_pretrained(RUN_DIR / "unet_ema")
+
+
+# ---------------------------------------------------------------- package
+def package(out: Path = MODEL_DIR):
+    """Assemble a diffusers StableDiffusionPipeline folder that from_pretrained loads offline."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    enc = torch.load(RUN_DIR / "encoded.pt", weights_only=False)
+    vae = AutoencoderKL.from_pretrained(RUN_DIR / "vae")
+    vae.register_to_config(scaling_factor=enc["scaling_factor"])
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=CLIPTextModel.from_pretrained(RUN_DIR / "text_encoder"), tokenizer=tokenizer(),
+        unet=UNet2DConditionModel.from_pretrained(RUN_DIR / "unet_ema"), scheduler=PNDMScheduler.from_config(M.SCHEDULER_CONFIG),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    tmp = out.with_name(out.name + ".tmp")
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    tmp.rename(out)
+    log.info("saved pipeline to %s", out)
+
+
+STAGES = {"clip": train_clip, "vae": train_vae, "encode": encode, "unet": train_unet, "package": package, "judge": train_judge}
+
+
+def run(stages=tuple(STAGES), minutes: dict | None = None):
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    for name in stages:
+        t = time.time()
+        kw = {"minutes": minutes[name]} if minutes and name in minutes else {}
+        log.info("stage %s starting", name)
+        STAGES[name](**kw)
+        log.info("stage %s done in %.1f min", name, (time.time() - t) / 60)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Train the default model (resumable).")
+    ap.add_argument("stages", nargs="*", default=list(STAGES))
+    ap.add_argument("--minutes", action="append", default=[], help="stage=minutes, e.g. unet=75")
+    a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        handlers=[logging.StreamHandler(), logging.FileHandler(RUN_DIR.mkdir(parents=True, exist_ok=True) or RUN_DIR / "train.log")])
+    run(a.stages, {k: float(v) for k, v in (m.split("=") for m in a.minutes)})
