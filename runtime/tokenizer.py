@@ -71,7 +71,11 @@ def _clean_words(text: str) -> list[str]:
 
 
 def _starts_with_ci(word: str, i: int, literal: str) -> bool:
-    """Case-insensitive prefix test; casefold mirrors the `regex` module, so "'ſ" counts as "'s"."""
+    """Case-insensitive prefix test, as CLIP's pattern uses IGNORECASE: "'ſ" (long s) counts as "'s".
+
+    casefold() agrees with the `regex` module's matching here because the text is
+    already lowercased and the literals hold no "i" (whose fold rules differ).
+    """
     if len(word) - i < len(literal):
         return False
     return all(word[i + k].casefold() == c for k, c in enumerate(literal))

@@ -41,7 +41,7 @@ def device() -> torch.device:
 def tokenizer():
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"))
+    return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), model_max_length=77)
 
 
 def _dataset(n=N_TRAIN, seed=0, train=True):

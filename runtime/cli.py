@@ -1,0 +1,198 @@
+"""`diffusion-explainer`: one entry point for the project's three uses and their helpers.
+
+Heavy imports (torch, onnxruntime, numpy) happen inside the subcommand that needs them, so
+`--help` is instant and this module stays importable in Pyodide.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = ROOT / "models" / "default"
+DEFAULT_BUNDLE = ROOT / "bundles" / "default"
+
+
+def _fail(msg: str) -> int:
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _progress_printer():
+    """A rich progress display per export stage (falls back to plain lines without rich)."""
+    try:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+
+        def show(stage, state):
+            console.print(f"[bold cyan]{stage}[/] … {state}" if state == "start" else f"[green]✓[/] {stage} ({state})")
+    except ImportError:  # pragma: no cover
+        def show(stage, state):
+            print(f"{stage}: {state}", file=sys.stderr)
+    return show
+
+
+def cmd_export(a) -> int:
+    from export.exporter import ExportError, export_bundle
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup in `finally` on kill
+    try:
+        m = export_bundle(a.checkpoint, a.out, overwrite=a.overwrite, progress=_progress_printer(), name=a.name)
+    except ExportError as e:
+        return _fail(str(e))
+    size = sum(f["bytes"] for f in m["files"].values())
+    print(f"bundle written to {a.out} ({size / 1e6:.1f} MB, {m['export_seconds']:.1f} s)")
+    for comp in ("text_encoder", "unet", "vae_decoder"):
+        v = m["components"][comp]["verification"]
+        print(f"  {comp:13s} max abs error vs PyTorch {v['max_abs_error']:.2e}")
+    return 0
+
+
+def _write_png(path: Path, tensor) -> None:
+    from .png import encode_png
+
+    h, w, _ = tensor.shape
+    path.write_bytes(encode_png(bytes(tensor.data), w, h))
+
+
+def cmd_generate(a) -> int:
+    from .bundle import Bundle, BundleError
+    from .native import NativeBackend
+    from .pipeline import Pipeline, Request
+
+    try:
+        bundle = Bundle.from_dir(a.bundle)
+    except BundleError as e:
+        return _fail(str(e))
+    req = Request(a.prompt, a.negative_prompt, a.seed, a.guidance, a.steps, a.scheduler or "",
+                  preview_every=1 if a.trace else 0)
+    try:
+        req.validate(bundle.manifest["scheduler"]["default"])
+    except ValueError as e:
+        return _fail(str(e))
+    pipe = Pipeline(bundle, NativeBackend(a.bundle, threads=a.threads))
+
+    async def main():
+        await pipe.load()
+        return await pipe.generate(req)
+
+    trace = asyncio.run(main())
+    out = Path(a.out)
+    _write_png(out, trace.image)
+    if trace.tokens.dropped_words:
+        print(f"note: the prompt is longer than CLIP's 77 tokens; dropped: {' '.join(trace.tokens.dropped_words)}", file=sys.stderr)
+    t = trace.timings_ms
+    print(f"{out}  ({len(trace.steps)} steps, {t['total']:.0f} ms total, {t.get('unet', 0) / max(1, len(trace.steps)):.1f} ms per UNet step)")
+    if a.trace:
+        write_trace(trace, Path(a.trace))
+        print(f"trace written to {a.trace}")
+    return 0
+
+
+def write_trace(trace, folder: Path) -> None:
+    """Per-step trace as files: trace.json (scalars, shapes, tokens) + step images and raw float32 tensors."""
+    folder.mkdir(parents=True, exist_ok=True)
+    steps = []
+    for s in trace.steps:
+        entry = {"index": s.index, "timestep": s.timestep, "coefficients": s.coefficients, "timings_ms": s.timings_ms, "tensors": {}}
+        for key in ("latent", "noise_uncond", "noise_cond", "noise_guided", "pred_x0"):
+            t = getattr(s, key)
+            if t is not None:
+                name = f"step{s.index:03d}_{key}.f32"
+                (folder / name).write_bytes(t.data.tobytes())
+                entry["tensors"][key] = {"file": name, "shape": list(t.shape)}
+        if s.image is not None:
+            _write_png(folder / f"step{s.index:03d}_x0.png", s.image)
+            entry["image"] = f"step{s.index:03d}_x0.png"
+        steps.append(entry)
+    if trace.image is not None:
+        _write_png(folder / "final.png", trace.image)
+    doc = {
+        "request": vars(trace.request), "backend": trace.backend, "cancelled": trace.cancelled,
+        "tokens": trace.tokens.tokens, "ids": trace.tokens.ids, "dropped_words": trace.tokens.dropped_words,
+        "negative_tokens": trace.negative_tokens.tokens, "timesteps": trace.timesteps, "timings_ms": trace.timings_ms, "steps": steps,
+    }
+    (folder / "trace.json").write_text(json.dumps(doc, indent=1))
+
+
+def cmd_serve(a) -> int:
+    from .serve import serve
+
+    return serve(bundle=Path(a.bundle) if a.bundle else None, host=a.host, port=a.port, rebuild=a.rebuild)
+
+
+def cmd_train(a) -> int:
+    import logging
+
+    from train import stages
+
+    stages.RUN_DIR.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        handlers=[logging.StreamHandler(), logging.FileHandler(stages.RUN_DIR / "train.log")])
+    stages.run(a.stages or tuple(stages.STAGES), {k: float(v) for k, v in (m.split("=") for m in a.minutes)})
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from train import evaluate
+
+    return evaluate.main(a)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="diffusion-explainer", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("serve", help="build the page if needed and serve it with a bundle on 127.0.0.1")
+    p.add_argument("--bundle", help=f"bundle folder (default: {DEFAULT_BUNDLE.relative_to(ROOT)}, exported from models/default on first use)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--rebuild", action="store_true", help="rebuild the web app even if a build exists")
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("export", help="export a diffusers SD checkpoint to a web bundle")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.add_argument("--name")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("generate", help="generate an image natively (onnxruntime) from a bundle")
+    p.add_argument("prompt")
+    p.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
+    p.add_argument("--negative-prompt", default="")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--scheduler", choices=["euler", "ddim", "dpmpp_2m", "pndm", "lms"])
+    p.add_argument("--threads", type=int)
+    p.add_argument("--out", default="out.png")
+    p.add_argument("--trace", metavar="DIR", help="also write the per-step trace to DIR")
+    p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("train", help="train the default model (resumable stages)")
+    p.add_argument("stages", nargs="*")
+    p.add_argument("--minutes", action="append", default=[], help="STAGE=MINUTES, e.g. unet=85")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("evaluate", help="judge the default model on held-out prompts")
+    p.add_argument("--model", default=str(DEFAULT_MODEL))
+    p.add_argument("--seeds", type=int, default=8)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--out", default="evaluation")
+    p.set_defaults(fn=cmd_evaluate)
+
+    a = ap.parse_args(argv)
+    try:
+        return a.fn(a)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

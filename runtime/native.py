@@ -1,0 +1,53 @@
+"""The native backend: onnxruntime + numpy, for the CLI, the tests and the benchmarks.
+
+Imported only when used, so runtime/ itself stays standard-library only (Pyodide has no numpy).
+Handles are numpy arrays.
+"""
+from __future__ import annotations
+
+from array import array
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .backend import TYPECODES, HostTensor
+
+_NP = {"float32": np.float32, "uint8": np.uint8, "int64": np.int64, "int32": np.int32}
+_NAMES = {np.dtype(v): k for k, v in _NP.items()}
+
+
+class NativeBackend:
+    def __init__(self, bundle_dir, threads: int | None = None, providers: list[str] | None = None):
+        self.root = Path(bundle_dir)
+        self.options = ort.SessionOptions()
+        if threads:
+            self.options.intra_op_num_threads = threads
+            self.options.inter_op_num_threads = 1
+        self.providers = providers or ["CPUExecutionProvider"]
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        self.name = f"onnxruntime {ort.__version__} native ({', '.join(self.providers)}" + (f", {threads} threads)" if threads else ")")
+
+    async def load(self, name: str, files: list[str]) -> None:
+        # external data (files[1:]) sits beside the model file, where onnxruntime looks for it
+        self.sessions[name] = ort.InferenceSession(str(self.root / files[0]), self.options, providers=self.providers)
+
+    async def run(self, name: str, feeds: dict) -> dict:
+        sess = self.sessions[name]
+        outs = sess.run(None, feeds)
+        return {o.name: v for o, v in zip(sess.get_outputs(), outs)}
+
+    def from_host(self, t: HostTensor):
+        return np.frombuffer(t.data, dtype=_NP[t.dtype]).reshape(t.shape).copy()
+
+    async def to_host(self, handle) -> HostTensor:
+        a = np.ascontiguousarray(handle)
+        dtype = _NAMES[a.dtype]
+        return HostTensor(array(TYPECODES[dtype], a.tobytes()), tuple(a.shape), dtype)
+
+    def release(self, handle) -> None:
+        pass
+
+
+def to_numpy(t: HostTensor) -> np.ndarray:
+    return np.frombuffer(t.data, dtype=_NP[t.dtype]).reshape(t.shape)
