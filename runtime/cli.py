@@ -22,19 +22,29 @@ def _fail(msg: str) -> int:
     return 2
 
 
-def _progress_printer():
-    """A rich progress display per export stage (falls back to plain lines without rich)."""
-    try:
-        from rich.console import Console
+class _StageProgress:
+    """A rich progress bar over the export's stages, with the current stage and elapsed time."""
 
-        console = Console(stderr=True)
+    def __init__(self, total: int):
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        def show(stage, state):
-            console.print(f"[bold cyan]{stage}[/] … {state}" if state == "start" else f"[green]✓[/] {stage} ({state})")
-    except ImportError:  # pragma: no cover
-        def show(stage, state):
-            print(f"{stage}: {state}", file=sys.stderr)
-    return show
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 TextColumn("{task.completed}/{task.total} stages"), TimeElapsedColumn(), transient=False)
+        self.task = self.progress.add_task("export", total=total)
+
+    def __call__(self, stage: str, state: str) -> None:
+        if state == "start":
+            self.progress.update(self.task, description=stage)
+        else:
+            self.progress.console.print(f"[green]✓[/] {stage} ({state})")
+            self.progress.advance(self.task)
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
 
 
 def cmd_export(a) -> int:
@@ -42,7 +52,8 @@ def cmd_export(a) -> int:
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup in `finally` on kill
     try:
-        m = export_bundle(a.checkpoint, a.out, overwrite=a.overwrite, progress=_progress_printer(), name=a.name)
+        with _StageProgress(total=5) as progress:
+            m = export_bundle(a.checkpoint, a.out, overwrite=a.overwrite, progress=progress, name=a.name)
     except ExportError as e:
         return _fail(str(e))
     size = sum(f["bytes"] for f in m["files"].values())

@@ -15,3 +15,7 @@ fi
 if [ ! -d web/node_modules ] || [ web/package-lock.json -nt web/node_modules/.package-lock.json ]; then
   (cd web && npm ci --no-audit --no-fund)
 fi
+# the default model's dataset source (Twitter emoji, CC-BY 4.0) — used by training and its tests
+if [ ! -d train/node_modules ]; then
+  (cd train && npm ci --no-audit --no-fund)
+fi

@@ -85,19 +85,31 @@ class Checkpointed:
 
 def _loop(ck: Checkpointed, minutes: float, step_fn, name: str, log_every=50):
     """Run step_fn until the stage's time budget (minutes, counted across resumes) is spent."""
+    import contextlib
+    import sys
+
     budget = minutes * 60
     t_last = time.time()
     losses = []
-    while ck.elapsed < budget:
-        losses.append(step_fn(ck.step))
-        ck.step += 1
-        now = time.time()
-        ck.elapsed += now - t_last
-        t_last = now
-        if ck.step % log_every == 0:
-            log.info("%s step %d  loss %.4f  %.1f/%.0f min", name, ck.step, float(np.mean(losses)), ck.elapsed / 60, minutes)
-            losses = []
-        ck.maybe_save()
+    bar = contextlib.nullcontext()
+    if sys.stderr.isatty():  # a progress bar for people; the log file gets the same figures
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn(f"{name}"), BarColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+    with bar as progress:
+        task = progress.add_task(name, total=budget, completed=ck.elapsed, info="") if progress else None
+        while ck.elapsed < budget:
+            losses.append(step_fn(ck.step))
+            ck.step += 1
+            now = time.time()
+            ck.elapsed += now - t_last
+            t_last = now
+            if progress:
+                progress.update(task, completed=min(ck.elapsed, budget), info=f"step {ck.step} loss {losses[-1]:.4f}")
+            if ck.step % log_every == 0:
+                log.info("%s step %d  loss %.4f  %.1f/%.0f min", name, ck.step, float(np.mean(losses)), ck.elapsed / 60, minutes)
+                losses = []
+            ck.maybe_save()
     ck.save()
 
 

@@ -1,0 +1,158 @@
+"""`diffusion-explainer serve`: build the page if needed and serve it with a bundle on 127.0.0.1.
+
+Why our own small server instead of `vite preview`: the page needs the bundle beside it at
+/bundle/, cross-origin isolation headers (COOP/COEP, so WASM gets threads and the stop flag can be
+shared memory) and exact MIME types for .wasm/.mjs; http.server does all of that with the
+standard library, so serving needs no Node once the page is built.
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.parse
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WEB = ROOT / "web"
+DIST = WEB / "dist"
+DEFAULT_MODEL = ROOT / "models" / "default"
+DEFAULT_BUNDLE = ROOT / "bundles" / "default"
+BUNDLE_PREFIX = "/bundle/"
+
+HEADERS = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    # Revalidate every time (cheap 304s): a rebuilt page or re-exported bundle is never stale.
+    # The bundle's big files are kept by the page in the Cache API, keyed by their sha256.
+    "Cache-Control": "no-cache",
+}
+MIME = {
+    ".wasm": "application/wasm", ".mjs": "text/javascript", ".js": "text/javascript", ".onnx": "application/octet-stream",
+    ".data": "application/octet-stream", ".json": "application/json", ".txt": "text/plain; charset=utf-8",
+    ".zip": "application/zip", ".html": "text/html; charset=utf-8", ".css": "text/css", ".svg": "image/svg+xml",
+}
+
+
+class ServeError(Exception):
+    """Serving cannot start; the message is one line a user can act on."""
+
+
+def build_web(rebuild: bool = False, log=print) -> Path:
+    """web/dist, built with npm when missing (or when asked); `npm ci` first if node_modules is missing."""
+    if (DIST / "index.html").is_file() and not rebuild:
+        return DIST
+    npm = shutil.which("npm")
+    if not npm:
+        raise ServeError("the page is not built (web/dist is missing) and npm is not installed; install Node.js ≥ 20.19 and npm")
+    if not (WEB / "node_modules").is_dir():
+        log("installing the page's packages (npm ci)…")
+        _npm([npm, "ci", "--no-audit", "--no-fund"])
+    log("building the page (npm run build)…")
+    _npm([npm, "run", "build"])
+    if not (DIST / "index.html").is_file():
+        raise ServeError("npm run build finished but web/dist/index.html is missing")
+    return DIST
+
+
+def _npm(cmd: list[str]) -> None:
+    res = subprocess.run(cmd, cwd=WEB, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if res.returncode != 0:
+        tail = "\n".join(res.stdout.strip().splitlines()[-15:])
+        raise ServeError(f"`{' '.join(cmd[1:])}` failed in {WEB} (exit {res.returncode}):\n{tail}")
+
+
+def default_bundle(log=print) -> Path:
+    """bundles/default, exported from models/default on first use."""
+    if (DEFAULT_BUNDLE / "manifest.json").is_file():
+        return DEFAULT_BUNDLE
+    if not (DEFAULT_MODEL / "model_index.json").is_file():
+        raise ServeError(f"no bundle to serve: {DEFAULT_BUNDLE.relative_to(ROOT)} does not exist and there is no trained default model in "
+                         f"{DEFAULT_MODEL.relative_to(ROOT)} yet (train it with `diffusion-explainer train`), or pass --bundle DIR "
+                         "(e.g. a bundle made with `diffusion-explainer export CHECKPOINT DIR`)")
+    log(f"exporting {DEFAULT_MODEL.relative_to(ROOT)} to {DEFAULT_BUNDLE.relative_to(ROOT)} (first use)…")
+    try:
+        from export.exporter import ExportError, export_bundle
+    except ImportError as e:
+        raise ServeError(f"exporting the default model needs the export extras ({e}); pip install -e '.[export]' or pass --bundle DIR") from None
+    try:
+        export_bundle(DEFAULT_MODEL, DEFAULT_BUNDLE)
+    except ExportError as e:
+        raise ServeError(f"exporting the default model failed: {e}") from None
+    return DEFAULT_BUNDLE
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    """web/dist at /, the bundle folder at /bundle/; nothing outside those two folders."""
+
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **MIME}
+
+    def __init__(self, *args, dist: Path, bundle: Path, quiet: bool = False, **kwargs):
+        self.dist, self.bundle, self.quiet = dist, bundle, quiet
+        super().__init__(*args, directory=str(dist), **kwargs)
+
+    def translate_path(self, path: str) -> str:
+        path = urllib.parse.unquote(urllib.parse.urlsplit(path).path)
+        root, rel = (self.bundle, path[len(BUNDLE_PREFIX):]) if path.startswith(BUNDLE_PREFIX) else (self.dist, path.lstrip("/"))
+        parts = [p for p in rel.split("/") if p and p not in (".", "..")]
+        return str(root.joinpath(*parts)) if parts else str(root) + os.sep
+
+    def list_directory(self, path):
+        self.send_error(404, "Not found")
+        return None
+
+    def end_headers(self):
+        for k, v in HEADERS.items():
+            self.send_header(k, v)
+        super().end_headers()
+
+    def log_message(self, format, *args):
+        if not self.quiet:
+            super().log_message(format, *args)
+
+
+def make_server(dist: Path, bundle: Path, host: str = "127.0.0.1", port: int = 0, quiet: bool = False) -> http.server.ThreadingHTTPServer:
+    handler = functools.partial(Handler, dist=Path(dist), bundle=Path(bundle), quiet=quiet)
+    server = http.server.ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    return server
+
+
+def url_of(server) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{host}:{port}/"
+
+
+def start_background(bundle, dist: Path | None = None, host: str = "127.0.0.1", port: int = 0, quiet: bool = True):
+    """Serve in a daemon thread (for tests); returns (server, url). Stop with server.shutdown()."""
+    server = make_server(dist or DIST, Path(bundle), host, port, quiet)
+    threading.Thread(target=server.serve_forever, name="diffusion-explainer-serve", daemon=True).start()
+    return server, url_of(server)
+
+
+def serve(bundle: Path | None, host: str = "127.0.0.1", port: int = 8765, rebuild: bool = False) -> int:
+    try:
+        dist = build_web(rebuild)
+        bundle = Path(bundle) if bundle else default_bundle()
+        if not (bundle / "manifest.json").is_file():
+            raise ServeError(f"{bundle} is not a bundle (no manifest.json); export one with `diffusion-explainer export CHECKPOINT DIR`")
+        server = make_server(dist, bundle, host, port)
+    except ServeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot listen on {host}:{port} ({e.strerror}); pass --port N", file=sys.stderr)
+        return 2
+    print(f"serving {bundle} with the page at {url_of(server)}  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,211 @@
+"""The web backend: onnxruntime-web through Pyodide's FFI, and the page worker's entry point.
+
+Runs only inside Pyodide (web/src/worker.ts imports it from runtime.zip). `js` and `pyodide.ffi`
+are imported inside functions, so this module still imports in CPython for tooling and tests.
+
+Why handles wrap ort.Tensor proxies: under WebGPU, session outputs stay in GPU buffers
+(preferredOutputLocation 'gpu-buffer') so a latent never leaves the GPU between steps, and such a
+buffer is freed only by tensor.dispose(), never by a garbage collector; the wrapper disposes it
+when the controller drops its last reference.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+from array import array
+
+from .backend import TYPECODES, HostTensor
+from .bundle import Bundle, BundleError, check_manifest
+from .pipeline import Pipeline, Request
+
+JS_ARRAYS = {"float32": "Float32Array", "uint8": "Uint8Array", "int64": "BigInt64Array", "int32": "Int32Array"}
+
+
+def _js():
+    import js
+
+    return js
+
+
+def _to_js(value):
+    """Python dicts → plain JS objects (not Maps), lists → arrays; JS proxies pass through."""
+    from pyodide.ffi import to_js
+
+    return to_js(value, dict_converter=_js().Object.fromEntries)
+
+
+class WebTensor:
+    """A backend handle: an ort.Tensor proxy (`.js`); GPU-resident ones are disposed on drop."""
+
+    __slots__ = ("js", "on_gpu")
+
+    def __init__(self, js_tensor, on_gpu: bool = False):
+        self.js = js_tensor
+        self.on_gpu = on_gpu
+
+    def dispose(self) -> None:
+        if self.on_gpu and self.js is not None:
+            try:
+                self.js.dispose()
+            except Exception:  # already disposed, or the session is gone
+                pass
+        self.js = None
+
+    def __del__(self):
+        self.dispose()
+
+
+class WebBackend:
+    """The Backend protocol on onnxruntime-web; sessions are created from bytes the page already holds.
+
+    `files` is the JS Map (bundle-relative path → Uint8Array) filled by the page's bundle loader,
+    so model bytes go straight from the loader to ORT without passing through Python's heap.
+    """
+
+    def __init__(self, ort, files, provider: str = "wasm"):
+        if provider not in ("wasm", "webgpu"):
+            raise ValueError(f"unknown execution provider {provider!r}; use 'wasm' or 'webgpu'")
+        self.ort = ort
+        self.files = files
+        self.provider = provider
+        self.sessions: dict = {}
+        self.output_names: dict[str, list[str]] = {}
+        version = str(ort.env.versions.web) if ort.env.versions.web else "?"
+        detail = "WebGPU" if provider == "webgpu" else f"WASM, {int(ort.env.wasm.numThreads or 1)} thread(s)"
+        self.name = f"onnxruntime-web {version} ({detail})"
+
+    def _bytes(self, rel: str):
+        data = self.files.get(rel)
+        if data is None:
+            raise BundleError(f"bundle file {rel} was not loaded by the page; reload the page")
+        return data
+
+    async def load(self, name: str, files: list[str]) -> None:
+        options = {"executionProviders": [self.provider], "graphOptimizationLevel": "all", "logSeverityLevel": 3}
+        if len(files) > 1:
+            # ORT-web cannot open side files itself: hand it the bytes under the path the model names
+            # (the external data's `location`, relative to the model file's folder).
+            folder = posixpath.dirname(files[0])
+            options["externalData"] = [{"path": posixpath.relpath(rel, folder or "."), "data": self._bytes(rel)} for rel in files[1:]]
+        if self.provider == "webgpu":
+            options["preferredOutputLocation"] = "gpu-buffer"
+        session = await self.ort.InferenceSession.create(self._bytes(files[0]), _to_js(options))
+        self.sessions[name] = session
+        self.output_names[name] = [str(n) for n in session.outputNames]
+
+    async def run(self, name: str, feeds: dict) -> dict:
+        session = self.sessions[name]
+        results = await session.run(_to_js({k: h.js for k, h in feeds.items()}))
+        get = _js().Reflect.get
+        out = {k: get(results, k) for k in self.output_names[name]}
+        return {k: WebTensor(t, str(t.location) == "gpu-buffer") for k, t in out.items()}
+
+    def from_host(self, t: HostTensor) -> WebTensor:
+        typed = getattr(_js(), JS_ARRAYS[t.dtype]).new(len(t.data))
+        typed.assign(t.data)  # one copy, straight from the array's buffer
+        return WebTensor(self.ort.Tensor.new(t.dtype, typed, _to_js(list(t.shape))))
+
+    async def to_host(self, handle: WebTensor) -> HostTensor:
+        t = handle.js
+        data = await t.getData()  # downloads a GPU tensor; a CPU tensor's own array otherwise
+        dtype = str(t.type)
+        out = array(TYPECODES[dtype], bytes(data.byteLength))
+        data.assign_to(out)
+        return HostTensor(out, tuple(int(d) for d in t.dims), dtype)
+
+    def release(self, handle: WebTensor) -> None:
+        handle.dispose()
+
+
+# ---- the worker's entry point: messages in web/src/lib/protocol.ts -------------------------------
+
+def tensor_message(t: HostTensor | None, transfer: list):
+    """HostTensor → {dtype, shape, data: ArrayBuffer}; the buffer joins `transfer` (moved, not copied)."""
+    if t is None:
+        return None
+    typed = getattr(_js(), JS_ARRAYS[t.dtype]).new(len(t.data))
+    typed.assign(t.data)
+    transfer.append(typed.buffer)
+    return {"dtype": t.dtype, "shape": list(t.shape), "data": typed.buffer}
+
+
+def tokens_message(tok) -> dict:
+    return {"ids": list(tok.ids), "tokens": list(tok.tokens), "length": tok.length,
+            "truncated": bool(tok.truncated), "droppedWords": list(tok.dropped_words)}
+
+
+def step_message(s, transfer: list) -> dict:
+    return {
+        "index": s.index, "timestep": float(s.timestep),
+        "coefficients": {k: v for k, v in s.coefficients.items() if isinstance(v, (int, float))},
+        "latent": tensor_message(s.latent, transfer), "noiseUncond": tensor_message(s.noise_uncond, transfer),
+        "noiseCond": tensor_message(s.noise_cond, transfer), "noiseGuided": tensor_message(s.noise_guided, transfer),
+        "predX0": tensor_message(s.pred_x0, transfer), "image": tensor_message(s.image, transfer),
+        "timingsMs": dict(s.timings_ms),
+    }
+
+
+def request_from_js(r: dict) -> Request:
+    """The page's request (camelCase) as a Request; values pass through as they came, so that
+    Request.validate words any problem (an empty number field arrives as None)."""
+    return Request(
+        prompt=r.get("prompt", ""), negative_prompt=r.get("negativePrompt", ""), seed=r.get("seed", 0),
+        guidance=r.get("guidance", 7.5), steps=r.get("steps", 25), scheduler=r.get("scheduler") or "",
+        preview_every=r.get("previewEvery", 1),
+    )
+
+
+class Engine:
+    """One bundle + backend + pipeline for the page's worker."""
+
+    def __init__(self, manifest_json: str, files, ort, provider: str, location: str = ""):
+        manifest = check_manifest(json.loads(manifest_json))
+        decoder = _js().TextDecoder.new()
+
+        def read_text(rel: str) -> str:
+            data = files.get(rel)
+            if data is None:
+                raise BundleError(f"bundle file {rel} was not loaded by the page; reload the page")
+            return str(decoder.decode(data))
+
+        self.bundle = Bundle(manifest, read_text, location)
+        self.backend = WebBackend(ort, files, provider)
+        self.pipeline = Pipeline(self.bundle, self.backend)
+
+    async def load(self, progress=None):
+        """Create every session; returns {component: ms} as a JS object."""
+        return _to_js(await self.pipeline.load(progress))
+
+    async def generate(self, run_id: int, request, post, is_stopped, yield_to_events=None) -> None:
+        """Run one request, posting run-start, a run-step per step (tensors transferred) and run-done."""
+        try:
+            req = request_from_js(request.to_py()).validate(self.bundle.manifest["scheduler"]["default"])
+        except ValueError as e:
+            post(_to_js({"type": "run-invalid", "runId": run_id, "text": str(e)}))
+            return
+        tok = self.pipeline.tokenizer
+        post(_to_js({
+            "type": "run-start", "runId": run_id,
+            "request": {"prompt": req.prompt, "negativePrompt": req.negative_prompt, "seed": req.seed, "guidance": req.guidance,
+                        "steps": req.steps, "scheduler": req.scheduler, "previewEvery": req.preview_every},
+            "tokens": tokens_message(tok.encode(req.prompt)), "negativeTokens": tokens_message(tok.encode(req.negative_prompt)),
+        }))
+
+        async def on_step(step):
+            transfer: list = []
+            msg = {"type": "run-step", "runId": run_id, "step": step_message(step, transfer)}
+            post(_to_js(msg), _to_js(transfer))
+            if callable(yield_to_events):  # no shared stop flag: let the 'stop' message in
+                await yield_to_events()
+
+        t = time.perf_counter()
+        trace = await self.pipeline.generate(req, on_step=on_step, should_stop=lambda: bool(is_stopped()))
+        transfer: list = []
+        post(_to_js({
+            "type": "run-done", "runId": run_id, "timesteps": [float(x) for x in trace.timesteps],
+            "embeddings": tensor_message(trace.embeddings, transfer), "finalLatent": tensor_message(trace.final_latent, transfer),
+            "image": tensor_message(trace.image, transfer),
+            "timingsMs": {**trace.timings_ms, "wall": (time.perf_counter() - t) * 1000},
+            "backend": trace.backend, "cancelled": trace.cancelled,
+        }), _to_js(transfer))
