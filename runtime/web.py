@@ -18,6 +18,7 @@ from array import array
 from .backend import TYPECODES, HostTensor
 from .bundle import Bundle, BundleError, check_manifest
 from .pipeline import Pipeline, Request
+from .schedulers import make_scheduler
 
 JS_ARRAYS = {"float32": "Float32Array", "uint8": "Uint8Array", "int64": "BigInt64Array", "int32": "Int32Array"}
 
@@ -185,11 +186,13 @@ class Engine:
             post(_to_js({"type": "run-invalid", "runId": run_id, "text": str(e)}))
             return
         tok = self.pipeline.tokenizer
+        sched = make_scheduler(req.scheduler, self.bundle.manifest["scheduler"]["config"], self.bundle.model.get("prediction_type"))
+        sched.set_timesteps(req.steps)  # known up front so the page can show progress (PNDM takes steps + 1)
         post(_to_js({
             "type": "run-start", "runId": run_id,
             "request": {"prompt": req.prompt, "negativePrompt": req.negative_prompt, "seed": req.seed, "guidance": req.guidance,
                         "steps": req.steps, "scheduler": req.scheduler, "previewEvery": req.preview_every},
-            "tokens": tokens_message(tok.encode(req.prompt)), "negativeTokens": tokens_message(tok.encode(req.negative_prompt)),
+            "timesteps": [float(x) for x in sched.timesteps], "tokens": tokens_message(tok.encode(req.prompt)), "negativeTokens": tokens_message(tok.encode(req.negative_prompt)),
         }))
 
         async def on_step(step):

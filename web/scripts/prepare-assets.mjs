@@ -1,0 +1,76 @@
+// Puts what the page loads at run time (not bundled by Vite) into public/, so that `vite`,
+// `vite build` and `vite preview` all serve it from the page's own origin:
+//   public/pyodide/  Pyodide's core (its .mjs is imported at run time, not bundled)
+//   public/ort/      onnxruntime-web's .mjs/.wasm pairs (imported by ORT from env.wasm.wasmPaths;
+//                    its thread workers re-import the .mjs, which must not be an app chunk)
+//   public/runtime/runtime.zip  the pure-Python controller, ../runtime/*.py, unpacked in Pyodide
+//
+// Why a plain zip and not pyodide-build: pyodide-build exists to cross-compile packages with
+// native code, and it first downloads a cross-build environment from GitHub releases, which this
+// project's machines cannot reach. runtime/ is standard-library Python, so Pyodide only needs the
+// .py files on sys.path; a zip written here with Node's zlib needs no Python at build time.
+import { createHash } from 'node:crypto';
+import { copyFileSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { crc32, deflateRawSync } from 'node:zlib';
+
+const web = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const pub = join(web, 'public');
+const mods = join(web, 'node_modules');
+
+function copyInto(srcDir, names, dstDir) {
+  mkdirSync(dstDir, { recursive: true });
+  for (const n of names) copyFileSync(join(srcDir, n), join(dstDir, n));
+}
+
+copyInto(join(mods, 'pyodide'),
+  ['pyodide.mjs', 'pyodide.asm.mjs', 'pyodide.asm.wasm', 'python_stdlib.zip', 'pyodide-lock.json'],
+  join(pub, 'pyodide'));
+
+// The WASM-only build (14 MB) for the wasm provider, the JSEP build (28 MB, wasm + WebGPU) for webgpu.
+copyInto(join(mods, 'onnxruntime-web', 'dist'),
+  ['ort-wasm-simd-threaded.mjs', 'ort-wasm-simd-threaded.wasm',
+   'ort-wasm-simd-threaded.jsep.mjs', 'ort-wasm-simd-threaded.jsep.wasm'],
+  join(pub, 'ort'));
+
+/** A zip archive (deflate) of [name, bytes] entries; fixed timestamps keep it reproducible. */
+function zip(entries) {
+  const locals = [];
+  const centrals = [];
+  let offset = 0;
+  const DOS_TIME = 0, DOS_DATE = (1980 - 1980) << 9 | 1 << 5 | 1;
+  for (const [name, data] of entries) {
+    const nameBuf = Buffer.from(name, 'utf8');
+    const packed = deflateRawSync(data, { level: 9 });
+    const crc = crc32(data);
+    const head = Buffer.alloc(30);
+    head.writeUInt32LE(0x04034b50, 0); head.writeUInt16LE(20, 4); head.writeUInt16LE(0x0800, 6);
+    head.writeUInt16LE(8, 8); head.writeUInt16LE(DOS_TIME, 10); head.writeUInt16LE(DOS_DATE, 12);
+    head.writeUInt32LE(crc, 14); head.writeUInt32LE(packed.length, 18); head.writeUInt32LE(data.length, 22);
+    head.writeUInt16LE(nameBuf.length, 26); head.writeUInt16LE(0, 28);
+    const cen = Buffer.alloc(46);
+    cen.writeUInt32LE(0x02014b50, 0); cen.writeUInt16LE(20, 4); cen.writeUInt16LE(20, 6); cen.writeUInt16LE(0x0800, 8);
+    cen.writeUInt16LE(8, 10); cen.writeUInt16LE(DOS_TIME, 12); cen.writeUInt16LE(DOS_DATE, 14);
+    cen.writeUInt32LE(crc, 16); cen.writeUInt32LE(packed.length, 20); cen.writeUInt32LE(data.length, 24);
+    cen.writeUInt16LE(nameBuf.length, 28); cen.writeUInt32LE(0o100644 << 16 >>> 0, 38); cen.writeUInt32LE(offset, 42);
+    locals.push(head, nameBuf, packed);
+    centrals.push(cen, nameBuf);
+    offset += head.length + nameBuf.length + packed.length;
+  }
+  const cdSize = centrals.reduce((s, b) => s + b.length, 0);
+  const end = Buffer.alloc(22);
+  end.writeUInt32LE(0x06054b50, 0); end.writeUInt16LE(entries.length, 8); end.writeUInt16LE(entries.length, 10);
+  end.writeUInt32LE(cdSize, 12); end.writeUInt32LE(offset, 16);
+  return Buffer.concat([...locals, ...centrals, end]);
+}
+
+const runtimeDir = resolve(web, '..', 'runtime');
+const pyFiles = readdirSync(runtimeDir).filter((n) => n.endsWith('.py') && statSync(join(runtimeDir, n)).isFile()).sort();
+if (!pyFiles.includes('web.py')) throw new Error(`${runtimeDir} has no web.py; is this the project's runtime/ folder?`);
+const archive = zip(pyFiles.map((n) => [`runtime/${n}`, readFileSync(join(runtimeDir, n))]));
+mkdirSync(join(pub, 'runtime'), { recursive: true });
+writeFileSync(join(pub, 'runtime', 'runtime.zip'), archive);
+const sha256 = createHash('sha256').update(archive).digest('hex');
+writeFileSync(join(pub, 'runtime', 'runtime.json'), JSON.stringify({ files: pyFiles, bytes: archive.length, sha256 }, null, 1));
+console.log(`prepare-assets: pyodide, onnxruntime-web and runtime.zip (${pyFiles.length} modules, ${archive.length} bytes) in public/`);

@@ -1,0 +1,147 @@
+// The messages between the page (main thread) and the engine worker.
+//
+// Why these shapes matter: every explainer view is fed by a `Trace` assembled from these
+// messages, so a new view (UMAP, attention maps, guidance arithmetic) only reads fields here and
+// never asks the worker to compute anything. Field names mirror runtime/pipeline.py's Trace and
+// StepTrace in camelCase; runtime/web.py builds them. Tensor data arrives as transferred
+// ArrayBuffers (no copies between threads).
+
+export type DType = 'float32' | 'uint8' | 'int64' | 'int32';
+
+/** A tensor: row-major data of `dtype`; wrap `data` in the matching TypedArray to read it. */
+export interface TensorMsg {
+  dtype: DType;
+  shape: number[];
+  data: ArrayBuffer;
+}
+
+export interface TokensMsg {
+  ids: number[];
+  /** Readable tokens incl. <|startoftext|> / <|endoftext|>; no padding. */
+  tokens: string[];
+  length: number;
+  truncated: boolean;
+  /** Words that fell off CLIP's 77-token window. */
+  droppedWords: string[];
+}
+
+export type SchedulerName = 'euler' | 'ddim' | 'dpmpp_2m' | 'pndm' | 'lms';
+export const SCHEDULERS: SchedulerName[] = ['euler', 'ddim', 'dpmpp_2m', 'pndm', 'lms'];
+
+export interface RequestMsg {
+  prompt: string;
+  negativePrompt: string;
+  seed: number;
+  guidance: number;
+  steps: number;
+  /** Empty: the bundle's default. */
+  scheduler: SchedulerName | '';
+  /** Decode the predicted image every N steps (0: never). */
+  previewEvery: number;
+}
+
+export interface StepMsg {
+  index: number;
+  timestep: number;
+  coefficients: Record<string, number>;
+  /** x_t, the input of this step, [1, 4, h, w]. */
+  latent: TensorMsg;
+  noiseUncond: TensorMsg;
+  noiseCond: TensorMsg;
+  noiseGuided: TensorMsg;
+  predX0: TensorMsg | null;
+  /** The decoded predicted x0, uint8 [H, W, 4] RGBA. */
+  image: TensorMsg | null;
+  timingsMs: Record<string, number>;
+}
+
+/** Everything a view shows about one run; `steps` grows while the run goes on. */
+export interface Trace {
+  runId: number;
+  request: RequestMsg;
+  tokens: TokensMsg;
+  negativeTokens: TokensMsg;
+  /** The scheduler's timesteps, one per step (PNDM runs steps + 1). */
+  timesteps: number[];
+  steps: StepMsg[];
+  /** Known when the run ends: */
+  /** [2, 77, d]: unconditional (negative prompt) then conditional. */
+  embeddings: TensorMsg | null;
+  finalLatent: TensorMsg | null;
+  /** The final image, uint8 [H, W, 4] RGBA; null when stopped. */
+  image: TensorMsg | null;
+  timingsMs: Record<string, number>;
+  backend: string;
+  cancelled: boolean;
+  done: boolean;
+}
+
+export type Provider = 'webgpu' | 'wasm';
+export type ProviderChoice = 'auto' | Provider;
+
+export interface EngineInfo {
+  provider: Provider;
+  /** Why this provider runs, in a sentence for the page. */
+  reason: string;
+  threads: number;
+  crossOriginIsolated: boolean;
+  adapter: string | null;
+  ortVersion: string;
+  pythonVersion: string;
+  bundle: {
+    name: string;
+    url: string;
+    imageSize: [number, number];
+    latentSize: [number, number];
+    defaultScheduler: SchedulerName;
+    bytes: number;
+    precision: string[];
+  };
+  timingsMs: {
+    /** loadPyodide() until Python runs. */
+    pyodide: number;
+    /** fetch + unpack + import of runtime.zip. */
+    runtime: number;
+    /** Manifest + every file (download or cache) + sha256 checks. */
+    bundle: number;
+    /** InferenceSession.create per component. */
+    sessions: Record<string, number>;
+    /** Worker start until ready. */
+    total: number;
+  };
+  /** Bytes fetched over the network for the bundle in this load (0 when all came from the cache). */
+  downloadedBytes: number;
+}
+
+export interface InitMsg {
+  type: 'init';
+  bundleUrl: string;
+  provider: ProviderChoice;
+  /** 0: min(hardwareConcurrency, 4). */
+  threads: number;
+  /** Int32Array(1) over a SharedArrayBuffer: 1 = stop; null where the page is not isolated. */
+  stopFlag: SharedArrayBuffer | null;
+}
+
+export type ToWorker =
+  | InitMsg
+  | { type: 'generate'; runId: number; request: RequestMsg }
+  | { type: 'stop' };
+
+export type Phase = 'pyodide' | 'runtime' | 'bundle' | 'sessions' | 'ready';
+
+export type FromWorker =
+  | { type: 'status'; phase: Phase; text: string }
+  | { type: 'progress'; file: string; loaded: number; total: number; fromCache: boolean }
+  | { type: 'notice'; level: 'info' | 'warning'; text: string }
+  | { type: 'ready'; info: EngineInfo }
+  | { type: 'fatal'; text: string }
+  | { type: 'run-start'; runId: number; request: RequestMsg; timesteps: number[]; tokens: TokensMsg; negativeTokens: TokensMsg }
+  | { type: 'run-step'; runId: number; step: StepMsg }
+  | {
+      type: 'run-done'; runId: number; timesteps: number[]; embeddings: TensorMsg | null; finalLatent: TensorMsg | null;
+      image: TensorMsg | null; timingsMs: Record<string, number>; backend: string; cancelled: boolean;
+    }
+  /** A request the controller refused (Request.validate); nothing ran. */
+  | { type: 'run-invalid'; runId: number; text: string }
+  | { type: 'run-error'; runId: number; text: string };

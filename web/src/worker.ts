@@ -1,0 +1,190 @@
+// The engine worker: Pyodide runs the pure-Python controller (runtime/, shipped as runtime.zip),
+// which drives onnxruntime-web through runtime/web.py. Everything heavy lives here so the page
+// stays responsive; the page only renders the Trace messages this worker posts.
+import type { PyodideAPI } from 'pyodide';
+import type { PyProxy } from 'pyodide/ffi';
+import { BundleLoadError, fetchManifest, loadBundleFiles, type Manifest } from './lib/bundleLoader';
+import type { EngineInfo, FromWorker, InitMsg, Provider, RequestMsg, ToWorker } from './lib/protocol';
+
+declare const self: DedicatedWorkerGlobalScope;
+
+const BASE = new URL(import.meta.env.BASE_URL, self.location.origin).href;
+
+function post(msg: FromWorker, transfer: Transferable[] = []) {
+  self.postMessage(msg, transfer);
+}
+
+let engine: PyProxy | null = null;
+let initStarted = false;
+let busy = false;
+let stopView: Int32Array | null = null;
+let stopRequested = false;
+
+const isStopped = () => (stopView ? Atomics.load(stopView, 0) === 1 : stopRequested);
+// Without a shared stop flag the 'stop' message can only land between macrotasks.
+const yieldToEvents = () => new Promise<void>((r) => setTimeout(r, 0));
+
+self.onmessage = (e: MessageEvent<ToWorker>) => {
+  const msg = e.data;
+  if (msg.type === 'init') {
+    if (initStarted) return;
+    initStarted = true;
+    init(msg).catch((err) => post({ type: 'fatal', text: describeError(err) }));
+  } else if (msg.type === 'generate') {
+    generate(msg.runId, msg.request);
+  } else if (msg.type === 'stop') {
+    stopRequested = true;
+    if (stopView) Atomics.store(stopView, 0, 1);
+  }
+};
+
+/** One line a reader can act on, from a JS error or a Python traceback. */
+function describeError(err: unknown): string {
+  if (err instanceof BundleLoadError) return err.message;
+  const text = err instanceof Error ? err.message : String(err);
+  const lines = text.trim().split('\n').filter((l) => l.trim());
+  const last = lines[lines.length - 1] ?? text;
+  // "runtime.bundle.BundleError: msg" → "BundleError: msg"; ValueError text as is.
+  return last.replace(/^[\w.]*\.(\w+Error): /, '$1: ').replace(/^(ValueError|BundleError): /, '');
+}
+
+class ProviderError extends Error {}
+
+async function chooseProvider(choice: InitMsg['provider'], needsF16: boolean) {
+  type Adapter = { features: Set<string>; info?: { vendor?: string; architecture?: string; description?: string; isFallbackAdapter?: boolean } };
+  const gpu = (self.navigator as unknown as { gpu?: { requestAdapter(o?: object): Promise<Adapter | null> } }).gpu;
+  let adapter: Adapter | null = null;
+  let why = '';
+  if (choice !== 'wasm') {
+    if (!gpu) why = 'this browser offers no WebGPU (navigator.gpu is missing)';
+    else {
+      try {
+        adapter = await gpu.requestAdapter();
+      } catch (e) {
+        why = `requesting a WebGPU adapter failed (${(e as Error).message})`;
+      }
+      if (!adapter && !why) why = 'no WebGPU adapter is available (requestAdapter() returned null)';
+      if (adapter && needsF16 && !adapter.features.has('shader-f16')) {
+        why = "the WebGPU adapter lacks the 'shader-f16' feature that this bundle's fp16 models need";
+        adapter = null;
+      }
+    }
+  }
+  const info = adapter?.info;
+  const name = info ? [info.vendor, info.architecture, info.description].filter(Boolean).join(' ') || 'unnamed adapter' : null;
+  const software = !!info && (info.isFallbackAdapter === true || /swiftshader|llvmpipe|software/i.test(name ?? ''));
+  if (choice === 'wasm') return { provider: 'wasm' as Provider, reason: 'WASM on the CPU, as chosen in the settings', adapter: null };
+  if (choice === 'webgpu') {
+    if (!adapter) throw new ProviderError(`WebGPU was chosen, but ${why}. Choose “auto” or “WASM” in the settings.`);
+    return { provider: 'webgpu' as Provider, reason: `WebGPU, as chosen in the settings (adapter: ${name}${software ? ', software' : ''})`, adapter };
+  }
+  if (adapter && !software) return { provider: 'webgpu' as Provider, reason: `WebGPU: a GPU adapter is available (${name})`, adapter };
+  if (adapter) return { provider: 'wasm' as Provider, reason: `WASM on the CPU: the only WebGPU adapter is a software one (${name}), slower than WASM`, adapter: null };
+  return { provider: 'wasm' as Provider, reason: `WASM on the CPU: ${why}`, adapter: null };
+}
+
+async function startPython(): Promise<{ py: PyodideAPI; pyodideMs: number; runtimeMs: number; web: PyProxy }> {
+  post({ type: 'status', phase: 'pyodide', text: 'starting Python (Pyodide)…' });
+  let t = performance.now();
+  const { loadPyodide } = (await import(/* @vite-ignore */ `${BASE}pyodide/pyodide.mjs`)) as typeof import('pyodide');
+  const py = await loadPyodide({ indexURL: `${BASE}pyodide/`, stdout: (s) => console.log(s), stderr: (s) => console.warn(s) });
+  const pyodideMs = performance.now() - t;
+  t = performance.now();
+  const res = await fetch(`${BASE}runtime/runtime.zip`, { cache: 'no-cache' });
+  if (!res.ok) throw new Error(`the page's runtime.zip is missing (HTTP ${res.status}); rebuild the page (npm run build)`);
+  py.unpackArchive(await res.arrayBuffer(), 'zip', { extractDir: '/home/pyodide/app' });
+  py.runPython("import sys\nif '/home/pyodide/app' not in sys.path: sys.path.insert(0, '/home/pyodide/app')");
+  const web = py.pyimport('runtime.web') as PyProxy;
+  return { py, pyodideMs, runtimeMs: performance.now() - t, web };
+}
+
+async function loadOrt(provider: Provider, threads: number, adapter: unknown) {
+  // The JSEP build carries the WebGPU kernels (28 MB wasm); the WASM-only build is half that.
+  const ort = provider === 'webgpu' ? await import('onnxruntime-web') : await import('onnxruntime-web/wasm');
+  ort.env.wasm.wasmPaths = `${BASE}ort/`;
+  ort.env.wasm.numThreads = threads;
+  ort.env.logLevel = 'error';
+  if (provider === 'webgpu' && adapter) (ort.env.webgpu as { adapter?: unknown }).adapter = adapter;
+  return ort;
+}
+
+async function init(msg: InitMsg) {
+  const t0 = performance.now();
+  stopView = msg.stopFlag ? new Int32Array(msg.stopFlag) : null;
+  const bundleUrl = new URL(msg.bundleUrl, self.location.href).href;
+
+  post({ type: 'status', phase: 'bundle', text: 'reading the bundle manifest…' });
+  const python = startPython(); // in parallel with the downloads: it is CPU-bound, they are not
+  python.catch(() => {}); // reported below, once awaited
+  let tBundle = performance.now();
+  const { manifest, text } = await fetchManifest(bundleUrl);
+  const precision = [...new Set(Object.values(manifest.components).map((c) => c.precision ?? 'fp32'))];
+  const choice = await chooseProvider(msg.provider, precision.includes('fp16'));
+  const isolated = self.crossOriginIsolated;
+  const autoThreads = Math.max(1, Math.min(self.navigator.hardwareConcurrency || 1, 4));
+  const threads = choice.provider === 'webgpu' ? 1 : isolated ? msg.threads || autoThreads : 1;
+  if (!isolated && choice.provider === 'wasm') {
+    post({ type: 'notice', level: 'warning', text: 'the page is not cross-origin isolated (no COOP/COEP headers), so WASM runs on one thread' });
+  }
+
+  post({ type: 'status', phase: 'bundle', text: `downloading the bundle “${manifest.name ?? 'bundle'}”…` });
+  const bundle = await loadBundleFiles(bundleUrl, manifest, text, {
+    progress: (file, loaded, total, fromCache) => post({ type: 'progress', file, loaded, total, fromCache }),
+    notice: (t) => post({ type: 'notice', level: 'warning', text: t }),
+  });
+  const bundleMs = performance.now() - tBundle;
+  const ort = await loadOrt(choice.provider, threads, choice.adapter);
+  const { py, pyodideMs, runtimeMs, web } = await python;
+
+  post({ type: 'status', phase: 'sessions', text: 'creating onnxruntime-web sessions…' });
+  const create = web.Engine as unknown as (...a: unknown[]) => PyProxy;
+  engine = create(bundle.manifestText, bundle.files, ort, choice.provider, bundleUrl);
+  const sessions = (await (engine.load as (cb: unknown) => Promise<Record<string, number>>)(
+    (name: string, i: number, n: number) => post({ type: 'status', phase: 'sessions', text: `creating session ${i + 1}/${n}: ${name}…` }),
+  )) as Record<string, number>;
+
+  const info: EngineInfo = {
+    provider: choice.provider,
+    reason: choice.reason,
+    threads,
+    crossOriginIsolated: isolated,
+    adapter: choice.adapter ? describeAdapter(choice.adapter) : null,
+    ortVersion: ort.env.versions.web ?? '?',
+    pythonVersion: py.runPython('import sys; sys.version.split()[0]') as string,
+    bundle: {
+      name: manifest.name ?? 'bundle',
+      url: bundleUrl,
+      imageSize: manifest.model.image_size,
+      latentSize: manifest.model.latent_size,
+      defaultScheduler: manifest.scheduler.default as EngineInfo['bundle']['defaultScheduler'],
+      bytes: bundle.totalBytes,
+      precision,
+    },
+    timingsMs: { pyodide: pyodideMs, runtime: runtimeMs, bundle: bundleMs, sessions, total: performance.now() - t0 },
+    downloadedBytes: bundle.downloadedBytes,
+  };
+  post({ type: 'status', phase: 'ready', text: 'ready' });
+  post({ type: 'ready', info });
+}
+
+function describeAdapter(a: unknown): string {
+  const info = (a as { info?: { vendor?: string; architecture?: string; description?: string } }).info;
+  return [info?.vendor, info?.architecture, info?.description].filter(Boolean).join(' ') || 'unnamed adapter';
+}
+
+async function generate(runId: number, request: RequestMsg) {
+  if (!engine) return post({ type: 'run-error', runId, text: 'the engine is not ready yet' });
+  if (busy) return post({ type: 'run-error', runId, text: 'a run is already going on; stop it first' });
+  busy = true;
+  stopRequested = false; // the shared flag is cleared by the page before it sends 'generate'
+  try {
+    // runtime/web.py posts run-start / run-step / run-done (or run-invalid) itself.
+    await (engine.generate as (...a: unknown[]) => Promise<void>)(runId, request, post, isStopped, stopView ? undefined : yieldToEvents);
+  } catch (err) {
+    post({ type: 'run-error', runId, text: describeError(err) });
+  } finally {
+    busy = false;
+  }
+}
+
+export type { Manifest };
