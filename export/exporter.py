@@ -134,6 +134,21 @@ def _move_model(src_onnx: Path, dst_dir: Path, name: str) -> list[str]:
     return [f"{name}.onnx", f"{name}.onnx.data"]
 
 
+def random_feeds(facts: dict, vocab_size: int, seed: int = 0) -> dict:
+    """The same random inputs for every comparison (PyTorch vs ONNX, fp32 vs quantized)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    h, w = facts["latent_size"]
+    n = facts["text_max_length"]
+    return {
+        "text_encoder": {"input_ids": rng.integers(0, vocab_size, (2, n)).astype(np.int64)},
+        "unet": {"sample": rng.standard_normal((2, 4, h, w), dtype=np.float32), "timestep": np.array(500.0, dtype=np.float32),
+                 "encoder_hidden_states": rng.standard_normal((2, n, facts["text_hidden_size"]), dtype=np.float32)},
+        "vae_decoder": {"latent_sample": rng.standard_normal((1, 4, h, w), dtype=np.float32)},
+    }
+
+
 def verify(src: Path, bundle_dir: Path, files: dict, facts: dict, seed: int = 0) -> dict:
     """Run each exported component in onnxruntime and in PyTorch on the same random inputs."""
     import numpy as np
@@ -142,9 +157,6 @@ def verify(src: Path, bundle_dir: Path, files: dict, facts: dict, seed: int = 0)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    rng = np.random.default_rng(seed)
-    h, w = facts["latent_size"]
-    d = facts["text_hidden_size"]
     results = {}
 
     def compare(name, feeds, torch_out):
@@ -155,28 +167,44 @@ def verify(src: Path, bundle_dir: Path, files: dict, facts: dict, seed: int = 0)
         scale = max(1.0, float(np.abs(ref).max()))
         results[name] = {"max_abs_error": err, "max_abs_reference": float(np.abs(ref).max()), "relative": err / scale}
 
+    t = torch.from_numpy
     with torch.no_grad():
         text = CLIPTextModel.from_pretrained(src / "text_encoder").eval()
-        ids = rng.integers(0, text.config.vocab_size, (2, facts["text_max_length"]))
-        compare("text_encoder", {"input_ids": ids.astype(np.int64)}, text(torch.from_numpy(ids)).last_hidden_state)
+        feeds = random_feeds(facts, text.config.vocab_size, seed)
+        f = feeds["text_encoder"]
+        compare("text_encoder", f, text(t(f["input_ids"])).last_hidden_state)
         del text
         unet = UNet2DConditionModel.from_pretrained(src / "unet").eval()
-        x = rng.standard_normal((2, 4, h, w), dtype=np.float32)
-        states = rng.standard_normal((2, facts["text_max_length"], d), dtype=np.float32)
-        t = np.array(500.0, dtype=np.float32)
-        compare("unet", {"sample": x, "timestep": t, "encoder_hidden_states": states},
-                unet(torch.from_numpy(x), torch.tensor(500.0), encoder_hidden_states=torch.from_numpy(states)).sample)
+        f = feeds["unet"]
+        compare("unet", f, unet(t(f["sample"]), torch.tensor(500.0), encoder_hidden_states=t(f["encoder_hidden_states"])).sample)
         del unet
         vae = AutoencoderKL.from_pretrained(src / "vae").eval()
-        z = rng.standard_normal((1, 4, h, w), dtype=np.float32)
-        compare("vae_decoder", {"latent_sample": z}, vae.decode(torch.from_numpy(z)).sample)
+        f = feeds["vae_decoder"]
+        compare("vae_decoder", f, vae.decode(t(f["latent_sample"])).sample)
     return results
 
 
-def export_bundle(src, out, *, tolerance: float = DEFAULT_TOLERANCE, overwrite: bool = False, progress=None, name: str | None = None) -> dict:
+def resolve_precision(precision) -> dict:
+    """'fp16' → every component fp16; 'wasm'/'webgpu' → that target's defaults; or a dict per component."""
+    from .quantize import DEFAULTS, PRECISIONS
+
+    if isinstance(precision, str):
+        if precision in DEFAULTS:
+            return dict(DEFAULTS[precision])
+        precision = {c: precision for c in MODEL_COMPONENTS}
+    out = {c: precision.get(c, "fp32") for c in MODEL_COMPONENTS}
+    for c, p in out.items():
+        if p not in PRECISIONS:
+            raise ExportError(f"unknown precision {p!r} for {c}; choose one of {', '.join(PRECISIONS)} (or a target: {', '.join(DEFAULTS)})")
+    return out
+
+
+def export_bundle(src, out, *, precision="fp32", tolerance: float = DEFAULT_TOLERANCE, overwrite: bool = False,
+                  progress=None, name: str | None = None) -> dict:
     """Export `src` to the bundle folder `out` atomically; returns the manifest."""
     src, out = Path(src), Path(out)
     facts = inspect_checkpoint(src)
+    precision = resolve_precision(precision)
     if out.exists() and not overwrite:
         raise ExportError(f"{out} already exists; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -184,6 +212,7 @@ def export_bundle(src, out, *, tolerance: float = DEFAULT_TOLERANCE, overwrite: 
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     work = out.parent / f".{out.name}.partial-{os.getpid()}-optimum"
+    quant = out.parent / f".{out.name}.partial-{os.getpid()}-quantized"
     tmp.mkdir()
     t_start = time.perf_counter()
     try:
@@ -211,14 +240,19 @@ def export_bundle(src, out, *, tolerance: float = DEFAULT_TOLERANCE, overwrite: 
                 shutil.copy(src / "tokenizer" / f, tmp / "tokenizer" / f)
             manifest = _manifest(src, tmp, files, facts, errors, tolerance, name)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        final = tmp
+        if any(p != "fp32" for p in precision.values()):
+            with _stage(progress, "quantize and measure quality"):
+                manifest = _apply_precision(tmp, quant, files, facts, manifest, precision)
+                final = quant
         if out.exists():
             shutil.rmtree(out)
-        tmp.rename(out)
+        final.rename(out)
         manifest["export_seconds"] = time.perf_counter() - t_start
         return manifest
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
+        for d in (tmp, work, quant):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _manifest(src, tmp, files, facts, errors, tolerance, name) -> dict:
@@ -258,3 +292,74 @@ def _manifest(src, tmp, files, facts, errors, tolerance, name) -> dict:
         "scheduler": {"config": facts["scheduler_config"], "default": SCHEDULER_NAMES.get(facts["scheduler_class"], "euler")},
         "tools": _versions(),
     }
+
+
+QUALITY_PROMPTS = ("a cat on a blue background", "a rocket and a moon at night", "a photo of an astronaut riding a horse")
+QUALITY_SEEDS = (0, 1)
+
+
+def _apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, manifest: dict, precision: dict) -> dict:
+    """Quantize components into out_dir and write the quality report: size and error per component
+    vs fp32 on the verification inputs, and the final image's PSNR vs the fp32 bundle."""
+    import asyncio
+    import math
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from runtime.bundle import Bundle
+    from runtime.native import NativeBackend, to_numpy
+    from runtime.pipeline import Pipeline, Request
+
+    from .quantize import quantize
+
+    shutil.copytree(fp32_dir, out_dir, ignore=shutil.ignore_patterns(*[f for c in MODEL_COMPONENTS for f in files[c]]))
+    vocab = len(json.loads((fp32_dir / "tokenizer" / "vocab.json").read_text(encoding="utf-8")))
+    feeds = random_feeds(facts, vocab)
+    report = {"components": {}, "image": {}}
+    new_files = dict(files)
+    for comp in MODEL_COMPONENTS:
+        new_files[comp] = quantize(fp32_dir / files[comp][0], out_dir / files[comp][0], precision[comp])
+
+        def run(d, rels):
+            return ort.InferenceSession(str(d / rels[0]), providers=["CPUExecutionProvider"]).run(None, feeds[comp])[0]
+
+        ref, got = run(fp32_dir, files[comp]), run(out_dir, new_files[comp])
+        size = lambda d, rels: sum((d / r).stat().st_size for r in rels)  # noqa: E731
+        report["components"][comp] = {
+            "precision": precision[comp], "bytes": size(out_dir, new_files[comp]), "bytes_fp32": size(fp32_dir, files[comp]),
+            "max_abs_error_vs_fp32": float(np.abs(got.astype(np.float32) - ref).max()), "max_abs_fp32": float(np.abs(ref).max()),
+        }
+
+    new_manifest = json.loads(json.dumps(manifest))
+    for comp in MODEL_COMPONENTS:
+        new_manifest["components"][comp]["files"] = new_files[comp]
+        new_manifest["components"][comp]["precision"] = precision[comp]
+        from_onnx = _io(__import__("onnx").load(str(out_dir / new_files[comp][0]), load_external_data=False))
+        new_manifest["components"][comp]["inputs"], new_manifest["components"][comp]["outputs"] = from_onnx
+    for comp in MODEL_COMPONENTS:
+        for rel in files[comp]:
+            new_manifest["files"].pop(rel, None)
+        for rel in new_files[comp]:
+            new_manifest["files"][rel] = {"bytes": (out_dir / rel).stat().st_size, "sha256": sha256_file(out_dir / rel)}
+    (out_dir / "manifest.json").write_text(json.dumps(new_manifest, indent=1))
+
+    async def images(d):
+        pipe = Pipeline(Bundle.from_dir(d, verify=False), NativeBackend(d))
+        await pipe.load()
+        out = []
+        for p in QUALITY_PROMPTS:
+            for s in QUALITY_SEEDS:
+                tr = await pipe.generate(Request(p, seed=s, steps=10, preview_every=0))
+                out.append(to_numpy(tr.image)[..., :3].astype(np.float64))
+        return out
+
+    psnrs = []
+    for a, b in zip(asyncio.run(images(fp32_dir)), asyncio.run(images(out_dir))):
+        mse = float(np.mean((a - b) ** 2))
+        psnrs.append(99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse))
+    report["image"] = {"psnr_db_vs_fp32": {"min": min(psnrs), "mean": sum(psnrs) / len(psnrs)},
+                       "prompts": list(QUALITY_PROMPTS), "seeds": list(QUALITY_SEEDS), "steps": 10}
+    new_manifest["quality"] = report
+    (out_dir / "manifest.json").write_text(json.dumps(new_manifest, indent=1))
+    return new_manifest

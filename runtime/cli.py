@@ -52,8 +52,9 @@ def cmd_export(a) -> int:
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup in `finally` on kill
     try:
-        with _StageProgress(total=5) as progress:
-            m = export_bundle(a.checkpoint, a.out, overwrite=a.overwrite, progress=progress, name=a.name)
+        precision = dict(p.split("=") for p in a.precision.split(",")) if "=" in a.precision else a.precision
+        with _StageProgress(total=5 if a.precision == "fp32" else 6) as progress:
+            m = export_bundle(a.checkpoint, a.out, precision=precision, overwrite=a.overwrite, progress=progress, name=a.name)
     except ExportError as e:
         return _fail(str(e))
     size = sum(f["bytes"] for f in m["files"].values())
@@ -61,6 +62,12 @@ def cmd_export(a) -> int:
     for comp in ("text_encoder", "unet", "vae_decoder"):
         v = m["components"][comp]["verification"]
         print(f"  {comp:13s} max abs error vs PyTorch {v['max_abs_error']:.2e}")
+    if "quality" in m:
+        for comp, q in m["quality"]["components"].items():
+            print(f"  {comp:13s} {q['precision']}: {q['bytes'] / 1e6:.1f} MB (fp32 {q['bytes_fp32'] / 1e6:.1f} MB), "
+                  f"max abs error vs fp32 {q['max_abs_error_vs_fp32']:.2e}")
+        psnr = m["quality"]["image"]["psnr_db_vs_fp32"]
+        print(f"  final image PSNR vs fp32 bundle: min {psnr['min']:.1f} dB, mean {psnr['mean']:.1f} dB")
     return 0
 
 
@@ -171,6 +178,9 @@ def main(argv=None) -> int:
     p.add_argument("out")
     p.add_argument("--name")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--precision", default="fp32",
+                   help="fp32 | fp16 | int8 | int4 for every component, a target's defaults (wasm, webgpu), "
+                        "or per component: unet=fp16,text_encoder=int8,vae_decoder=fp32")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("generate", help="generate an image natively (onnxruntime) from a bundle")

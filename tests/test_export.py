@@ -126,3 +126,17 @@ def test_cli_generate_writes_png_and_trace(tiny_bundle, tmp_path):
     assert (tmp_path / "trace" / doc["steps"][0]["image"]).exists()
     proc = subprocess.run(CLI + ["generate", "a cat", "--bundle", str(tiny_bundle), "--guidance", "25"], capture_output=True, text=True, cwd=ROOT)
     assert "guidance scale must be a number from 0 to 20" in _one_line_error(proc)
+
+
+def test_fp16_build_reports_its_quality(tiny_pipeline_dir, tmp_path):
+    m = export_bundle(tiny_pipeline_dir, tmp_path / "fp16", precision={"unet": "fp16", "vae_decoder": "fp16"})
+    q = m["quality"]
+    assert q["components"]["unet"]["precision"] == "fp16" and q["components"]["text_encoder"]["precision"] == "fp32"
+    assert q["components"]["unet"]["bytes"] < 0.6 * q["components"]["unet"]["bytes_fp32"]
+    assert q["components"]["text_encoder"]["max_abs_error_vs_fp32"] == 0.0
+    assert 0 < q["components"]["unet"]["max_abs_error_vs_fp32"] < 0.05 * max(1.0, q["components"]["unet"]["max_abs_fp32"])
+    assert q["image"]["psnr_db_vs_fp32"]["min"] > 30
+    b = Bundle.from_dir(tmp_path / "fp16")  # hashes of the quantized files are in the manifest
+    assert b.component("unet")["precision"] == "fp16"
+    with pytest.raises(ExportError, match="unknown precision"):
+        export_bundle(tiny_pipeline_dir, tmp_path / "bad", precision="int3")

@@ -1,0 +1,77 @@
+"""Smaller model files for the browser: fp16, int8 and int4 versions of an exported fp32 component.
+
+Why these three: fp16 halves every weight and runs natively on WebGPU adapters with `shader-f16`;
+int8 (dynamic, MatMul/Gemm only) shrinks the big matrices and runs at about fp32 speed on WASM;
+int4 (weight-only MatMulNBits, which both onnxruntime-web providers implement) is smallest for
+transformer-heavy graphs. Convolutions stay fp32 under int8/int4: ConvInteger is 2× slower on
+CPU and missing on WebGPU (see RECIPES.md).
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+# sensible defaults per target: what each onnxruntime-web provider runs well
+DEFAULTS = {
+    "wasm": {"text_encoder": "int8", "unet": "fp32", "vae_decoder": "fp32"},
+    "webgpu": {"text_encoder": "fp16", "unet": "fp16", "vae_decoder": "fp16"},
+    "fp32": {"text_encoder": "fp32", "unet": "fp32", "vae_decoder": "fp32"},
+}
+
+
+def _save(model, dst: Path) -> list[str]:
+    import onnx
+
+    if model.ByteSize() < 1_800_000_000:
+        onnx.save_model(model, str(dst))
+        return [dst.name]
+    onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=dst.name + ".data", size_threshold=1024)
+    return [dst.name, dst.name + ".data"]
+
+
+def quantize(src: Path, dst: Path, precision: str) -> list[str]:
+    """Write `precision` version of the fp32 model file `src` to `dst`; returns the written file names."""
+    import onnx
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        model = onnx.load(str(src), load_external_data=True)
+        return _save(model, dst)
+    if precision == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = onnx.load(str(src), load_external_data=True)
+        big = model.ByteSize() > 1_800_000_000
+        if big:  # shape inference cannot hold a >2 GB proto in memory: infer on the file first
+            with tempfile.TemporaryDirectory() as tmp:
+                inferred = Path(tmp) / "inferred.onnx"
+                onnx.shape_inference.infer_shapes_path(str(src), str(inferred))
+                model = onnx.load(str(inferred), load_external_data=True)
+        model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=big)
+        return _save(model, dst)
+    if precision == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / dst.name
+            quantize_dynamic(str(src), str(out), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
+                             use_external_data_format=src.stat().st_size > 1_800_000_000 or _has_external(src))
+            return _save(onnx.load(str(out), load_external_data=True), dst)
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(src), load_external_data=True)
+    q = MatMulNBitsQuantizer(model, block_size=32, is_symmetric=True, op_types_to_quantize=("MatMul",))
+    q.process()
+    return _save(q.model.model, dst)
+
+
+def _has_external(path: Path) -> bool:
+    return any(p.name.startswith(path.stem) and p != path for p in path.parent.iterdir())
+
+
+def copy_bundle(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst)
