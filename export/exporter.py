@@ -301,7 +301,6 @@ QUALITY_SEEDS = (0, 1)
 def _apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, manifest: dict, precision: dict) -> dict:
     """Quantize components into out_dir and write the quality report: size and error per component
     vs fp32 on the verification inputs, and the final image's PSNR vs the fp32 bundle."""
-    import asyncio
     import math
 
     import numpy as np
@@ -309,7 +308,7 @@ def _apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, ma
 
     from runtime.bundle import Bundle
     from runtime.native import NativeBackend, to_numpy
-    from runtime.pipeline import Pipeline, Request
+    from runtime.pipeline import Pipeline, Request, run_sync
 
     from .quantize import quantize
 
@@ -355,7 +354,7 @@ def _apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, ma
         return out
 
     psnrs = []
-    for a, b in zip(asyncio.run(images(fp32_dir)), asyncio.run(images(out_dir))):
+    for a, b in zip(run_sync(images(fp32_dir)), run_sync(images(out_dir))):
         mse = float(np.mean((a - b) ** 2))
         psnrs.append(99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse))
     report["image"] = {"psnr_db_vs_fp32": {"min": min(psnrs), "mean": sum(psnrs) / len(psnrs)},

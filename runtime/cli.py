@@ -6,7 +6,6 @@ Heavy imports (torch, onnxruntime, numpy) happen inside the subcommand that need
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import signal
 import sys
@@ -81,7 +80,7 @@ def _write_png(path: Path, tensor) -> None:
 def cmd_generate(a) -> int:
     from .bundle import Bundle, BundleError
     from .native import NativeBackend
-    from .pipeline import Pipeline, Request
+    from .pipeline import Pipeline, Request, run_sync
 
     try:
         bundle = Bundle.from_dir(a.bundle)
@@ -99,7 +98,7 @@ def cmd_generate(a) -> int:
         await pipe.load()
         return await pipe.generate(req)
 
-    trace = asyncio.run(main())
+    trace = run_sync(main())
     out = Path(a.out)
     _write_png(out, trace.image)
     if trace.tokens.dropped_words:

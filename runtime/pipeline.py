@@ -20,6 +20,24 @@ MAX_PROMPT_CHARS = 5000
 MAX_SEED = 2**32 - 1
 
 
+def run_sync(coro):
+    """Run a coroutine to completion from synchronous CPython code (CLI, exporter, tests).
+
+    Uses a fresh thread when this thread already runs an event loop (e.g. under Playwright's sync API).
+    Not for Pyodide, where the page's event loop drives generate() directly.
+    """
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 class Cancelled(Exception):
     """Raised inside the loop when the caller asked to stop; the partial trace stays valid."""
 

@@ -7,8 +7,6 @@ to build web/. Screenshots and timings go to test-artifacts/.
 """
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import json
 import shutil
 import time
@@ -23,7 +21,7 @@ pytest.importorskip("onnxruntime")
 
 from runtime.bundle import Bundle, sha256_file  # noqa: E402
 from runtime.native import NativeBackend, to_numpy  # noqa: E402
-from runtime.pipeline import Pipeline, Request  # noqa: E402
+from runtime.pipeline import Pipeline, Request, run_sync  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -88,7 +86,7 @@ def server(web_dist, bundle):
     srv.server_close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # module: Playwright's sync API keeps an event loop running in this thread
 def playwright():
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
@@ -97,7 +95,7 @@ def playwright():
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright):
     b = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS + ["--enable-unsafe-webgpu"])
     yield b
@@ -204,9 +202,7 @@ def native(bundle: Path, **request):
             await pipe.load()
             return await pipe.generate(Request(**request))
 
-        # Playwright's sync API owns this thread's event loop; run ours on another thread
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            trace = pool.submit(asyncio.run, go()).result()
+        trace = run_sync(go())  # on another thread: Playwright's sync API owns this one's event loop
         _NATIVE[key] = (to_numpy(trace.image), trace.timings_ms["total"] / len(trace.steps))
     return _NATIVE[key]
 

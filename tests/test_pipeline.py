@@ -1,6 +1,4 @@
 """The whole loop: our runtime on the exported bundle vs diffusers' StableDiffusionPipeline."""
-import asyncio
-
 import numpy as np
 import pytest
 
@@ -9,7 +7,7 @@ diffusers = pytest.importorskip("diffusers")
 
 from runtime.bundle import Bundle  # noqa: E402
 from runtime.native import NativeBackend, to_numpy  # noqa: E402
-from runtime.pipeline import Pipeline, Request  # noqa: E402
+from runtime.pipeline import Pipeline, Request, run_sync  # noqa: E402
 
 DIFFUSERS_SCHEDULERS = {
     "euler": "EulerDiscreteScheduler", "ddim": "DDIMScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler",
@@ -21,7 +19,7 @@ PROMPT, NEGATIVE = "a small cat at the top left on a blue background", "blurry, 
 @pytest.fixture(scope="module")
 def ours(tiny_bundle):
     pipe = Pipeline(Bundle.from_dir(tiny_bundle), NativeBackend(tiny_bundle))
-    asyncio.run(pipe.load())
+    run_sync(pipe.load())
     return pipe
 
 
@@ -43,7 +41,7 @@ def decode_float(pipe, latent):
     """The bundle's VAE on the final latent, to compare in float before our uint8 rounding."""
     be = pipe.backend
     z = to_numpy(latent) / pipe.bundle.model["vae_scaling_factor"]
-    img = asyncio.run(be.run("vae_decoder", {"latent_sample": z.astype(np.float32)}))["sample"][0]
+    img = run_sync(be.run("vae_decoder", {"latent_sample": z.astype(np.float32)}))["sample"][0]
     return np.clip(img / 2 + 0.5, 0, 1).transpose(1, 2, 0)
 
 
@@ -51,7 +49,7 @@ def decode_float(pipe, latent):
 @pytest.mark.parametrize("guidance", [1.0, 3.0, 7.5])
 def test_matches_diffusers(ours, reference, scheduler, guidance):
     req = Request(PROMPT, NEGATIVE, seed=3, guidance=guidance, steps=10, scheduler=scheduler)
-    trace = asyncio.run(ours.generate(req))
+    trace = run_sync(ours.generate(req))
     noise = to_numpy(ours.initial_noise(3))
     want = run_reference(reference, scheduler, PROMPT, NEGATIVE, guidance, 10, noise)
     got = decode_float(ours, trace.final_latent)
@@ -65,14 +63,14 @@ def test_matches_diffusers(ours, reference, scheduler, guidance):
 @pytest.mark.parametrize("negative", ["", "blurry, dark"])
 def test_guidance_zero_is_unconditional(ours, reference, negative):
     """Our scale 0 means 'negative/empty prompt only': diffusers on that prompt at scale 1."""
-    trace = asyncio.run(ours.generate(Request(PROMPT, negative, seed=5, guidance=0.0, steps=8, scheduler="euler")))
+    trace = run_sync(ours.generate(Request(PROMPT, negative, seed=5, guidance=0.0, steps=8, scheduler="euler")))
     want = run_reference(reference, "euler", negative, None, 1.0, 8, to_numpy(ours.initial_noise(5)))
     assert np.abs(decode_float(ours, trace.final_latent) - want).max() <= 1e-3
 
 
 def test_trace_has_every_stage(ours):
     steps_seen = []
-    trace = asyncio.run(ours.generate(Request("a rocket at night", seed=1, guidance=7.5, steps=4, scheduler="dpmpp_2m"),
+    trace = run_sync(ours.generate(Request("a rocket at night", seed=1, guidance=7.5, steps=4, scheduler="dpmpp_2m"),
                                       on_step=lambda s: steps_seen.append(s.index)))
     assert steps_seen == [0, 1, 2, 3]
     assert trace.tokens.tokens[0] == "<|startoftext|>" and trace.tokens.ids[0] == 49406
@@ -88,17 +86,17 @@ def test_trace_has_every_stage(ours):
 
 
 def test_cancel_keeps_partial_trace(ours):
-    trace = asyncio.run(ours.generate(Request("a cat", steps=20, scheduler="euler"), should_stop=lambda: len(seen) >= 3,
+    trace = run_sync(ours.generate(Request("a cat", steps=20, scheduler="euler"), should_stop=lambda: len(seen) >= 3,
                                       on_step=lambda s: seen.append(s)) if (seen := []) is not None else None)
     assert trace.cancelled and len(trace.steps) == 3 and trace.image is None
     # the pipeline is still usable after a stop
-    assert asyncio.run(ours.generate(Request("a cat", steps=2))).image is not None
+    assert run_sync(ours.generate(Request("a cat", steps=2))).image is not None
 
 
 def test_same_seed_same_image_different_seed_different(ours):
-    a = asyncio.run(ours.generate(Request("a cat", seed=11, steps=3)))
-    b = asyncio.run(ours.generate(Request("a cat", seed=11, steps=3)))
-    c = asyncio.run(ours.generate(Request("a cat", seed=12, steps=3)))
+    a = run_sync(ours.generate(Request("a cat", seed=11, steps=3)))
+    b = run_sync(ours.generate(Request("a cat", seed=11, steps=3)))
+    c = run_sync(ours.generate(Request("a cat", seed=12, steps=3)))
     assert a.image.data == b.image.data
     assert to_numpy(a.final_latent).tolist() != to_numpy(c.final_latent).tolist()
 
@@ -113,12 +111,12 @@ def test_bad_settings_are_refused_clearly(ours, field, value, msg):
     req = Request("a cat")
     setattr(req, field, value)
     with pytest.raises(ValueError, match=msg):
-        asyncio.run(ours.generate(req))
+        run_sync(ours.generate(req))
 
 
 def test_hostile_and_long_prompts(ours):
     long = " ".join(["cat"] * 100)
-    t = asyncio.run(ours.generate(Request(long, steps=1)))
+    t = run_sync(ours.generate(Request(long, steps=1)))
     assert t.tokens.truncated and len(t.tokens.dropped_words) == 25
-    t = asyncio.run(ours.generate(Request("<img src=x onerror=alert(1)> \u0000\u202e 🐱 東京", steps=1)))
+    t = run_sync(ours.generate(Request("<img src=x onerror=alert(1)> \u0000\u202e 🐱 東京", steps=1)))
     assert t.image is not None and len(t.tokens.ids) == 77
