@@ -290,8 +290,20 @@ def _manifest(src, tmp, files, facts, errors, tolerance, name) -> dict:
             "pad_token": pad, "pad_id": vocab[pad],
         },
         "scheduler": {"config": facts["scheduler_config"], "default": SCHEDULER_NAMES.get(facts["scheduler_class"], "euler")},
+        "about": _about(src),
         "tools": _versions(),
     }
+
+
+def _about(src: Path) -> dict:
+    """Optional model card for the page (explainer.json beside model_index.json): what the model knows."""
+    path = src / "explainer.json"
+    if not path.is_file():
+        return {}
+    about = json.loads(path.read_text(encoding="utf-8"))
+    return {"description": str(about.get("description", ""))[:2000],
+            "examples": [str(e)[:300] for e in about.get("examples", [])][:24],
+            "vocabulary": {str(k): [str(v) for v in vs][:200] for k, vs in dict(about.get("vocabulary", {})).items()}}
 
 
 QUALITY_PROMPTS = ("a cat on a blue background", "a rocket and a moon at night", "a photo of an astronaut riding a horse")

@@ -309,12 +309,26 @@ def package(out: Path = MODEL_DIR):
     )
     tmp = out.with_name(out.name + ".tmp")
     pipe.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "explainer.json").write_text(json.dumps(about(), indent=1))
     if out.exists():
         import shutil
 
         shutil.rmtree(out)
     tmp.rename(out)
     log.info("saved pipeline to %s", out)
+
+
+def about() -> dict:
+    """The model card the page shows: what this tiny model was trained to draw."""
+    return {
+        "description": "A tiny Stable Diffusion trained by this project on 64×64 emoji scenes: "
+                       f"{len(S.OBJECTS)} objects on {len(S.BACKGROUNDS)} backgrounds, one or two objects, with positions and sizes.",
+        "examples": ["a cat on a blue background", "a small rocket at the top left at night", "a big sunflower on the grass",
+                     "a pizza and a banana on a yellow background", "a penguin on the beach", "a red car on a pink background",
+                     "a rainbow in the night sky", "a guitar on the left and a cactus on the right on white"],
+        "vocabulary": {"objects": S.OBJECT_NAMES, "backgrounds": [b[1][0] for b in S.BACKGROUNDS],
+                       "positions": list(S.POSITIONS), "sizes": ["small", "big"]},
+    }
 
 
 STAGES = {"clip": train_clip, "vae": train_vae, "encode": encode, "unet": train_unet, "package": package, "judge": train_judge}

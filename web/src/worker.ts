@@ -159,6 +159,8 @@ async function init(msg: InitMsg) {
       defaultScheduler: manifest.scheduler.default as EngineInfo['bundle']['defaultScheduler'],
       bytes: bundle.totalBytes,
       precision,
+      description: manifest.about?.description ?? '',
+      examples: manifest.about?.examples ?? [],
     },
     timingsMs: { pyodide: pyodideMs, runtime: runtimeMs, bundle: bundleMs, sessions, total: performance.now() - t0 },
     downloadedBytes: bundle.downloadedBytes,

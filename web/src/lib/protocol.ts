@@ -96,6 +96,9 @@ export interface EngineInfo {
     defaultScheduler: SchedulerName;
     bytes: number;
     precision: string[];
+    /** From the checkpoint's explainer.json (may be empty): what the model was trained to draw. */
+    description: string;
+    examples: string[];
   };
   timingsMs: {
     /** loadPyodide() until Python runs. */
