@@ -72,8 +72,12 @@ def _with_external_data(src: Path, dst: Path, component: str = "unet") -> Path:
 
 
 @pytest.fixture(scope="session")
-def bundle(tiny_bundle, tmp_path_factory):
-    return _with_external_data(Path(tiny_bundle), tmp_path_factory.mktemp("web-bundle") / "tiny-ext")
+def bundle(request, tmp_path_factory):
+    """The tiny fixture bundle; DX_TEST_BUNDLE=DIR runs the same checks (and timings) on another bundle."""
+    import os
+
+    src = Path(os.environ["DX_TEST_BUNDLE"]) if os.environ.get("DX_TEST_BUNDLE") else Path(request.getfixturevalue("tiny_bundle"))
+    return _with_external_data(src, tmp_path_factory.mktemp("web-bundle") / "ext")
 
 
 @pytest.fixture(scope="session")
