@@ -45,7 +45,7 @@ def decode_float(pipe, latent):
     return np.clip(img / 2 + 0.5, 0, 1).transpose(1, 2, 0)
 
 
-@pytest.mark.parametrize("scheduler", ["euler", "dpmpp_2m", "pndm", "ddim"])
+@pytest.mark.parametrize("scheduler", ["euler", "dpmpp_2m", "pndm", "ddim", "lms"])
 @pytest.mark.parametrize("guidance", [1.0, 3.0, 7.5])
 def test_matches_diffusers(ours, reference, scheduler, guidance):
     req = Request(PROMPT, NEGATIVE, seed=3, guidance=guidance, steps=10, scheduler=scheduler)
