@@ -16,14 +16,16 @@ SD_SCHEDULER = dict(
 )
 
 
-def _tokenizer():
+def _tokenizer(pad_token: str = "<|endoftext|>"):
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), model_max_length=77)
+    return CLIPTokenizer(str(TOKENIZER_DIR / "vocab.json"), str(TOKENIZER_DIR / "merges.txt"), model_max_length=77, pad_token=pad_token)
 
 
-def tiny(out_dir: Path, seed: int = 0, prediction_type: str = "epsilon") -> Path:
-    """A tiny SD pipeline (CLIP hidden 32, UNet with cross-attention, 4-channel AutoencoderKL)."""
+def tiny(out_dir: Path, seed: int = 0, prediction_type: str = "epsilon", pad_token: str = "<|endoftext|>") -> Path:
+    """A tiny SD pipeline (CLIP hidden 32, UNet with cross-attention, 4-channel AutoencoderKL).
+
+    prediction_type="v_prediction", pad_token="!" give SD 2.x's conventions."""
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -48,7 +50,7 @@ def tiny(out_dir: Path, seed: int = 0, prediction_type: str = "epsilon") -> Path
         unet.conv_out.weight.mul_(20.0)
         vae.decoder.conv_out.weight.mul_(10.0)
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text, tokenizer=_tokenizer(), unet=unet,
+        vae=vae, text_encoder=text, tokenizer=_tokenizer(pad_token), unet=unet,
         scheduler=PNDMScheduler.from_config({**SD_SCHEDULER, "prediction_type": prediction_type}),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )

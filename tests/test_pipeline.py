@@ -120,3 +120,28 @@ def test_hostile_and_long_prompts(ours):
     assert t.tokens.truncated and len(t.tokens.dropped_words) == 25
     t = run_sync(ours.generate(Request("<img src=x onerror=alert(1)> \u0000\u202e 🐱 東京", steps=1)))
     assert t.image is not None and len(t.tokens.ids) == 77
+
+
+@pytest.fixture(scope="module")
+def sd2_style(tmp_path_factory):
+    """SD 2.x conventions on the tiny fixture: v-prediction and a tokenizer that pads with '!'."""
+    from export.exporter import export_bundle
+    from export.random_pipeline import tiny
+
+    folder = tiny(tmp_path_factory.mktemp("tiny-v") / "pipeline", seed=1, prediction_type="v_prediction", pad_token="!")
+    export_bundle(folder, folder.parent / "bundle")
+    pipe = Pipeline(Bundle.from_dir(folder.parent / "bundle"), NativeBackend(folder.parent / "bundle"))
+    run_sync(pipe.load())
+    ref = diffusers.StableDiffusionPipeline.from_pretrained(folder)
+    ref.set_progress_bar_config(disable=True)
+    return pipe, ref
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "dpmpp_2m", "ddim"])
+def test_v_prediction_and_bang_padding_match_diffusers(sd2_style, scheduler):
+    ours, ref = sd2_style
+    assert ours.bundle.model["prediction_type"] == "v_prediction"
+    trace = run_sync(ours.generate(Request(PROMPT, NEGATIVE, seed=2, guidance=7.5, steps=10, scheduler=scheduler)))
+    assert trace.tokens.ids[-1] == 0  # '!' is id 0: SD 2.x pads with it
+    want = run_reference(ref, scheduler, PROMPT, NEGATIVE, 7.5, 10, to_numpy(ours.initial_noise(2)))
+    assert np.abs(decode_float(ours, trace.final_latent) - want).max() <= 1e-3
