@@ -149,6 +149,8 @@ def cmd_train(a) -> int:
     from train import stages
 
     stages.RUN_DIR.mkdir(parents=True, exist_ok=True)
+    if a.continue_from:
+        stages.continue_from(Path(a.continue_from))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(stages.RUN_DIR / "train.log")])
     stages.run(a.stages or tuple(stages.STAGES), {k: float(v) for k, v in (m.split("=") for m in a.minutes)})
@@ -198,6 +200,9 @@ def main(argv=None) -> int:
     p = sub.add_parser("train", help="train the default model (resumable stages)")
     p.add_argument("stages", nargs="*")
     p.add_argument("--minutes", action="append", default=[], help="STAGE=MINUTES, e.g. unet=85")
+    p.add_argument("--continue-from", metavar="MODEL_DIR",
+                   help="seed train/runs from a packaged model (e.g. models/default) and train its UNet further: "
+                        "run with the stages encode unet package")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("evaluate", help="judge the default model on held-out prompts")

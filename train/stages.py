@@ -240,6 +240,8 @@ def encode():
         lat.append(vae.encode(M.to_tensor(images[i : i + 256]).to(dev)).latent_dist.mean.cpu())
     lat = torch.cat(lat)
     scaling = 1.0 / lat.flatten().std().item()  # as SD chose 0.18215: unit variance latents
+    if (RUN_DIR / "unet_init").is_dir():  # continuing a packaged model: keep the factor its UNet learned with
+        scaling = vae.config.scaling_factor
     states = []
     for i in range(0, len(captions), 512):
         ids = tok(captions[i : i + 512], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
@@ -258,6 +260,11 @@ def train_unet(minutes: float = 85.0, batch: int = 64, lr: float = 5e-4, dropout
     enc = torch.load(RUN_DIR / "encoded.pt", weights_only=False)
     latents, states, empty = enc["latents"], enc["states"], enc["empty"].to(dev)
     unet = M.unet().to(dev)
+    if (RUN_DIR / "unet_init").is_dir() and not (RUN_DIR / "unet.pt").exists():  # continue a packaged model
+        from diffusers import UNet2DConditionModel
+
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(RUN_DIR / "unet_init").state_dict())
+        log.info("unet: starting from %s", RUN_DIR / "unet_init")
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     ck = Checkpointed("unet", {"unet": unet, "ema": ema, "opt": opt})
@@ -332,6 +339,19 @@ def about() -> dict:
 
 
 STAGES = {"clip": train_clip, "vae": train_vae, "encode": encode, "unet": train_unet, "package": package, "judge": train_judge}
+
+
+def continue_from(model_dir: Path) -> None:
+    """Seed an empty run folder from a packaged model, so UNet training can go on elsewhere (e.g. on a
+    GPU): the frozen text encoder and VAE are reused as they are, the UNet starts from its weights."""
+    import shutil
+
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    for part in ("text_encoder", "vae"):
+        if not (RUN_DIR / part).exists():
+            shutil.copytree(model_dir / part, RUN_DIR / part)
+    if not (RUN_DIR / "unet.pt").exists() and not (RUN_DIR / "unet_init").exists():
+        shutil.copytree(model_dir / "unet", RUN_DIR / "unet_init")
 
 
 def run(stages=tuple(STAGES), minutes: dict | None = None):
