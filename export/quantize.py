@@ -8,7 +8,6 @@ CPU and missing on WebGPU (see RECIPES.md).
 """
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -72,6 +71,3 @@ def quantize(src: Path, dst: Path, precision: str) -> list[str]:
 def _has_external(path: Path) -> bool:
     return any(p.name.startswith(path.stem) and p != path for p in path.parent.iterdir())
 
-
-def copy_bundle(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst)

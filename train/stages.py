@@ -365,13 +365,9 @@ def run(stages=tuple(STAGES), minutes: dict | None = None):
         log.info("stage %s done in %.1f min", name, (time.time() - t) / 60)
 
 
-if __name__ == "__main__":
-    import argparse
+if __name__ == "__main__":  # same as `diffusion-explainer train …`
+    import sys
 
-    ap = argparse.ArgumentParser(description="Train the default model (resumable).")
-    ap.add_argument("stages", nargs="*", default=list(STAGES))
-    ap.add_argument("--minutes", action="append", default=[], help="stage=minutes, e.g. unet=75")
-    a = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        handlers=[logging.StreamHandler(), logging.FileHandler(RUN_DIR.mkdir(parents=True, exist_ok=True) or RUN_DIR / "train.log")])
-    run(a.stages, {k: float(v) for k, v in (m.split("=") for m in a.minutes)})
+    from runtime.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))
