@@ -19,8 +19,9 @@ from pathlib import Path
 from runtime.bundle import FORMAT, FORMAT_VERSION, MODEL_COMPONENTS, OP_GRAPHS, sha256_file
 
 from . import opgraphs
+from .onnxfiles import CHUNK_BYTES, save_model
 
-SUPPORTED = "Stable Diffusion 1.x / 2.x pipelines in diffusers format (StableDiffusionPipeline)"
+SUPPORTED = "Stable Diffusion 1.x / 2.x (incl. SD-Turbo): a diffusers StableDiffusionPipeline folder or a single .safetensors/.ckpt file"
 SCHEDULER_NAMES = {
     "PNDMScheduler": "pndm", "EulerDiscreteScheduler": "euler", "EulerAncestralDiscreteScheduler": "euler",
     "DDIMScheduler": "ddim", "DPMSolverMultistepScheduler": "dpmpp_2m", "LMSDiscreteScheduler": "lms",
@@ -38,12 +39,14 @@ class UnsupportedCheckpoint(ExportError):
 
 
 def inspect_checkpoint(src) -> dict:
-    """Read only configs (no weights) and refuse anything but an SD pipeline, before heavy work."""
+    """Read only configs or a file header (no weights) and refuse anything but SD 1.x/2.x, before heavy work."""
     src = Path(src)
     if not src.exists():
         raise UnsupportedCheckpoint(f"{src} does not exist")
-    if src.is_file():
-        raise UnsupportedCheckpoint(f"{src} is a single file; this exporter takes a diffusers pipeline folder ({SUPPORTED})")
+    if src.is_file():  # a single .safetensors/.ckpt: judged from its header (see single_file.py)
+        from . import single_file
+
+        return single_file.inspect(src)
     index = src / "model_index.json"
     if not index.is_file():
         found = ", ".join(sorted(p.name for p in src.iterdir())[:6]) or "an empty folder"
@@ -120,18 +123,15 @@ def _stage(progress, name):
         progress(name, f"{time.perf_counter() - t:.1f} s")
 
 
-def _move_model(src_onnx: Path, dst_dir: Path, name: str) -> list[str]:
-    """Place an exported model as NAME.onnx (+ NAME.onnx.data when it has external data)."""
+def _move_model(src_onnx: Path, dst_dir: Path, name: str, chunk_bytes: int = CHUNK_BYTES) -> list[str]:
+    """Place an exported model as NAME.onnx, its weights in chunks when it is big (see onnxfiles)."""
     import onnx
 
     data = [p for p in src_onnx.parent.iterdir() if p.name != src_onnx.name and p.suffix != ".json"]
-    if not data:
+    if not data and src_onnx.stat().st_size <= chunk_bytes:
         shutil.move(str(src_onnx), dst_dir / f"{name}.onnx")
         return [f"{name}.onnx"]
-    model = onnx.load(str(src_onnx), load_external_data=True)
-    onnx.save_model(model, str(dst_dir / f"{name}.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=f"{name}.onnx.data", size_threshold=1024)
-    return [f"{name}.onnx", f"{name}.onnx.data"]
+    return save_model(onnx.load(str(src_onnx), load_external_data=True), dst_dir / f"{name}.onnx", chunk_bytes)
 
 
 def random_feeds(facts: dict, vocab_size: int, seed: int = 0) -> dict:
@@ -200,22 +200,38 @@ def resolve_precision(precision) -> dict:
 
 
 def export_bundle(src, out, *, precision="fp32", tolerance: float = DEFAULT_TOLERANCE, overwrite: bool = False,
-                  progress=None, name: str | None = None) -> dict:
-    """Export `src` to the bundle folder `out` atomically; returns the manifest."""
+                  progress=None, name: str | None = None, chunk_bytes: int = CHUNK_BYTES, quality: tuple | None = None,
+                  arch: str | None = None, prediction_type: str | None = None, config_dir=None) -> dict:
+    """Export `src` to the bundle folder `out` atomically; returns the manifest.
+
+    src: a diffusers SD folder, a single .safetensors/.ckpt file, or an fp32 bundle (then only the
+    precision changes: export once, derive fp16/int8/int4 builds in seconds). quality: (number of
+    prompt×seed images, steps) for the PSNR report of a non-fp32 build; default all of them, 10 steps.
+    arch / prediction_type / config_dir: for a single file, override what its header suggests."""
     src, out = Path(src), Path(out)
-    facts = inspect_checkpoint(src)
     precision = resolve_precision(precision)
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.partial-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    work = out.parent / f".{out.name}.partial-{os.getpid()}-optimum"
-    quant = out.parent / f".{out.name}.partial-{os.getpid()}-quantized"
-    tmp.mkdir()
+    if src.is_dir() and (src / "manifest.json").is_file():
+        return derive_bundle(src, out, precision=precision, overwrite=overwrite, progress=progress, name=name,
+                             chunk_bytes=chunk_bytes, quality=quality)
+    single = None
+    if src.is_file():
+        from . import single_file
+
+        single = single_file.inspect(src, arch=arch, prediction_type=prediction_type, config_dir=config_dir)  # header only
+    else:
+        facts = inspect_checkpoint(src)
+    tmp, parts = _begin(out, overwrite, ("optimum", "quantized", "pipeline"))
+    work, quant, pipeline = parts
     t_start = time.perf_counter()
     try:
+        if single:
+            with _stage(progress, f"load single file ({single['arch']})"):
+                from . import single_file
+
+                source = src
+                src = single_file.to_pipeline_folder(src, pipeline, arch=None if config_dir else single["arch"],
+                                                     prediction_type=single["prediction_type"], config_dir=config_dir)
+                facts = {**inspect_checkpoint(src), "source": str(source.resolve())}
         with _stage(progress, "export ONNX (optimum)"):
             from optimum.exporters.onnx import main_export
 
@@ -223,7 +239,7 @@ def export_bundle(src, out, *, precision="fp32", tolerance: float = DEFAULT_TOLE
         files = {}
         with _stage(progress, "collect models"):
             for comp in MODEL_COMPONENTS:
-                files[comp] = _move_model(work / comp / "model.onnx", tmp, comp)
+                files[comp] = _move_model(work / comp / "model.onnx", tmp, comp, chunk_bytes)
             shutil.rmtree(work)
         with _stage(progress, "write op graphs"):
             for op, rel in opgraphs.write_all(tmp).items():
@@ -243,16 +259,75 @@ def export_bundle(src, out, *, precision="fp32", tolerance: float = DEFAULT_TOLE
         final = tmp
         if any(p != "fp32" for p in precision.values()):
             with _stage(progress, "quantize and measure quality"):
-                manifest = _apply_precision(tmp, quant, files, facts, manifest, precision)
+                manifest = _apply_precision(tmp, quant, files, facts, manifest, precision, chunk_bytes, quality)
                 final = quant
-        if out.exists():
-            shutil.rmtree(out)
-        final.rename(out)
-        manifest["export_seconds"] = time.perf_counter() - t_start
-        return manifest
+        return _finish(final, out, manifest, t_start)
     finally:
-        for d in (tmp, work, quant):
+        for d in (tmp, *parts):
             shutil.rmtree(d, ignore_errors=True)
+
+
+def derive_bundle(fp32_bundle, out, *, precision, overwrite: bool = False, progress=None, name: str | None = None,
+                  chunk_bytes: int = CHUNK_BYTES, quality: tuple | None = None) -> dict:
+    """A precision build from an exported fp32 bundle, without re-exporting from PyTorch."""
+    from runtime.bundle import Bundle, BundleError
+
+    fp32_bundle, out = Path(fp32_bundle), Path(out)
+    try:
+        manifest = Bundle.from_dir(fp32_bundle, verify=False).manifest
+    except BundleError as e:
+        raise ExportError(f"{fp32_bundle}: {e}") from None
+    not32 = [c for c in MODEL_COMPONENTS if manifest["components"][c].get("precision", "fp32") != "fp32"]
+    if not32:
+        raise ExportError(f"{fp32_bundle} holds {', '.join(not32)} in {manifest['components'][not32[0]]['precision']}; derive builds from an fp32 bundle")
+    if all(p == "fp32" for p in resolve_precision(precision).values()):
+        raise ExportError(f"{fp32_bundle} is already an fp32 bundle; choose another precision (fp16, int8, int4, wasm, webgpu)")
+    files = {c: list(v["files"]) for c, v in manifest["components"].items()}
+    facts = {"latent_size": manifest["model"]["latent_size"], "text_max_length": manifest["model"]["text_max_length"],
+             "text_hidden_size": manifest["model"]["text_hidden_size"]}
+    if name:
+        manifest["name"] = name
+    tmp, _ = _begin(out, overwrite, ())
+    t_start = time.perf_counter()
+    try:
+        with _stage(progress, "quantize and measure quality"):
+            shutil.rmtree(tmp)
+            manifest = _apply_precision(fp32_bundle, tmp, files, facts, manifest, resolve_precision(precision), chunk_bytes, quality)
+        return _finish(tmp, out, manifest, t_start)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _begin(out: Path, overwrite: bool, parts: tuple) -> tuple[Path, list[Path]]:
+    """The hidden work folders beside `out` (removed on success, failure, Ctrl-C or SIGTERM)."""
+    if out.exists() and not overwrite:
+        raise ExportError(f"{out} already exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by a SIGKILLed export
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tmp.mkdir()
+    return tmp, [out.parent / f".{out.name}.partial-{os.getpid()}-{p}" for p in parts]
+
+
+def _finish(final: Path, out: Path, manifest: dict, t_start: float) -> dict:
+    if out.exists():
+        shutil.rmtree(out)
+    final.rename(out)
+    manifest["export_seconds"] = time.perf_counter() - t_start
+    return manifest
+
+
+def source_fingerprint(src) -> str:
+    """sha256 over the checkpoint's configs and weights: tells whether a bundle is stale for its source."""
+    import hashlib
+
+    src = Path(src)
+    h = hashlib.sha256()
+    parts = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".txt"))
+    for p in parts:
+        h.update(str(p.relative_to(src) if p != src else p.name).encode() + b"\0" + sha256_file(p).encode())
+    return h.hexdigest()
 
 
 def _manifest(src, tmp, files, facts, errors, tolerance, name) -> dict:
@@ -279,6 +354,7 @@ def _manifest(src, tmp, files, facts, errors, tolerance, name) -> dict:
         "format_version": FORMAT_VERSION,
         "name": name or src.name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source_fingerprint": source_fingerprint(facts.get("source", src)),
         "model": {k: facts[k] for k in ("source", "architecture", "prediction_type", "image_size", "latent_size",
                                         "latent_channels", "vae_scaling_factor", "vae_scale_factor", "text_hidden_size", "text_max_length")},
         "components": components,
@@ -310,7 +386,8 @@ QUALITY_PROMPTS = ("a cat on a blue background", "a rocket and a moon at night",
 QUALITY_SEEDS = (0, 1)
 
 
-def _apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, manifest: dict, precision: dict) -> dict:
+def _apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, manifest: dict, precision: dict,
+                     chunk_bytes: int = CHUNK_BYTES, quality: tuple | None = None) -> dict:
     """Quantize components into out_dir and write the quality report: size and error per component
     vs fp32 on the verification inputs, and the final image's PSNR vs the fp32 bundle."""
     import math
@@ -330,7 +407,7 @@ def _apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, ma
     report = {"components": {}, "image": {}}
     new_files = dict(files)
     for comp in MODEL_COMPONENTS:
-        new_files[comp] = quantize(fp32_dir / files[comp][0], out_dir / files[comp][0], precision[comp])
+        new_files[comp] = quantize(fp32_dir / files[comp][0], out_dir / files[comp][0], precision[comp], chunk_bytes)
 
         def run(d, rels):
             return ort.InferenceSession(str(d / rels[0]), providers=["CPUExecutionProvider"]).run(None, feeds[comp])[0]
@@ -355,14 +432,17 @@ def _apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, ma
             new_manifest["files"][rel] = {"bytes": (out_dir / rel).stat().st_size, "sha256": sha256_file(out_dir / rel)}
     (out_dir / "manifest.json").write_text(json.dumps(new_manifest, indent=1))
 
+    runs = [(p, s) for p in QUALITY_PROMPTS for s in QUALITY_SEEDS]
+    n_images, steps = quality or (len(runs), 10)
+    runs = runs[: max(1, n_images)]
+
     async def images(d):
         pipe = Pipeline(Bundle.from_dir(d, verify=False), NativeBackend(d))
         await pipe.load()
         out = []
-        for p in QUALITY_PROMPTS:
-            for s in QUALITY_SEEDS:
-                tr = await pipe.generate(Request(p, seed=s, steps=10, preview_every=0))
-                out.append(to_numpy(tr.image)[..., :3].astype(np.float64))
+        for p, s in runs:
+            tr = await pipe.generate(Request(p, seed=s, steps=steps, preview_every=0))
+            out.append(to_numpy(tr.image)[..., :3].astype(np.float64))
         return out
 
     psnrs = []
@@ -370,7 +450,7 @@ def _apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, ma
         mse = float(np.mean((a - b) ** 2))
         psnrs.append(99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse))
     report["image"] = {"psnr_db_vs_fp32": {"min": min(psnrs), "mean": sum(psnrs) / len(psnrs)},
-                       "prompts": list(QUALITY_PROMPTS), "seeds": list(QUALITY_SEEDS), "steps": 10}
+                       "runs": [{"prompt": p, "seed": s} for p, s in runs], "steps": steps}
     new_manifest["quality"] = report
     (out_dir / "manifest.json").write_text(json.dumps(new_manifest, indent=1))
     return new_manifest

@@ -52,21 +52,33 @@ def cmd_export(a) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup in `finally` on kill
     try:
         precision = dict(p.split("=") for p in a.precision.split(",")) if "=" in a.precision else a.precision
-        with _StageProgress(total=5 if a.precision == "fp32" else 6) as progress:
-            m = export_bundle(a.checkpoint, a.out, precision=precision, overwrite=a.overwrite, progress=progress, name=a.name)
+        src = Path(a.checkpoint)
+        stages = 1 if (src / "manifest.json").is_file() else 5 + (a.precision != "fp32") + src.is_file()
+        with _StageProgress(total=stages) as progress:
+            m = export_bundle(a.checkpoint, a.out, precision=precision, overwrite=a.overwrite, progress=progress, name=a.name,
+                              chunk_bytes=int(a.chunk_mb * 2**20), arch=a.arch, prediction_type=a.prediction_type,
+                              config_dir=a.config)
     except ExportError as e:
         return _fail(str(e))
     size = sum(f["bytes"] for f in m["files"].values())
     print(f"bundle written to {a.out} ({size / 1e6:.1f} MB, {m['export_seconds']:.1f} s)")
     for comp in ("text_encoder", "unet", "vae_decoder"):
-        v = m["components"][comp]["verification"]
-        print(f"  {comp:13s} max abs error vs PyTorch {v['max_abs_error']:.2e}")
+        v = m["components"][comp].get("verification")
+        if v:
+            print(f"  {comp:13s} max abs error vs PyTorch {v['max_abs_error']:.2e}")
     if "quality" in m:
         for comp, q in m["quality"]["components"].items():
             print(f"  {comp:13s} {q['precision']}: {q['bytes'] / 1e6:.1f} MB (fp32 {q['bytes_fp32'] / 1e6:.1f} MB), "
                   f"max abs error vs fp32 {q['max_abs_error_vs_fp32']:.2e}")
         psnr = m["quality"]["image"]["psnr_db_vs_fp32"]
         print(f"  final image PSNR vs fp32 bundle: min {psnr['min']:.1f} dB, mean {psnr['mean']:.1f} dB")
+    return 0
+
+
+def cmd_prove_scale(a) -> int:
+    from export.scale_proof import run
+
+    run(a.arch, Path(a.work), a.chunk_mb)
     return 0
 
 
@@ -175,14 +187,26 @@ def main(argv=None) -> int:
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("export", help="export a diffusers SD checkpoint to a web bundle")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a diffusers SD folder, a single .safetensors/.ckpt file, "
+                                      "or an fp32 bundle (to derive another precision from it)")
     p.add_argument("out")
     p.add_argument("--name")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--precision", default="fp32",
                    help="fp32 | fp16 | int8 | int4 for every component, a target's defaults (wasm, webgpu), "
                         "or per component: unet=fp16,text_encoder=int8,vae_decoder=fp32")
+    p.add_argument("--chunk-mb", type=float, default=512, help="largest bundle file in MiB: bigger weights go to chunks (default 512)")
+    p.add_argument("--arch", help="single file only: sd1, sd2 (768-v), sd2-base or sd-turbo, when the file's name and header do not say")
+    p.add_argument("--prediction-type", help="single file only: epsilon or v_prediction (the weights cannot tell)")
+    p.add_argument("--config", help="single file only: a diffusers folder whose configs describe a custom architecture")
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("prove-scale", help="export SD 1.5's real architecture (random weights) to fp32 and fp16 bundles "
+                                           "and run one native UNet step on each (minutes, ~15 GB disk)")
+    p.add_argument("--arch", default="sd15")
+    p.add_argument("--work", default="bundles/scale-proof")
+    p.add_argument("--chunk-mb", type=int, default=512)
+    p.set_defaults(fn=cmd_prove_scale)
 
     p = sub.add_parser("generate", help="generate an image natively (onnxruntime) from a bundle")
     p.add_argument("prompt")
@@ -212,6 +236,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="evaluation")
     p.set_defaults(fn=cmd_evaluate)
 
+    from bench.main import add_parser as add_bench_parser  # (CPython only; runtime/ itself stays stdlib)
+
+    add_bench_parser(sub)
     a = ap.parse_args(argv)
     try:
         return a.fn(a)

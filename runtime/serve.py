@@ -8,6 +8,7 @@ standard library, so serving needs no Node once the page is built.
 from __future__ import annotations
 
 import functools
+import json
 import http.server
 import os
 import shutil
@@ -68,20 +69,29 @@ def _npm(cmd: list[str]) -> None:
 
 
 def default_bundle(log=print) -> Path:
-    """bundles/default, exported from models/default on first use."""
-    if (DEFAULT_BUNDLE / "manifest.json").is_file():
-        return DEFAULT_BUNDLE
-    if not (DEFAULT_MODEL / "model_index.json").is_file():
+    """bundles/default, exported from models/default on first use and again whenever the model changed."""
+    manifest = DEFAULT_BUNDLE / "manifest.json"
+    if manifest.is_file():
+        try:
+            from export.exporter import source_fingerprint
+        except ImportError:  # no export extras: serve what is there
+            return DEFAULT_BUNDLE
+        recorded = json.loads(manifest.read_text(encoding="utf-8")).get("source_fingerprint")
+        if not (DEFAULT_MODEL / "model_index.json").is_file() or recorded == source_fingerprint(DEFAULT_MODEL):
+            return DEFAULT_BUNDLE
+        log(f"{DEFAULT_MODEL.relative_to(ROOT)} changed since {DEFAULT_BUNDLE.relative_to(ROOT)} was exported; exporting it again…")
+    elif not (DEFAULT_MODEL / "model_index.json").is_file():
         raise ServeError(f"no bundle to serve: {DEFAULT_BUNDLE.relative_to(ROOT)} does not exist and there is no trained default model in "
                          f"{DEFAULT_MODEL.relative_to(ROOT)} yet (train it with `diffusion-explainer train`), or pass --bundle DIR "
                          "(e.g. a bundle made with `diffusion-explainer export CHECKPOINT DIR`)")
-    log(f"exporting {DEFAULT_MODEL.relative_to(ROOT)} to {DEFAULT_BUNDLE.relative_to(ROOT)} (first use)…")
+    else:
+        log(f"exporting {DEFAULT_MODEL.relative_to(ROOT)} to {DEFAULT_BUNDLE.relative_to(ROOT)} (first use)…")
     try:
         from export.exporter import ExportError, export_bundle
     except ImportError as e:
         raise ServeError(f"exporting the default model needs the export extras ({e}); pip install -e '.[export]' or pass --bundle DIR") from None
     try:
-        export_bundle(DEFAULT_MODEL, DEFAULT_BUNDLE)
+        export_bundle(DEFAULT_MODEL, DEFAULT_BUNDLE, overwrite=True)
     except ExportError as e:
         raise ServeError(f"exporting the default model failed: {e}") from None
     return DEFAULT_BUNDLE

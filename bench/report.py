@@ -1,0 +1,199 @@
+"""Turn a benchmark result into what people read: results.json, results.md, results.png and a terminal table.
+
+Why three forms: JSON keeps every sample for later analysis, the markdown table goes into READMEs and
+issues, and the chart shows at a glance where each runtime spends its time and how far it is from
+this machine's matrix-multiply peak.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+COMPONENTS = (("text_encoder", "text encoder"), ("unet_step", "UNet step"), ("ops", "op graphs"), ("vae_decode", "VAE decode"))
+
+
+def derive(result: dict) -> dict:
+    """Add achieved FLOP/s and fraction of peak to every run (in place); returns result."""
+    flops = result.get("flops", {})
+    unet = flops.get("unet_per_step")
+    comp = flops.get("onnx", {})
+    peaks = result.get("peak", {})
+    for run in result.get("runs", []):
+        if run.get("error"):
+            continue
+        steps = run.get("unet_calls_per_run") or run.get("steps") or result["meta"]["steps"]
+        c = run.get("components_ms", {})
+        peak = (peaks.get(str(run.get("threads"))) or {}).get("peak")
+        d = {}
+        if unet and c.get("unet_step"):
+            d["unet_flop_per_s"] = unet / (c["unet_step"] / 1000)
+        if unet and run.get("unet_raw_ms"):
+            d["unet_raw_flop_per_s"] = unet / (run["unet_raw_ms"] / 1000)
+        total = None
+        if unet and all(comp.get(k, {}).get("total") for k in ("text_encoder", "vae_decoder")):
+            total = comp["text_encoder"]["total"] + steps * unet + comp["vae_decoder"]["total"]
+        if total and run.get("end_to_end_ms"):
+            d["end_to_end_flop_per_s"] = total / (run["end_to_end_ms"] / 1000)
+        if peak and run.get("provider") != "webgpu":  # a CPU matmul peak is no ceiling for a GPU
+            for k in list(d):
+                d[k.replace("flop_per_s", "fraction_of_peak")] = d[k] / peak
+        run["achieved"] = d
+    return result
+
+
+def _fmt(v, unit="", digits=1):
+    if v is None:
+        return "–"
+    if isinstance(v, float) and v >= 1000 and unit == "ms":
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}"
+
+
+def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    """The rows shared by the markdown and terminal tables."""
+    head = ["runtime", "threads", "startup s", "text enc ms", "UNet step ms", "UNet bare ms", "op graphs ms",
+            "VAE ms", "end to end ms", "peak RSS MB", "download MB", "UNet GFLOP/s", "of peak"]
+    rows = []
+    for run in result.get("runs", []):
+        if run.get("error"):
+            rows.append([run.get("label", run.get("runtime", "?")), str(run.get("threads", "")), f"error: {run['error'][:60]}"] + [""] * (len(head) - 3))
+            continue
+        c = run.get("components_ms", {})
+        a = run.get("achieved", {})
+        mem = run.get("memory", {}).get("peak_rss_mb")
+        dl = run.get("downloaded_bytes")
+        rows.append([
+            run.get("label", run["runtime"]), str(run.get("threads", "")),
+            _fmt(run["startup_ms"] / 1000 if run.get("startup_ms") is not None else None, digits=2),
+            _fmt(c.get("text_encoder"), "ms"), _fmt(c.get("unet_step"), "ms"), _fmt(run.get("unet_raw_ms"), "ms"),
+            _fmt(c.get("ops"), "ms"), _fmt(c.get("vae_decode"), "ms"), _fmt(run.get("end_to_end_ms"), "ms", 0),
+            _fmt(mem, digits=0), _fmt(dl / 1e6 if dl is not None else None),
+            _fmt(a["unet_flop_per_s"] / 1e9 if "unet_flop_per_s" in a else None),
+            f"{100 * a['unet_fraction_of_peak']:.0f}%" if "unet_fraction_of_peak" in a else "–",
+        ])
+    return head, rows
+
+
+def markdown(result: dict) -> str:
+    m = result["meta"]
+    head, rows = table_rows(result)
+    out = [f"# Benchmark — {m.get('bundle_name') or m['bundle']}", "",
+           f"{m['date']} · {m.get('cpu', '?')} · {m.get('cores', '?')} cores · prompt “{m['prompt']}” · "
+           f"{m['steps']} steps · guidance {m['guidance']} · medians of {m['repeats']} runs after {m.get('warmup', 1)} warm-up", ""]
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    out.append("")
+    out.append("Text encoder: one run's text encoding (ONNX: one batch-2 call; diffusers: two batch-1 calls). "
+               "UNet step: one batch-2 call (classifier-free guidance), median over all steps; UNet bare: the model alone, "
+               "outside the loop. Op graphs: one run's guidance, scheduler and image-conversion work (for diffusers: "
+               "everything outside the three models).")
+    f = result.get("flops", {})
+    if f:
+        out += ["", "## Arithmetic", ""]
+        onnx_u, torch_u = f.get("unet_onnx"), f.get("unet_torch")
+        if onnx_u:
+            out.append(f"- UNet, one step (batch 2): **{onnx_u / 1e9:.3f} GFLOP** counted from the ONNX graph (Conv/MatMul/Gemm)"
+                       + (f", **{torch_u / 1e9:.3f} GFLOP** by torch FlopCounterMode on the diffusers UNet "
+                          f"(ratio {onnx_u / torch_u:.4f})" if torch_u else ""))
+        for k, name in (("text_encoder", "text encoder (batch 2)"), ("vae_decoder", "VAE decode")):
+            t = f.get("onnx", {}).get(k, {}).get("total")
+            if t:
+                out.append(f"- {name}: {t / 1e9:.3f} GFLOP (ONNX graph)")
+    peaks = result.get("peak", {})
+    if peaks:
+        out += ["", "## Matrix-multiply peak of this machine (fp32, best of repeated products)", ""]
+        for t, p in sorted(peaks.items()):
+            if p.get("error"):
+                out.append(f"- {t} thread(s): error: {p['error']}")
+                continue
+            libs = ", ".join(f"{lib} {p[lib] / 1e9:.1f}" for lib in ("torch", "numpy", "onnxruntime") if p.get(lib))
+            out.append(f"- {t} thread(s), {p['n']}×{p['n']}: **{p['peak'] / 1e9:.1f} GFLOP/s** ({libs})")
+    notes = m.get("notes") or []
+    if notes:
+        out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(out) + "\n"
+
+
+def chart(result: dict, path: Path) -> None:
+    """Two panels: where each runtime's end-to-end time goes, and UNet FLOP/s against the machine's peak."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in result.get("runs", []) if not r.get("error") and r.get("end_to_end_ms")]
+    labels = [f"{r.get('label', r['runtime'])}\n{r.get('threads')} thr" for r in runs]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 1.2 + 0.6 * max(3, len(runs))), constrained_layout=True)
+    colors = {"text encoder": "#4c78a8", "UNet": "#f58518", "op graphs": "#54a24b", "VAE decode": "#b279a2", "other": "#bab0ac"}
+    left = [0.0] * len(runs)
+    for name in colors:
+        vals = []
+        for r in runs:
+            c = r.get("components_ms", {})
+            steps = r.get("unet_calls_per_run") or r.get("steps") or result["meta"]["steps"]
+            parts = {"text encoder": c.get("text_encoder") or 0, "UNet": (c.get("unet_step") or 0) * steps,
+                     "op graphs": c.get("ops") or 0, "VAE decode": c.get("vae_decode") or 0}
+            parts["other"] = max(0.0, r["end_to_end_ms"] - sum(parts.values()))
+            vals.append(parts[name] / 1000)
+        ax1.barh(labels, vals, left=left, color=colors[name], label=name)
+        left = [a + b for a, b in zip(left, vals)]
+    ax1.set_xlabel("seconds (medians; UNet = calls per run × median call)")
+    ax1.set_title(f"End to end, {result['meta']['steps']} steps")
+    ax1.invert_yaxis()
+    ax1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.3 / max(3, len(runs))), ncol=5, fontsize=8, frameon=False)
+
+    ach = [(r.get("achieved", {}).get("unet_flop_per_s") or 0) / 1e9 for r in runs]
+    bars = ax2.barh(labels, ach, color="#f58518")
+    for bar, r in zip(bars, runs):
+        frac = r.get("achieved", {}).get("unet_fraction_of_peak")
+        if frac is not None:
+            ax2.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {100 * frac:.0f}% of peak", va="center", fontsize=8)
+    for i, (t, p) in enumerate(sorted(result.get("peak", {}).items())):
+        if p.get("peak"):
+            ax2.axvline(p["peak"] / 1e9, color=("k", "#555")[i % 2], ls=("--", ":")[i % 2], lw=1, label=f"matmul peak, {t} thr: {p['peak'] / 1e9:.0f}")
+    ax2.set_xlabel("GFLOP/s in the UNet step")
+    ax2.set_title("Achieved vs this machine's fp32 matmul peak")
+    ax2.invert_yaxis()
+    ax2.set_yticks(range(len(runs)), [""] * len(runs))
+    if result.get("peak"):
+        ax2.legend(loc="lower right", fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_all(result: dict, out_dir) -> dict:
+    """Write results.json, results.md and results.png into out_dir; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "results.md", "chart": out / "results.png"}
+    paths["json"].write_text(json.dumps(result, indent=1, default=str))
+    paths["markdown"].write_text(markdown(result))
+    chart(result, paths["chart"])
+    return paths
+
+
+def print_table(result: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None if sys.stdout.isatty() else 200)
+    head, rows = table_rows(result)
+    table = Table(title=f"diffusion-explainer bench · {result['meta']['steps']} steps · medians of {result['meta']['repeats']}")
+    for i, h in enumerate(head):
+        table.add_column(h, justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+    f = result.get("flops", {})
+    if f.get("unet_onnx"):
+        line = f"UNet step: {f['unet_onnx'] / 1e9:.3f} GFLOP (ONNX graph)"
+        if f.get("unet_torch"):
+            line += f", {f['unet_torch'] / 1e9:.3f} GFLOP (torch FlopCounterMode)"
+        console.print(line)
+    for t, p in sorted(result.get("peak", {}).items()):
+        if p.get("peak"):
+            console.print(f"matmul peak, {t} thread(s): {p['peak'] / 1e9:.1f} GFLOP/s")
+    for n in result["meta"].get("notes") or []:
+        console.print(f"[yellow]note:[/] {n}")
