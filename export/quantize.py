@@ -36,6 +36,7 @@ def quantize(src: Path, dst: Path, precision: str, chunk_bytes: int = CHUNK_BYTE
         model = onnx.load(str(src), load_external_data=True)
         return _save(model, dst, chunk_bytes)
     if precision == "fp16":
+        from onnx.external_data_helper import load_external_data_for_model
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = onnx.load(str(src), load_external_data=True)
@@ -44,7 +45,8 @@ def quantize(src: Path, dst: Path, precision: str, chunk_bytes: int = CHUNK_BYTE
             with tempfile.TemporaryDirectory() as tmp:
                 inferred = Path(tmp) / "inferred.onnx"
                 onnx.shape_inference.infer_shapes_path(str(src), str(inferred))
-                model = onnx.load(str(inferred), load_external_data=True)
+                model = onnx.load(str(inferred), load_external_data=False)
+                load_external_data_for_model(model, str(src.parent))  # the weights stay beside the source
         model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=big)
         return _save(model, dst, chunk_bytes)
     if precision == "int8":
