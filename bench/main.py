@@ -140,7 +140,7 @@ def _page_run(bundle: str, *, threads: int, provider: str, a) -> dict:
     from . import page
 
     raw = page.run_page(Path(bundle), threads=threads, provider=provider, steps=a.steps, repeats=a.repeats,
-                        prompt=a.prompt, seed=a.seed, timeout_s=a.timeout)
+                        prompt=a.prompt, seed=a.seed, guidance=a.guidance, timeout_s=a.timeout)
     return normalize_page(raw, threads=threads, provider=provider, steps=a.steps, repeats=a.repeats)
 
 

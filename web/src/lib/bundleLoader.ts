@@ -20,7 +20,7 @@ export interface Manifest {
   components: Record<string, { files: string[]; precision?: string; [k: string]: unknown }>;
   files: Record<string, FileInfo>;
   scheduler: { default: string; config: Record<string, unknown> };
-  about?: { description?: string; examples?: string[]; vocabulary?: Record<string, string[]> };
+  about?: { description?: string; examples?: string[]; guidance?: number; vocabulary?: Record<string, string[]> };
   [k: string]: unknown;
 }
 

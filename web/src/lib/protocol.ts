@@ -86,6 +86,8 @@ export interface EngineInfo {
   threads: number;
   crossOriginIsolated: boolean;
   adapter: string | null;
+  /** True when the WebGPU adapter is a software one (SwiftShader, llvmpipe); null without an adapter. */
+  adapterSoftware?: boolean | null;
   ortVersion: string;
   pythonVersion: string;
   bundle: {
@@ -99,6 +101,8 @@ export interface EngineInfo {
     /** From the checkpoint's explainer.json (may be empty): what the model was trained to draw. */
     description: string;
     examples: string[];
+    /** The guidance scale this model works best at (explainer.json), or null: the page starts there. */
+    guidance: number | null;
   };
   timingsMs: {
     /** loadPyodide() until Python runs. */
@@ -124,12 +128,82 @@ export interface InitMsg {
   threads: number;
   /** Int32Array(1) over a SharedArrayBuffer: 1 = stop; null where the page is not isolated. */
   stopFlag: SharedArrayBuffer | null;
+  /** The bench view: record WebAssembly memories as they are created, for peak-memory figures. */
+  bench?: boolean;
+}
+
+// ---- the bench view (?bench): timings of this machine, see lib/bench.ts -------------------------
+
+export interface BenchOptions {
+  prompt: string;
+  seed: number;
+  guidance: number;
+  steps: number;
+  /** Measured runs; one more runs first as a warm-up and is excluded. */
+  repeats: number;
+  /** Empty: the bundle's default. */
+  scheduler: SchedulerName | '';
+}
+
+/** One generation through the Python controller (runtime/web.py's Engine.generate). */
+export interface BenchControllerRun {
+  warmup: boolean;
+  /** Trace.timings_ms of the run, plus `wall` (Engine.generate incl. building the page's messages). */
+  timingsMs: Record<string, number>;
+  /** JS clock around the call to Engine.generate. */
+  jsWallMs: number;
+  /** Per step: Trace.steps[i].timings_ms (unet, ops, total). */
+  steps: Record<string, number>[];
+  /** component → ms of each session.run as JS saw it inside this run (the FFI's share is the rest). */
+  sessionRunMs: Record<string, number[]>;
+}
+
+/** Raw onnxruntime-web: session.run from JS on the feeds the controller's warm-up run gave ORT. */
+export interface BenchRawPass {
+  warmup: boolean;
+  /** component → ms of each session.run, in call order. */
+  runsMs: Record<string, number[]>;
+}
+
+export interface BenchWasmMemory {
+  /** Whose memory: 'pyodide' or 'onnxruntime' (by when it was created). */
+  owner: string;
+  bytes: number;
+  shared: boolean;
+}
+
+/** A Resource Timing entry of the worker (the page's bench view sorts them into kinds). */
+export interface BenchResourceEntry {
+  url: string;
+  transferSize: number;
+  encodedBodySize: number;
+  /** HTTP status where the browser reports it (304: revalidated, no body). */
+  status: number | null;
+}
+
+export interface BenchResourceBytes {
+  /** Response body bytes per category, from the Resource Timing entries this context saw. */
+  bytes: Record<string, number>;
+  count: Record<string, number>;
+}
+
+export interface WorkerBenchResult {
+  controller: BenchControllerRun[];
+  raw: BenchRawPass[];
+  /** How many times the controller's run called each model session (UNet: once per step). */
+  callsPerRun: Record<string, number>;
+  backend: string;
+  timestepsPerRun: number;
+  /** WebAssembly memories seen in the worker; their size never shrinks, so it is their peak. */
+  wasmMemories: BenchWasmMemory[];
+  resources: BenchResourceEntry[];
 }
 
 export type ToWorker =
   | InitMsg
   | { type: 'generate'; runId: number; request: RequestMsg }
-  | { type: 'stop' };
+  | { type: 'stop' }
+  | { type: 'bench'; options: BenchOptions };
 
 export type Phase = 'pyodide' | 'runtime' | 'bundle' | 'sessions' | 'ready';
 
@@ -147,4 +221,7 @@ export type FromWorker =
     }
   /** A request the controller refused (Request.validate); nothing ran. */
   | { type: 'run-invalid'; runId: number; text: string }
-  | { type: 'run-error'; runId: number; text: string };
+  | { type: 'run-error'; runId: number; text: string }
+  | { type: 'bench-progress'; text: string; done: number; total: number }
+  | { type: 'bench-done'; result: WorkerBenchResult }
+  | { type: 'bench-error'; text: string };

@@ -1,0 +1,156 @@
+"""Time the page itself: headless Chromium opens the bench view (`/?bench&…`) on a bundle and we read
+its result.
+
+Why a real browser: what a visitor waits for is Pyodide + onnxruntime-web in a Web Worker, with the
+page's own loader and provider choice; only the page can time that. The bench view measures two
+levels — through the Python controller as the app runs, and raw onnxruntime-web `session.run` from
+JS on the same inputs — and this driver adds what only the network side sees: the bytes every
+request downloaded, split into runtime assets and the bundle.
+
+Each call uses a fresh browser context (empty Cache API), so start-up figures are a first visit's.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+
+CHROMIUM = Path("/usr/bin/chromium")
+# RECIPES: flags for a closed network. ForceEagerMeasureMemory makes measureUserAgentSpecificMemory()
+# answer at once instead of at the next garbage collection (up to 20 s later).
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-quic", "--enable-blink-features=ForceEagerMeasureMemory"]
+PROVIDERS = ("wasm", "webgpu", "auto")
+DEFAULT_PROMPT = "a cat on a blue background"
+
+
+class BenchPageError(Exception):
+    """The page could not be benchmarked; the message is one line a user can act on."""
+
+
+def _kind(url: str) -> str:
+    path = urlsplit(url).path
+    for prefix, kind in (("/bundle/", "bundle"), ("/pyodide/", "pyodide"), ("/ort/", "ort")):
+        if path.startswith(prefix):
+            return kind
+    return "app"
+
+
+def _check_args(bundle_dir: Path, threads, provider, steps, repeats, prompt, seed, guidance, timeout_s) -> None:
+    if not (Path(bundle_dir) / "manifest.json").is_file():
+        raise ValueError(f"{bundle_dir} is not a bundle (no manifest.json); export one with `diffusion-explainer export CHECKPOINT DIR`")
+    if provider not in PROVIDERS:
+        raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
+    for name, v, lo, hi in (("threads", threads, 0, 16), ("steps", steps, 1, 100), ("repeats", repeats, 1, 50), ("seed", seed, 0, 2**32 - 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"{name} must be a whole number from {lo} to {hi}, not {v!r}")
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= 20:
+        raise ValueError(f"guidance must be a number from 0 to 20, not {guidance!r}")
+    if not isinstance(prompt, str) or len(prompt) > 5000:
+        raise ValueError("prompt must be text of at most 5000 characters")
+    if not timeout_s > 0:
+        raise ValueError(f"timeout_s must be positive, not {timeout_s!r}")
+
+
+def run_page(bundle_dir: Path, *, threads: int, provider: str = "wasm", steps: int = 10, repeats: int = 3,
+             prompt: str = DEFAULT_PROMPT, seed: int = 0, timeout_s: float = 900, guidance: float = 7.5,
+             dist: Path | None = None, screenshot: Path | None = None) -> dict:
+    """Serve `bundle_dir` with the built page, run the bench view in headless Chromium, return its result.
+
+    threads: WASM threads (0: the page's automatic choice). dist: the built page (default web/dist,
+    built with npm when missing). screenshot: where to save a full-page PNG of the finished view.
+    The result is the page's `window.__dxBench` (see web/src/lib/bench.ts: controller_ms, raw_ms,
+    overhead_ms, startup_ms, memory, samples, …) plus `page_bytes` (response bodies of every
+    request, by kind), `driver` (browser, URL, wall time) and `webgpu_adapter_software`.
+    Raises BenchPageError when the page reports an error or does not finish in timeout_s.
+    """
+    bundle_dir = Path(bundle_dir)
+    _check_args(bundle_dir, threads, provider, steps, repeats, prompt, seed, guidance, timeout_s)
+    if not CHROMIUM.exists():
+        raise BenchPageError(f"{CHROMIUM} is missing; install Debian's chromium (apt-get install chromium)")
+    try:
+        from playwright.sync_api import Error as PlaywrightError
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise BenchPageError("the Python package playwright is not installed (pip install playwright; no browser download is needed)") from None
+    from runtime.serve import ServeError, build_web, start_background
+
+    try:
+        dist = Path(dist) if dist else build_web(log=lambda *_: None)
+    except ServeError as e:
+        raise BenchPageError(str(e)) from None
+    if not (dist / "index.html").is_file():
+        raise BenchPageError(f"{dist} holds no built page (index.html); run `cd web && npm run build`")
+
+    query = urlencode({"provider": provider, "threads": threads, "steps": steps, "repeats": repeats, "prompt": prompt, "seed": seed,
+                       "guidance": guidance})
+    server, base = start_background(bundle_dir, dist=dist)
+    url = f"{base}?bench&{query}"
+    counts = {"app": 0, "pyodide": 0, "ort": 0, "bundle": 0}
+    requests = {k: 0 for k in counts}
+    console: list[str] = []
+
+    def count(request):
+        try:
+            size = request.sizes()["responseBodySize"]
+        except PlaywrightError:  # the page went away mid-request
+            return
+        kind = _kind(request.url)
+        counts[kind] += max(0, size)
+        requests[kind] += 1
+
+    args = CHROMIUM_ARGS + (["--enable-unsafe-webgpu"] if provider != "wasm" else [])
+    t0 = time.perf_counter()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=args)
+            try:
+                context = browser.new_context(viewport={"width": 1100, "height": 900})
+                context.on("requestfinished", count)
+                page = context.new_page()
+                page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+                page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+                deadline = t0 + timeout_s
+                try:
+                    page.goto(url, wait_until="commit", timeout=timeout_s * 1000)
+                    # the explainer's root instead of the bench view: a page built before the bench view existed
+                    page.wait_for_selector("[data-testid=bench], main[data-engine]", state="attached", timeout=timeout_s * 1000)
+                    if page.locator("[data-testid=bench]").count() == 0:
+                        raise BenchPageError(f"the page in {dist} has no bench view (it was built before the view existed); "
+                                             "rebuild it: `cd web && npm run build` or `diffusion-explainer serve --rebuild`")
+                    page.wait_for_selector("[data-bench-done]", state="attached", timeout=max(1.0, deadline - time.perf_counter()) * 1000)
+                except PlaywrightError as e:
+                    status = _text(page, "[data-testid=bench-status]")
+                    tail = " | ".join(console[-5:])
+                    reason = "did not finish" if "Timeout" in str(e) else f"failed ({str(e).splitlines()[0]})"
+                    raise BenchPageError(f"the bench page {reason} within {timeout_s:.0f} s; last status: {status or '?'}"
+                                         + (f"; console: {tail}" if tail else "")) from None
+                result = page.evaluate("() => window.__dxBench")
+                if screenshot:
+                    Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
+                    page.screenshot(path=str(screenshot), full_page=True)
+                version = browser.version
+                context.close()
+            finally:
+                browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    if not isinstance(result, dict):
+        raise BenchPageError("the bench page finished without a result on window.__dxBench")
+    if not result.get("ok"):
+        raise BenchPageError(f"the bench page reported an error: {result.get('error') or 'unknown error'}")
+    runtime_assets = counts["app"] + counts["pyodide"] + counts["ort"]
+    result["page_bytes"] = {**counts, "runtime_assets": runtime_assets, "total": runtime_assets + counts["bundle"], "requests": requests}
+    result["driver"] = {"browser": f"chromium {version}", "url": url, "args": args, "wall_s": time.perf_counter() - t0}
+    engine = result.get("engine") or {}
+    result["webgpu_adapter_software"] = engine.get("adapter_software") if engine.get("provider") == "webgpu" else None
+    return result
+
+
+def _text(page, selector: str) -> str:
+    try:
+        loc = page.locator(selector)
+        return loc.inner_text(timeout=1000).strip().replace("\n", " ") if loc.count() else ""
+    except Exception:  # the page crashed: no status to read
+        return ""

@@ -1,0 +1,374 @@
+// The bench view's logic (no UI): read ?bench parameters, drive the engine worker through a
+// benchmark, and turn its raw samples into the result that the view shows and that
+// `bench/page.py` reads from `window.__dxBench`.
+//
+// Why a separate worker client instead of EngineClient: the bench needs two extra messages
+// ('bench' out, 'bench-*' back), but must load the bundle exactly as the app does, so it starts the
+// same worker with the same 'init' message (same loader, same provider choice).
+import type {
+  BenchOptions, BenchResourceBytes, BenchResourceEntry, EngineInfo, FromWorker, ProviderChoice, SchedulerName, ToWorker, WorkerBenchResult,
+} from './protocol';
+import { SCHEDULERS } from './protocol';
+
+declare global {
+  interface Window {
+    /** The bench view's result, once final (ok or not): read by bench/page.py. */
+    __dxBench?: BenchResult;
+  }
+}
+
+export const BENCH_SCHEMA = 'diffusion-explainer-bench/1';
+export const DEFAULT_PROMPT = 'a cat on a blue background';
+
+export interface BenchParams {
+  bundleUrl: string;
+  provider: ProviderChoice;
+  /** 0: automatic, as in the app. */
+  threads: number;
+  options: BenchOptions;
+}
+
+/** ?bench&provider=…&threads=…&steps=…&repeats=…&prompt=…&seed=…&guidance=…&scheduler=…&bundle=… */
+export function parseBenchParams(params: URLSearchParams, defaultBundle: string): { params: BenchParams; errors: string[] } {
+  const errors: string[] = [];
+  const int = (name: string, fallback: number, lo: number, hi: number) => {
+    const raw = params.get(name);
+    if (raw === null || raw === '') return fallback;
+    const v = Number(raw);
+    if (!Number.isInteger(v) || v < lo || v > hi) {
+      errors.push(`${name} must be a whole number from ${lo} to ${hi} (got “${raw}”)`);
+      return fallback;
+    }
+    return v;
+  };
+  const provider = params.get('provider') ?? 'auto';
+  if (!['auto', 'webgpu', 'wasm'].includes(provider)) errors.push(`provider must be auto, webgpu or wasm (got “${provider}”)`);
+  const scheduler = params.get('scheduler') ?? '';
+  if (scheduler && !SCHEDULERS.includes(scheduler as SchedulerName)) errors.push(`scheduler must be one of ${SCHEDULERS.join(', ')} (got “${scheduler}”)`);
+  const guidanceRaw = params.get('guidance');
+  let guidance = 7.5;
+  if (guidanceRaw !== null && guidanceRaw !== '') {
+    guidance = Number(guidanceRaw);
+    if (!Number.isFinite(guidance) || guidance < 0 || guidance > 20) {
+      errors.push(`guidance must be a number from 0 to 20 (got “${guidanceRaw}”)`);
+      guidance = 7.5;
+    }
+  }
+  return {
+    params: {
+      bundleUrl: params.get('bundle') || defaultBundle,
+      provider: (['auto', 'webgpu', 'wasm'].includes(provider) ? provider : 'auto') as ProviderChoice,
+      threads: int('threads', 0, 0, 16),
+      options: {
+        prompt: params.get('prompt') ?? DEFAULT_PROMPT,
+        seed: int('seed', 0, 0, 2 ** 32 - 1),
+        guidance,
+        steps: int('steps', 10, 1, 100),
+        repeats: int('repeats', 3, 1, 50),
+        scheduler: (scheduler && SCHEDULERS.includes(scheduler as SchedulerName) ? scheduler : '') as SchedulerName | '',
+      },
+    },
+    errors,
+  };
+}
+
+/** The query string that opens the bench (or, with bench=false, the app) with these settings. */
+export function benchQuery(p: { provider: ProviderChoice; threads: number; bundle?: string | null; steps?: number; repeats?: number; prompt?: string }, bench = true): string {
+  const q = new URLSearchParams();
+  if (p.bundle) q.set('bundle', p.bundle);
+  q.set('provider', p.provider);
+  if (p.threads) q.set('threads', String(p.threads));
+  if (bench) {
+    if (p.steps) q.set('steps', String(p.steps));
+    if (p.repeats) q.set('repeats', String(p.repeats));
+    if (p.prompt && p.prompt !== DEFAULT_PROMPT) q.set('prompt', p.prompt);
+  }
+  const rest = q.toString();
+  return bench ? `?bench${rest ? '&' + rest : ''}` : `?${rest}`;
+}
+
+export function median(xs: number[]): number | null {
+  const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (!v.length) return null;
+  const m = v.length >> 1;
+  return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
+}
+
+export type ResourceKind = 'app' | 'pyodide' | 'ort' | 'bundle';
+
+export function resourceKind(url: string, base: string, bundleUrl: string): ResourceKind {
+  if (bundleUrl && url.startsWith(bundleUrl)) return 'bundle';
+  if (url.startsWith(`${base}pyodide/`)) return 'pyodide';
+  if (url.startsWith(`${base}ort/`)) return 'ort';
+  return 'app';
+}
+
+/** Body bytes that came over the network, per kind, from Resource Timing entries (0 for a cache
+ * hit or a 304). Files read from the Cache API do not appear here at all. */
+export function resourceBytes(entries: BenchResourceEntry[], base: string, bundleUrl: string): BenchResourceBytes {
+  const bytes: Record<string, number> = { app: 0, pyodide: 0, ort: 0, bundle: 0 };
+  const count: Record<string, number> = { app: 0, pyodide: 0, ort: 0, bundle: 0 };
+  for (const e of entries) {
+    const body = e.transferSize === 0 || e.status === 304 ? 0 : e.encodedBodySize;
+    const k = resourceKind(e.url, base, bundleUrl);
+    bytes[k] += body;
+    count[k] += 1;
+  }
+  return { bytes, count };
+}
+
+/** This context's own Resource Timing entries (the main thread's; the worker sends its own). */
+export function ownResourceEntries(): BenchResourceEntry[] {
+  return (performance.getEntriesByType('resource') as (PerformanceResourceTiming & { responseStatus?: number })[]).map((e) => ({
+    url: e.name, transferSize: e.transferSize, encodedBodySize: e.encodedBodySize, status: e.responseStatus ?? null,
+  }));
+}
+
+export interface PageMemory {
+  /** performance.measureUserAgentSpecificMemory(): the page and its workers, now (not a peak). */
+  bytes: number | null;
+  byScope: Record<string, number>;
+  note: string;
+}
+
+/** The browser's own measurement of the page's memory, where it offers one (Chromium, isolated).
+ * With WASM threads Chromium has not answered in our runs (ORT's thread workers sit in
+ * Atomics.wait), so `threaded` shortens the wait and says so. */
+export async function measurePageMemory(threaded = false): Promise<PageMemory> {
+  const timeoutMs = threaded ? 10_000 : 30_000;
+  type Breakdown = { bytes: number; attribution: { scope?: string }[]; types: string[] };
+  const perf = performance as Performance & { measureUserAgentSpecificMemory?: () => Promise<{ bytes: number; breakdown: Breakdown[] }> };
+  if (!globalThis.crossOriginIsolated) return { bytes: null, byScope: {}, note: 'not measurable: the page is not cross-origin isolated' };
+  if (typeof perf.measureUserAgentSpecificMemory !== 'function') {
+    return { bytes: null, byScope: {}, note: 'not measurable: this browser has no performance.measureUserAgentSpecificMemory()' };
+  }
+  try {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<null>((r) => (timer = setTimeout(() => r(null), timeoutMs)));
+    const res = await Promise.race([perf.measureUserAgentSpecificMemory(), timeout]);
+    clearTimeout(timer);
+    if (!res) {
+      const why = threaded ? ' (with WASM threads it may never answer: onnxruntime’s thread workers wait in Atomics.wait)' : '';
+      return { bytes: null, byScope: {}, note: `not measured: the browser did not answer within ${timeoutMs / 1000} s${why}` };
+    }
+    const byScope: Record<string, number> = {};
+    for (const b of res.breakdown) {
+      const scope = b.attribution[0]?.scope ?? (b.types.length ? b.types.join('+') : 'shared');
+      byScope[scope] = (byScope[scope] ?? 0) + b.bytes;
+    }
+    return { bytes: res.bytes, byScope, note: 'the browser’s measurement at the end of the bench (current, not a peak)' };
+  } catch (e) {
+    return { bytes: null, byScope: {}, note: `not measurable: ${(e as Error).message}` };
+  }
+}
+
+/** Everything the view shows, as JSON with snake_case keys (read by bench/page.py). */
+export interface BenchResult {
+  schema: string;
+  ok: boolean;
+  error: string | null;
+  params: Record<string, unknown>;
+  /** The scheduler that ran (the bundle's default unless ?scheduler= named one); PNDM runs steps + 1. */
+  scheduler: string | null;
+  engine: Record<string, unknown> | null;
+  bundle: Record<string, unknown> | null;
+  startup_ms: Record<string, unknown> | null;
+  startup_bytes: Record<string, unknown> | null;
+  steps_per_run: number;
+  timesteps_per_run: number;
+  calls_per_run: Record<string, number>;
+  measured_runs: number;
+  /** (a) medians through the Python controller (runtime/web.py → Pipeline.generate). */
+  controller_ms: Record<string, number | null>;
+  /** (b) medians of session.run called from JS on the same feeds. */
+  raw_ms: Record<string, number | null>;
+  /** (a) − (b): what the controller and Pyodide's FFI add. */
+  overhead_ms: Record<string, number | null>;
+  /** (a′) medians of the same session.run as JS timed it inside the controller's runs. */
+  session_in_controller_ms: Record<string, number | null>;
+  /** (a) − (a′): the Python side of each call (feeds to JS, awaiting the promise, wrapping outputs). */
+  ffi_ms: Record<string, number | null>;
+  memory: Record<string, unknown>;
+  page_resources: BenchResourceBytes | null;
+  page_ms: { ready: number | null; done: number | null };
+  /** Every run, warm-ups included (flagged): controller runs' Trace timings and raw session.run times. */
+  /** Caveats a reader needs to read the figures right. */
+  notes: string[];
+  samples: {
+    controller: { warmup: boolean; timings_ms: Record<string, number>; js_wall_ms: number; steps: Record<string, number>[]; session_run_ms: Record<string, number[]> }[];
+    raw: { warmup: boolean; runs_ms: Record<string, number[]> }[];
+  } | null;
+}
+
+export function emptyResult(params: BenchParams, error: string | null): BenchResult {
+  return {
+    schema: BENCH_SCHEMA, ok: error === null, error,
+    params: {
+      provider: params.provider, threads: params.threads, steps: params.options.steps, repeats: params.options.repeats,
+      prompt: params.options.prompt, seed: params.options.seed, guidance: params.options.guidance,
+      scheduler: params.options.scheduler || null, bundle_url: params.bundleUrl,
+    },
+    scheduler: params.options.scheduler || null, engine: null, bundle: null, startup_ms: null, startup_bytes: null, steps_per_run: 0, timesteps_per_run: 0, calls_per_run: {},
+    measured_runs: 0, controller_ms: {}, raw_ms: {}, overhead_ms: {}, session_in_controller_ms: {}, ffi_ms: {},
+    memory: { notes: ['not measured'] }, notes: [], page_resources: null, page_ms: { ready: null, done: null }, samples: null,
+  };
+}
+
+function startup(info: EngineInfo) {
+  const sessions = info.timingsMs.sessions;
+  return {
+    startup_ms: {
+      pyodide: info.timingsMs.pyodide, runtime_zip: info.timingsMs.runtime, bundle: info.timingsMs.bundle,
+      sessions: { ...sessions }, sessions_total: Object.values(sessions).reduce((a, b) => a + b, 0), ready: info.timingsMs.total,
+    },
+    startup_bytes: { bundle_total: info.bundle.bytes, bundle_downloaded: info.downloadedBytes, bundle_from_cache: info.downloadedBytes === 0 },
+  };
+}
+
+export function summarize(params: BenchParams, info: EngineInfo, w: WorkerBenchResult, memory: PageMemory, resources: BenchResourceBytes,
+  pageMs: { ready: number | null; done: number | null }): BenchResult {
+  const runs = w.controller.filter((r) => !r.warmup);
+  const steps = runs.flatMap((r) => r.steps);
+  const passes = w.raw.filter((p) => !p.warmup);
+  const rawOf = (name: string) => median(passes.flatMap((p) => p.runsMs[name] ?? []));
+  const controller_ms = {
+    text_encoder: median(runs.map((r) => r.timingsMs.text_encoder)),
+    unet_step: median(steps.map((s) => s.unet)),
+    ops_step: median(steps.map((s) => s.ops ?? 0)),
+    other_step: median(steps.map((s) => s.total - s.unet - (s.ops ?? 0))),
+    step_total: median(steps.map((s) => s.total)),
+    vae_decode: median(runs.map((r) => r.timingsMs.vae_decoder)),
+    generate_total: median(runs.map((r) => r.timingsMs.total)),
+    generate_wall: median(runs.map((r) => r.jsWallMs)),
+  };
+  const raw_ms = { text_encoder: rawOf('text_encoder'), unet_step: rawOf('unet'), vae_decode: rawOf('vae_decoder') };
+  const innerOf = (name: string) => median(runs.flatMap((r) => r.sessionRunMs[name] ?? []));
+  const session_in_controller_ms = { text_encoder: innerOf('text_encoder'), unet_step: innerOf('unet'), vae_decode: innerOf('vae_decoder') };
+  const diff = (x: Record<string, number | null>, y: Record<string, number | null>) =>
+    Object.fromEntries(Object.keys(y).map((k) => [k, x[k] == null || y[k] == null ? null : x[k]! - y[k]!]));
+  const overhead_ms = diff(controller_ms, raw_ms);
+  const ffi_ms = diff(controller_ms, session_in_controller_ms);
+  const wasm: Record<string, number> = {};
+  for (const m of w.wasmMemories) wasm[m.owner] = (wasm[m.owner] ?? 0) + m.bytes;
+  const wasmTotal = Object.values(wasm).reduce((a, b) => a + b, 0);
+  const notes = [
+    w.wasmMemories.length
+      ? 'wasm_bytes: WebAssembly memories of the engine worker at the end; they never shrink, so this is their peak'
+      : 'wasm_bytes: not measurable: no WebAssembly memory was seen being created',
+    `user_agent_specific_bytes: ${memory.note}`,
+  ];
+  if (info.provider === 'webgpu') notes.push('GPU memory (WebGPU buffers) is not measurable from a page');
+  const result: BenchResult = {
+    ...emptyResult(params, null),
+    scheduler: params.options.scheduler || info.bundle.defaultScheduler,
+    engine: {
+      provider: info.provider, reason: info.reason, threads: info.threads, cross_origin_isolated: info.crossOriginIsolated,
+      adapter: info.adapter, adapter_software: info.adapterSoftware ?? null, ort_version: info.ortVersion, python_version: info.pythonVersion,
+      backend: w.backend, hardware_concurrency: navigator.hardwareConcurrency ?? null, user_agent: navigator.userAgent,
+    },
+    bundle: {
+      name: info.bundle.name, url: info.bundle.url, bytes: info.bundle.bytes, image_size: info.bundle.imageSize,
+      latent_size: info.bundle.latentSize, precision: info.bundle.precision, default_scheduler: info.bundle.defaultScheduler,
+    },
+    ...startup(info),
+    steps_per_run: runs[0]?.steps.length ?? 0,
+    timesteps_per_run: w.timestepsPerRun,
+    calls_per_run: w.callsPerRun,
+    measured_runs: runs.length,
+    controller_ms, raw_ms, overhead_ms, session_in_controller_ms, ffi_ms,
+    memory: {
+      wasm_bytes: w.wasmMemories.length ? { ...wasm, total: wasmTotal } : null,
+      wasm_memories: w.wasmMemories,
+      user_agent_specific_bytes: memory.bytes,
+      user_agent_specific_by_scope: memory.byScope,
+      notes,
+    },
+    page_resources: resources,
+    notes: [
+      ...(info.provider === 'webgpu'
+        ? ['WebGPU: session.run resolves once the work is queued and outputs stay on the GPU, so GPU time shows up where results are read back (the rest of a step); raw passes feed CPU tensors and do not wait for the GPU']
+        : []),
+      ...(info.adapterSoftware ? ['the WebGPU adapter is a software one (e.g. SwiftShader): these times say nothing about a GPU'] : []),
+      ...(runs.length < 3 ? ['fewer than 3 measured runs: medians are rough'] : []),
+    ],
+    page_ms: pageMs,
+    samples: {
+      controller: w.controller.map((r) => ({ warmup: r.warmup, timings_ms: r.timingsMs, js_wall_ms: r.jsWallMs, steps: r.steps, session_run_ms: r.sessionRunMs })),
+      raw: w.raw.map((p) => ({ warmup: p.warmup, runs_ms: p.runsMs })),
+    },
+  };
+  return result;
+}
+
+export interface BenchHandlers {
+  status(text: string): void;
+  download(loaded: number, total: number, file: string, fromCache: boolean): void;
+  notice(text: string): void;
+  ready(info: EngineInfo): void;
+  progress(text: string, done: number, total: number): void;
+  /** Timings are in; the browser's memory measurement (up to 30 s) is still to come. */
+  measured(partial: BenchResult): void;
+  done(result: BenchResult): void;
+  error(text: string, info: EngineInfo | null): void;
+}
+
+/** Start the engine worker as the app does, then benchmark; returns a function that stops it. */
+export function runBench(params: BenchParams, h: BenchHandlers): () => void {
+  const worker = new Worker(new URL('../worker.ts', import.meta.url), { type: 'module', name: 'engine' });
+  const base = new URL(import.meta.env.BASE_URL, location.href).href;
+  const bundleUrl = new URL(params.bundleUrl, location.href);
+  if (!bundleUrl.pathname.endsWith('/')) bundleUrl.pathname += '/';
+  let info: EngineInfo | null = null;
+  let readyMs: number | null = null;
+  let finished = false;
+  const fail = (text: string) => {
+    if (finished) return;
+    finished = true;
+    h.error(text, info);
+  };
+  const send = (msg: ToWorker) => worker.postMessage(msg);
+  worker.onerror = (e) => fail(`the engine worker failed: ${e.message || 'unknown error'}`);
+  worker.onmessage = async (e: MessageEvent<FromWorker>) => {
+    const m = e.data;
+    switch (m.type) {
+      case 'status':
+        h.status(m.text);
+        break;
+      case 'progress':
+        h.download(m.loaded, m.total, m.file, m.fromCache);
+        break;
+      case 'notice':
+        h.notice(m.text);
+        break;
+      case 'fatal':
+        fail(m.text);
+        break;
+      case 'ready':
+        info = m.info;
+        readyMs = performance.now();
+        h.ready(m.info);
+        send({ type: 'bench', options: params.options });
+        break;
+      case 'bench-progress':
+        h.progress(m.text, m.done, m.total);
+        break;
+      case 'bench-error':
+        fail(m.text);
+        break;
+      case 'bench-done': {
+        const resources = resourceBytes([...ownResourceEntries(), ...m.result.resources], base, bundleUrl.href);
+        const pageMs = { ready: readyMs, done: performance.now() };
+        h.measured(summarize(params, info!, m.result, { bytes: null, byScope: {}, note: 'being measured' }, resources, pageMs));
+        const memory = await measurePageMemory(info!.provider === 'wasm' && info!.threads > 1);
+        finished = true;
+        h.done(summarize(params, info!, m.result, memory, resources, pageMs));
+        break;
+      }
+    }
+  };
+  send({
+    type: 'init', bundleUrl: bundleUrl.href, provider: params.provider, threads: params.threads,
+    stopFlag: globalThis.crossOriginIsolated ? new SharedArrayBuffer(4) : null, bench: true,
+  });
+  return () => worker.terminate();
+}
