@@ -44,6 +44,24 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
 
 
+def summarize(runs: list[dict], unet_steps: list, op_steps: list, repeats: int, raw, rss_start, rss_loaded) -> dict:
+    """The fields every runtime's result shares: medians per component, the samples, memory."""
+    return {
+        "components_ms": {
+            "text_encoder": median(r["text_encoder"] for r in runs),
+            "unet_step": median(unet_steps),
+            "ops": median(r["ops"] for r in runs),
+            "ops_per_step": median(op_steps),
+            "vae_decode": median(r["vae_decode"] for r in runs),
+        },
+        "unet_calls_per_run": len(unet_steps) // max(1, repeats),
+        "end_to_end_ms": median(r["end_to_end"] for r in runs),
+        "unet_raw_ms": raw,
+        "samples_ms": {"runs": runs, "unet_steps": unet_steps},
+        "memory": {"rss_start_mb": rss_start, "rss_loaded_mb": rss_loaded, "peak_rss_mb": peak_rss_mb()},
+    }
+
+
 def median(xs) -> float | None:
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -99,18 +117,7 @@ def bench_native(bundle_dir, *, threads: int, steps: int = 10, repeats: int = 3,
         "repeats": repeats,
         "startup_ms": startup_ms,
         "load_ms": load_ms,
-        "components_ms": {
-            "text_encoder": median(r["text_encoder"] for r in runs),
-            "unet_step": median(unet_steps),
-            "ops": median(r["ops"] for r in runs),
-            "ops_per_step": median(op_steps),
-            "vae_decode": median(r["vae_decode"] for r in runs),
-        },
-        "unet_calls_per_run": len(unet_steps) // max(1, repeats),
-        "end_to_end_ms": median(r["end_to_end"] for r in runs),
-        "unet_raw_ms": raw,
-        "samples_ms": {"runs": runs, "unet_steps": unet_steps},
-        "memory": {"rss_start_mb": rss_start, "rss_loaded_mb": rss_loaded, "peak_rss_mb": peak_rss_mb()},
+        **summarize(runs, unet_steps, op_steps, repeats, raw, rss_start, rss_loaded),
     }
 
 

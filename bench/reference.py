@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from .native import DEFAULT_PROMPT, median, peak_rss_mb, rss_mb
+from .native import DEFAULT_PROMPT, rss_mb, summarize
 
 
 def bench_reference(checkpoint, *, threads: int, steps: int = 10, repeats: int = 3, prompt: str = DEFAULT_PROMPT,
@@ -84,18 +84,7 @@ def bench_reference(checkpoint, *, threads: int, steps: int = 10, repeats: int =
         "steps": steps,
         "repeats": repeats,
         "startup_ms": startup_ms,
-        "components_ms": {
-            "text_encoder": median(r["text_encoder"] for r in runs),
-            "unet_step": median(unet_steps),
-            "ops": median(r["ops"] for r in runs),
-            "ops_per_step": median(r["ops"] / steps for r in runs),
-            "vae_decode": median(r["vae_decode"] for r in runs),
-        },
-        "unet_calls_per_run": len(unet_steps) // max(1, repeats),
-        "end_to_end_ms": median(r["end_to_end"] for r in runs),
-        "unet_raw_ms": raw,
-        "samples_ms": {"runs": runs, "unet_steps": unet_steps},
-        "memory": {"rss_start_mb": rss_start, "rss_loaded_mb": rss_loaded, "peak_rss_mb": peak_rss_mb()},
+        **summarize(runs, unet_steps, [r["ops"] / steps for r in runs], repeats, raw, rss_start, rss_loaded),
     }
 
 

@@ -17,3 +17,18 @@ def tiny_bundle(tiny_pipeline_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     export_bundle(tiny_pipeline_dir, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def web_dist():
+    """The page, built once per test session (npm ci when node_modules is missing)."""
+    import shutil
+
+    from runtime.serve import ServeError, build_web
+
+    if not shutil.which("npm"):
+        pytest.skip("npm is not installed; the page cannot be built")
+    try:
+        return build_web(rebuild=True, log=lambda *_: None)
+    except ServeError as e:
+        pytest.fail(str(e))

@@ -28,19 +28,12 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def web_dist():
-    """The page, built once for this module (the bench view must be in it)."""
-    from runtime.serve import ServeError, build_web
-
+def page_dist(web_dist):
+    """The page (built once per session by conftest's web_dist), when a browser can drive it."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
     pytest.importorskip("playwright.sync_api")
-    if not shutil.which("npm"):
-        pytest.skip("npm is not installed; the page cannot be built")
-    try:
-        return build_web(rebuild=True, log=lambda *_: None)
-    except ServeError as e:
-        pytest.fail(str(e))
+    return web_dist
 
 
 def test_bad_arguments_are_refused_before_any_browser_starts(tmp_path):
@@ -57,9 +50,9 @@ def test_bad_arguments_are_refused_before_any_browser_starts(tmp_path):
         run_page(tmp_path, threads=1, guidance=25)
 
 
-def test_bench_view_on_the_tiny_bundle(tiny_bundle, web_dist):
+def test_bench_view_on_the_tiny_bundle(tiny_bundle, page_dist):
     ARTIFACTS.mkdir(exist_ok=True)
-    r = run_page(tiny_bundle, threads=1, steps=2, repeats=2, dist=web_dist, screenshot=ARTIFACTS / "bench-page.png")
+    r = run_page(tiny_bundle, threads=1, steps=2, repeats=2, dist=page_dist, screenshot=ARTIFACTS / "bench-page.png")
     (ARTIFACTS / "bench-page.json").write_text(json.dumps(r, indent=1))
 
     assert r["ok"] is True and r["error"] is None
@@ -109,11 +102,11 @@ def test_bench_view_on_the_tiny_bundle(tiny_bundle, web_dist):
     assert mem["user_agent_specific_bytes"] is None or mem["user_agent_specific_bytes"] > 0
 
 
-def test_an_error_on_the_page_is_raised(tiny_bundle, web_dist, tmp_path):
+def test_an_error_on_the_page_is_raised(tiny_bundle, page_dist, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(tiny_bundle, bad)
     data = bytearray((bad / "vae_decoder.onnx").read_bytes())
     data[len(data) // 2] ^= 0xFF
     (bad / "vae_decoder.onnx").write_bytes(bytes(data))
     with pytest.raises(BenchPageError, match="the bench page reported an error: vae_decoder.onnx from the server does not match"):
-        run_page(bad, threads=1, steps=1, repeats=1, dist=web_dist, screenshot=ARTIFACTS / "bench-page-error.png")
+        run_page(bad, threads=1, steps=1, repeats=1, dist=page_dist, screenshot=ARTIFACTS / "bench-page-error.png")

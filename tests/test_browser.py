@@ -39,19 +39,6 @@ TIMINGS: dict = {}
 
 # ---- fixtures ------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def web_dist():
-    """The page, built once per session (npm ci when node_modules is missing)."""
-    from runtime.serve import ServeError, build_web
-
-    if not shutil.which("npm"):
-        pytest.skip("npm is not installed; the page cannot be built")
-    try:
-        return build_web(rebuild=True, log=lambda *_: None)
-    except ServeError as e:
-        pytest.fail(str(e))
-
-
 def _with_external_data(src: Path, dst: Path, component: str = "unet", chunk_bytes: int = 2**20) -> Path:
     """A copy of the bundle whose `component` keeps its weights in 1 MiB chunks of external data, as
     big bundles do (SD 1.5's UNet: 3.4 GB in 512 MiB chunks), so every test exercises the page's
