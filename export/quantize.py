@@ -22,10 +22,6 @@ DEFAULTS = {
 }
 
 
-def _save(model, dst: Path, chunk_bytes: int = CHUNK_BYTES) -> list[str]:
-    return save_model(model, dst, chunk_bytes)
-
-
 def quantize(src: Path, dst: Path, precision: str, chunk_bytes: int = CHUNK_BYTES) -> list[str]:
     """Write `precision` version of the fp32 model file `src` to `dst`; returns the written file names."""
     import onnx
@@ -34,12 +30,11 @@ def quantize(src: Path, dst: Path, precision: str, chunk_bytes: int = CHUNK_BYTE
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         model = onnx.load(str(src), load_external_data=True)
-        return _save(model, dst, chunk_bytes)
+        return save_model(model, dst, chunk_bytes)
     if precision == "fp16":
         from onnx.external_data_helper import load_external_data_for_model
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        model = onnx.load(str(src), load_external_data=True)
         big = _has_external(src) or src.stat().st_size > 1_800_000_000
         if big:  # shape inference cannot hold a >2 GB proto in memory: infer on the file first
             with tempfile.TemporaryDirectory() as tmp:
@@ -47,8 +42,10 @@ def quantize(src: Path, dst: Path, precision: str, chunk_bytes: int = CHUNK_BYTE
                 onnx.shape_inference.infer_shapes_path(str(src), str(inferred))
                 model = onnx.load(str(inferred), load_external_data=False)
                 load_external_data_for_model(model, str(src.parent))  # the weights stay beside the source
+        else:
+            model = onnx.load(str(src), load_external_data=True)
         model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=big)
-        return _save(model, dst, chunk_bytes)
+        return save_model(model, dst, chunk_bytes)
     if precision == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -56,13 +53,13 @@ def quantize(src: Path, dst: Path, precision: str, chunk_bytes: int = CHUNK_BYTE
             out = Path(tmp) / dst.name
             quantize_dynamic(str(src), str(out), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
                              use_external_data_format=src.stat().st_size > 1_800_000_000 or _has_external(src))
-            return _save(onnx.load(str(out), load_external_data=True), dst, chunk_bytes)
+            return save_model(onnx.load(str(out), load_external_data=True), dst, chunk_bytes)
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(src), load_external_data=True)
     q = MatMulNBitsQuantizer(model, block_size=32, is_symmetric=True, op_types_to_quantize=("MatMul",))
     q.process()
-    return _save(q.model.model, dst, chunk_bytes)
+    return save_model(q.model.model, dst, chunk_bytes)
 
 
 def _has_external(path: Path) -> bool:
