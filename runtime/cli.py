@@ -233,6 +233,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=str(DEFAULT_MODEL))
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--scheduler", choices=("pndm", "ddim", "dpmpp_2m", "euler", "lms"),
+                   help="sample with this scheduler instead of the model's own (to compare)")
     p.add_argument("--out", default="evaluation")
     p.set_defaults(fn=cmd_evaluate)
 

@@ -20,6 +20,9 @@ from . import scenes as S
 from .stages import RUN_DIR
 
 GUIDANCES = (0.0, 1.0, 3.0, 7.5, 12.0)
+# the runtime's scheduler names → diffusers' classes (the judge scores diffusers' own sampling)
+SCHEDULERS = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler",
+              "euler": "EulerDiscreteScheduler", "lms": "LMSDiscreteScheduler"}
 JUDGE = Path(__file__).resolve().parent.parent / "models" / "judge.pt"
 
 
@@ -59,6 +62,11 @@ def main(args) -> int:
     torch.manual_seed(0)
     pipe = StableDiffusionPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
+    if args.scheduler:
+        import diffusers
+
+        pipe.scheduler = getattr(diffusers, SCHEDULERS[args.scheduler]).from_config(pipe.scheduler.config)
+    scheduler = type(pipe.scheduler).__name__
     judge = load_judge()
     held = S.held_out_prompts()
     prompts = [p for p, _, _ in held]
@@ -85,7 +93,8 @@ def main(args) -> int:
     n_single = sum(len(o) == 1 for _, o, _ in held)
     table = [
         f"Held-out prompts: {n_single} single-object (each object on a background never paired with it in training) "
-        f"and {len(held) - n_single} object pairs never shown together; {len(seeds)} seeds each; {args.steps} steps, default scheduler. "
+        f"and {len(held) - n_single} object pairs never shown together; {len(seeds)} seeds each; {args.steps} steps, {scheduler}"
+        f"{'' if args.scheduler else ' (the model’s own)'}. "
         f"Chance: object {1 / len(S.OBJECTS):.3f}, background {1 / len(S.BACKGROUNDS):.3f}.",
         "",
         "| guidance | object accuracy | background accuracy | pairs: both objects | pairs: background |",
@@ -96,7 +105,7 @@ def main(args) -> int:
     if real:
         table += ["", f"The judge itself on 2,000 fresh real scenes: objects {real['objects']:.3f}, background {real['background']:.3f}."]
     (out / "table.md").write_text("\n".join(table) + "\n")
-    (out / "results.json").write_text(json.dumps({"rows": rows, "prompts": prompts, "seeds": seeds, "steps": args.steps, "judge_on_real": real}, indent=1))
+    (out / "results.json").write_text(json.dumps({"rows": rows, "prompts": prompts, "seeds": seeds, "steps": args.steps, "scheduler": scheduler, "judge_on_real": real}, indent=1))
     _grid(grids, prompts, out / "grid.png")
     print("\n".join(table))
     print(f"wrote {out}/table.md, results.json, grid.png")
