@@ -97,6 +97,9 @@ def markdown(result: dict) -> str:
             out.append(f"- UNet, one step (batch 2): **{onnx_u / 1e9:.3f} GFLOP** counted from the ONNX graph (Conv/MatMul/Gemm)"
                        + (f", **{torch_u / 1e9:.3f} GFLOP** by torch FlopCounterMode on the diffusers UNet "
                           f"(ratio {onnx_u / torch_u:.4f})" if torch_u else ""))
+        elif torch_u:
+            out.append(f"- UNet, one step (batch 2): **{torch_u / 1e9:.3f} GFLOP** by torch FlopCounterMode on the diffusers UNet "
+                       "(the ONNX graph's count was incomplete, see notes)")
         for k, name in (("text_encoder", "text encoder (batch 2)"), ("vae_decoder", "VAE decode")):
             t = f.get("onnx", {}).get(k, {}).get("total")
             if t:

@@ -50,6 +50,11 @@ function describeError(err: unknown): string {
   const text = err instanceof Error ? err.message : String(err);
   const lines = text.trim().split('\n').filter((l) => l.trim());
   const last = lines[lines.length - 1] ?? text;
+  if (/bad_alloc|out of memory|Array buffer allocation failed|Aborted\(OOM\)/i.test(text)) {
+    return 'the browser ran out of memory running this model: WebAssembly can address at most 4 GB, and this bundle’s ' +
+      'weights and working memory need more. Use a smaller build (int8, int4) or a smaller model, or WebGPU if this ' +
+      `machine has a GPU. (${last.replace(/^.*ERROR_MESSAGE: /, '')})`;
+  }
   // "runtime.bundle.BundleError: msg" → "BundleError: msg"; ValueError text as is.
   return last.replace(/^[\w.]*\.(\w+Error): /, '$1: ').replace(/^(ValueError|BundleError): /, '');
 }

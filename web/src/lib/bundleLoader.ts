@@ -122,6 +122,8 @@ export async function loadBundleFiles(url: string, manifest: Manifest, manifestT
   let loaded = 0;
   let downloaded = 0;
   let lastReport = 0;
+  const uncached: string[] = [];
+  let cacheError = '';
   const report = (file: string, fromCache: boolean, force = false) => {
     const now = performance.now();
     if (force || now - lastReport > 50) {
@@ -161,7 +163,8 @@ export async function loadBundleFiles(url: string, manifest: Manifest, manifestT
         try {
           await cache.put(key, new Response(fresh as Uint8Array<ArrayBuffer>, { headers: { 'Content-Type': 'application/octet-stream' } }));
         } catch (e) {
-          events.notice(`could not keep ${rel} in the browser cache (${(e as Error).message}); it will be downloaded again next time`);
+          uncached.push(rel); // one notice for all of them, below: a big bundle can fail for every chunk
+          cacheError = (e as Error).message;
         }
       }
       if (corrupted) events.notice(`${rel} in the cache was corrupted; re-downloaded`);
@@ -169,6 +172,10 @@ export async function loadBundleFiles(url: string, manifest: Manifest, manifestT
       report(rel, false, true);
     }
     files.set(rel, data);
+  }
+  if (uncached.length) {
+    const what = uncached.length === 1 ? uncached[0] : `${uncached.length} files (${uncached[0]} … ${uncached[uncached.length - 1]})`;
+    events.notice(`could not keep ${what} in the browser cache (${cacheError}); ${uncached.length === 1 ? 'it' : 'they'} will be downloaded again next time`);
   }
   if (cache) await pruneStale(cache, url, manifest);
   return { url, manifest, manifestText, files, totalBytes: total, downloadedBytes: downloaded };
