@@ -383,6 +383,21 @@ def _about(src: Path) -> dict:
             "vocabulary": {str(k): [str(v) for v in vs][:200] for k, vs in dict(about.get("vocabulary", {})).items()}}
 
 
+def _adherence(fp32_dir: Path, out_dir: Path, manifest: dict, precision: dict) -> dict:
+    """For the project's own scene model: the evaluation judge's scores for both builds' images, so a
+    smaller build shows what it costs in prompt adherence, not only in PSNR. Other models: nothing."""
+    if all(p == "fp32" for p in precision.values()):
+        return {}
+    try:
+        from train import evaluate
+    except ImportError:  # an installed exporter without the training code
+        return {}
+    if not evaluate.is_scene_model(manifest.get("about")):
+        return {}
+    return {"adherence": {"fp32": evaluate.adherence(fp32_dir), "this build": evaluate.adherence(out_dir),
+                          "judge": "train/evaluate.py: held-out single-object prompts, native onnxruntime"}}
+
+
 QUALITY_PROMPTS = ("a cat on a blue background", "a rocket and a moon at night", "a photo of an astronaut riding a horse")
 QUALITY_SEEDS = (0, 1)
 
@@ -452,6 +467,7 @@ def _apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, ma
         psnrs.append(99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse))
     report["image"] = {"psnr_db_vs_fp32": {"min": min(psnrs), "mean": sum(psnrs) / len(psnrs)},
                        "runs": [{"prompt": p, "seed": s} for p, s in runs], "steps": steps}
+    report.update(_adherence(fp32_dir, out_dir, manifest, precision))
     new_manifest["quality"] = report
     (out_dir / "manifest.json").write_text(json.dumps(new_manifest, indent=1))
     return new_manifest

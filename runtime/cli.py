@@ -72,6 +72,12 @@ def cmd_export(a) -> int:
                   f"max abs error vs fp32 {q['max_abs_error_vs_fp32']:.2e}")
         psnr = m["quality"]["image"]["psnr_db_vs_fp32"]
         print(f"  final image PSNR vs fp32 bundle: min {psnr['min']:.1f} dB, mean {psnr['mean']:.1f} dB")
+        adh = m["quality"].get("adherence")
+        if adh:
+            f, b = adh["fp32"], adh["this build"]
+            print(f"  judge at guidance {b['guidance']:g} ({b['prompts']} held-out prompts × {len(b['seeds'])} seeds): "
+                  f"object {b['object_accuracy']:.3f} (fp32 {f['object_accuracy']:.3f}), "
+                  f"background {b['background_accuracy']:.3f} (fp32 {f['background_accuracy']:.3f})")
     return 0
 
 

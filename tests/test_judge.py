@@ -46,3 +46,19 @@ def test_judge_tolerates_a_blurred_picture(fresh):
     obj, bg = _scores(soft, objs, bgs)
     assert obj >= 0.8 and bg >= 0.95, (obj, bg)
 
+
+
+def test_only_the_scene_model_gets_an_adherence_score():
+    import json
+    from pathlib import Path
+
+    about = json.loads((Path(__file__).resolve().parent.parent / "models" / "default" / "explainer.json").read_text())
+    assert E.is_scene_model(about)
+    assert not E.is_scene_model(None) and not E.is_scene_model({"vocabulary": {"objects": ["cat"]}})
+
+
+def test_adherence_scores_a_bundle_with_the_judge(tiny_bundle):
+    """A random tiny model draws nothing the judge can name: its score stays near chance (1/48)."""
+    r = E.adherence(tiny_bundle, seeds=(0,), steps=2)
+    assert r["prompts"] == len(S.OBJECTS) and r["seeds"] == [0]
+    assert 0 <= r["object_accuracy"] < 0.25 and 0 <= r["background_accuracy"] <= 1
