@@ -411,9 +411,8 @@ def _apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, ma
     import numpy as np
     import onnxruntime as ort
 
-    from runtime.bundle import Bundle
-    from runtime.native import NativeBackend, to_numpy
-    from runtime.pipeline import Pipeline, Request, run_sync
+    from runtime.native import images
+    from runtime.pipeline import Request
 
     from .quantize import quantize
 
@@ -452,18 +451,10 @@ def _apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, ma
     n_images, steps = quality or (len(runs), 10)
     runs = runs[: max(1, n_images)]
 
-    async def images(d):
-        pipe = Pipeline(Bundle.from_dir(d, verify=False), NativeBackend(d))
-        await pipe.load()
-        out = []
-        for p, s in runs:
-            tr = await pipe.generate(Request(p, seed=s, steps=steps, preview_every=0))
-            out.append(to_numpy(tr.image)[..., :3].astype(np.float64))
-        return out
-
+    requests = [Request(p, seed=s, steps=steps, preview_every=0) for p, s in runs]
     psnrs = []
-    for a, b in zip(run_sync(images(fp32_dir)), run_sync(images(out_dir))):
-        mse = float(np.mean((a - b) ** 2))
+    for a, b in zip(images(fp32_dir, requests), images(out_dir, requests)):
+        mse = float(np.mean((a.astype(np.float64) - b) ** 2))
         psnrs.append(99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse))
     report["image"] = {"psnr_db_vs_fp32": {"min": min(psnrs), "mean": sum(psnrs) / len(psnrs)},
                        "runs": [{"prompt": p, "seed": s} for p, s in runs], "steps": steps}

@@ -51,3 +51,17 @@ class NativeBackend:
 
 def to_numpy(t: HostTensor) -> np.ndarray:
     return np.frombuffer(t.data, dtype=_NP[t.dtype]).reshape(t.shape)
+
+
+def images(bundle_dir, requests) -> list[np.ndarray]:
+    """Each request's final image (uint8 H×W×3) from one native load of the bundle: how the exporter's
+    quality report and the evaluation's judge see a bundle."""
+    from .bundle import Bundle
+    from .pipeline import Pipeline, run_sync
+
+    async def go():
+        pipe = Pipeline(Bundle.from_dir(bundle_dir, verify=False), NativeBackend(bundle_dir))
+        await pipe.load()
+        return [to_numpy((await pipe.generate(r)).image)[..., :3] for r in requests]
+
+    return run_sync(go())

@@ -65,23 +65,12 @@ def is_scene_model(about: dict | None) -> bool:
 def adherence(bundle_dir, seeds=(0, 1), guidance: float = 7.5, steps: int = 25) -> dict:
     """The judge's scores for a bundle's own images (native onnxruntime, its default scheduler) on
     the held-out single-object prompts: how a quantized build's prompt adherence compares with fp32's."""
-    from runtime.bundle import Bundle
-    from runtime.native import NativeBackend, to_numpy
-    from runtime.pipeline import Pipeline, Request, run_sync
+    from runtime.native import images
+    from runtime.pipeline import Request
 
     held = [h for h in S.held_out_prompts() if len(h[1]) == 1]
-
-    async def images():
-        pipe = Pipeline(Bundle.from_dir(bundle_dir, verify=False), NativeBackend(bundle_dir))
-        await pipe.load()
-        out = []
-        for prompt, _, _ in held:
-            for seed in seeds:
-                tr = await pipe.generate(Request(prompt, seed=seed, guidance=guidance, steps=steps, preview_every=0))
-                out.append(to_numpy(tr.image)[..., :3])
-        return np.stack(out).astype(np.uint8)
-
-    top, bg = judge_images(load_judge(), run_sync(images()))
+    requests = [Request(prompt, seed=seed, guidance=guidance, steps=steps, preview_every=0) for prompt, _, _ in held for seed in seeds]
+    top, bg = judge_images(load_judge(), np.stack(images(bundle_dir, requests)).astype(np.uint8))
     want_obj = np.repeat([o[0] for _, o, _ in held], len(seeds))
     want_bg = np.repeat([b for _, _, b in held], len(seeds))
     return {"object_accuracy": float((top[:, 0] == want_obj).mean()), "background_accuracy": float((bg == want_bg).mean()),
