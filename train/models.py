@@ -15,8 +15,8 @@ IMAGE_SIZE = 64
 LATENT_SIZE = 16  # VAE downsamples by 4 here (SD: by 8 on 512 px); 4 channels as in SD
 
 # SD 1.x's noise schedule. The model ships DDIM as its sampler (as SD 2.x does) rather than SD 1.x's
-# PNDM: with this small model PNDM's 4-step extrapolation diverges above guidance ~5 (evaluation/
-# has both tables), while DDIM, DPM-Solver++ and Euler all hold at SD's default 7.5.
+# PNDM: with this small model PNDM's 4-step extrapolation diverges by guidance 7.5 (evaluation/
+# has both tables), while DDIM, DPM-Solver++ and Euler ancestral all hold at SD's default 7.5.
 SCHEDULER_CLASS = "DDIMScheduler"
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
