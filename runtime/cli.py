@@ -11,6 +11,8 @@ import signal
 import sys
 from pathlib import Path
 
+from .schedulers import SCHEDULERS
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "models" / "default"
 DEFAULT_BUNDLE = ROOT / "bundles" / "default"
@@ -221,7 +223,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--scheduler", choices=["euler", "ddim", "dpmpp_2m", "pndm", "lms"])
+    p.add_argument("--scheduler", choices=list(SCHEDULERS))
     p.add_argument("--threads", type=int)
     p.add_argument("--out", default="out.png")
     p.add_argument("--trace", metavar="DIR", help="also write the per-step trace to DIR")
@@ -239,7 +241,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=str(DEFAULT_MODEL))
     p.add_argument("--seeds", type=int, default=8)
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--scheduler", choices=("pndm", "ddim", "dpmpp_2m", "euler", "lms"),
+    p.add_argument("--scheduler", choices=list(SCHEDULERS),
                    help="sample with this scheduler instead of the model's own (to compare)")
     p.add_argument("--out", default="evaluation")
     p.set_defaults(fn=cmd_evaluate)

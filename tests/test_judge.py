@@ -47,7 +47,6 @@ def test_judge_tolerates_a_blurred_picture(fresh):
     assert obj >= 0.8 and bg >= 0.95, (obj, bg)
 
 
-
 def test_only_the_scene_model_gets_an_adherence_score():
     import json
     from pathlib import Path
@@ -62,3 +61,12 @@ def test_adherence_scores_a_bundle_with_the_judge(tiny_bundle):
     r = E.adherence(tiny_bundle, seeds=(0,), steps=2)
     assert r["prompts"] == len(S.OBJECTS) and r["seeds"] == [0]
     assert 0 <= r["object_accuracy"] < 0.25 and 0 <= r["background_accuracy"] <= 1
+
+
+def test_evaluate_knows_every_runtime_scheduler():
+    import diffusers
+
+    from runtime.schedulers import SCHEDULERS
+
+    assert set(E.SCHEDULERS) == set(SCHEDULERS)
+    assert all(hasattr(diffusers, cls) for cls in E.SCHEDULERS.values())

@@ -20,7 +20,7 @@ from . import scenes as S
 from .stages import RUN_DIR
 
 GUIDANCES = (0.0, 1.0, 3.0, 7.5, 12.0)
-# the runtime's scheduler names → diffusers' classes (the judge scores diffusers' own sampling)
+# runtime.schedulers' names → diffusers' classes (the judge scores diffusers' own sampling); a test keeps them in step
 SCHEDULERS = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler",
               "euler": "EulerDiscreteScheduler", "lms": "LMSDiscreteScheduler"}
 JUDGE = Path(__file__).resolve().parent.parent / "models" / "judge.pt"
