@@ -113,6 +113,13 @@ def _loop(ck: Checkpointed, minutes: float, step_fn, name: str, log_every=50):
     ck.save()
 
 
+def _set_lr(opt, lr: float, step: int, done: float, warmup: int) -> None:
+    """Linear warm-up, then a cosine decay to 5% that ends with the stage's time budget (done: 0 → 1),
+    so the last minutes of any budget anneal."""
+    for g in opt.param_groups:
+        g["lr"] = lr * min(1.0, (step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done)))
+
+
 # ---------------------------------------------------------------- CLIP
 def train_clip(minutes: float = 15.0, batch: int = 128):
     torch.manual_seed(0)
@@ -183,9 +190,7 @@ def train_vae(minutes: float = 30.0, batch: int = 32, crop: int = 32, kl_weight:
     gen = np.random.default_rng(1000 + ck.step)
 
     def step(i):
-        done = min(1.0, ck.elapsed / (minutes * 60))
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (i + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done)))
+        _set_lr(opt, lr, i, min(1.0, ck.elapsed / (minutes * 60)), warmup=100)
         # random crops: 4x cheaper than whole images; the VAE is convolutional, as SD's was trained on crops
         ox, oy = gen.integers(0, S.SIZE - crop + 1, 2)
         x = M.to_tensor(images[gen.integers(0, len(images), batch), oy : oy + crop, ox : ox + crop]).to(dev)
@@ -319,9 +324,7 @@ def train_unet(minutes: float = 88.0, batch: int = 32, lr: float = 6e-4, dropout
     gen = torch.Generator().manual_seed(3000 + ck.step)
 
     def step(i):
-        done = min(1.0, ck.elapsed / (minutes * 60))
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (i + 1) / 200) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done)))
+        _set_lr(opt, lr, i, min(1.0, ck.elapsed / (minutes * 60)), warmup=200)
         idx = torch.randint(0, len(latents), (batch,), generator=gen)
         x0 = latents[idx].to(dev)
         cond = states[idx].float().to(dev)
