@@ -173,7 +173,7 @@ def cmd_train(a) -> int:
         stages.continue_from(Path(a.continue_from))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(stages.RUN_DIR / "train.log")])
-    stages.run(a.stages or tuple(stages.STAGES), {k: float(v) for k, v in (m.split("=") for m in a.minutes)})
+    stages.run(a.stages or stages.MODEL_STAGES, {k: float(v) for k, v in (m.split("=") for m in a.minutes)})
     return 0
 
 
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("train", help="train the default model (resumable stages)")
-    p.add_argument("stages", nargs="*")
+    p.add_argument("stages", nargs="*", help="default: clip vae encode decoder unet package; the evaluation's judge: judge")
     p.add_argument("--minutes", action="append", default=[], help="STAGE=MINUTES, e.g. unet=85")
     p.add_argument("--continue-from", metavar="MODEL_DIR",
                    help="seed train/runs from a packaged model (e.g. models/default) and train its UNet further: "
