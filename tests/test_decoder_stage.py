@@ -1,7 +1,5 @@
 """The decoder fine-tune may only sharpen pictures: it must leave the latent space the UNet was
-trained on exactly as it was, and the packaged model must ship the fine-tuned decoder."""
-import json
-
+trained on exactly as it was, and the model's stages must keep within the training budget."""
 import pytest
 
 torch = pytest.importorskip("torch")

@@ -76,10 +76,11 @@ def test_evaluate_knows_every_runtime_scheduler():
 
 def test_the_judge_names_the_committed_vaes_reconstructions():
     """Every generated image passes through the VAE decoder, so its reconstructions bound the whole
-    model's score. The first VAE (undertrained) let the judge name only 85% of real objects."""
+    model's score. The first VAE (undertrained) let the judge name only 85% of real objects; with the
+    fine-tuned decoder it names 97% (n=1000), and this keeps that gain from silently slipping away."""
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(Path(__file__).resolve().parent.parent / "models" / "default" / "vae").eval()
     r = E.reconstruction_ceiling(vae, E.load_judge(), n=300)
     assert r["scenes"] > 150
-    assert r["objects"] >= 0.85 and r["background"] >= 0.95, r
+    assert r["objects"] >= 0.93 and r["background"] >= 0.95, r
