@@ -26,8 +26,8 @@ class BenchError(Exception):
     """Bad input for the benchmark; the message is one line."""
 
 
-def add_parser(sub) -> None:
-    """Register `bench` on the CLI's subparsers."""
+def add_parser(sub, serve=None) -> None:
+    """Register `bench` on the CLI's subparsers; serve: (build_web, start_background) for the page rows."""
     from .native import DEFAULT_PROMPT
 
     p = sub.add_parser("bench", help="time native onnxruntime, diffusers PyTorch and the page on one bundle and prompt")
@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
     p.add_argument("--peak-size", type=int, default=2048, help="n of the n×n fp32 matmuls that measure the peak")
     p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per runtime")
     p.add_argument("--out", default="bench-results", help="folder for results.json, results.md, results.png")
-    p.set_defaults(fn=main)
+    p.set_defaults(fn=main, serve=serve)
 
 
 def _threads(text: str) -> list[int]:
@@ -140,7 +140,8 @@ def _page_run(bundle: str, *, threads: int, provider: str, a) -> dict:
     from . import page
 
     raw = page.run_page(Path(bundle), threads=threads, provider=provider, steps=a.steps, repeats=a.repeats,
-                        prompt=a.prompt, seed=a.seed, guidance=a.guidance, timeout_s=a.timeout)
+                        prompt=a.prompt, seed=a.seed, guidance=a.guidance, timeout_s=a.timeout,
+                        serve=a.serve)
     return normalize_page(raw, threads=threads, provider=provider, steps=a.steps, repeats=a.repeats)
 
 
@@ -383,18 +384,3 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def cli(argv=None) -> int:
-    """Stand-alone entry (`python -m bench.main …`) until runtime/cli.py registers the subcommand."""
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="bench")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    add_parser(sub)
-    a = ap.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
-    return a.fn(a)
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

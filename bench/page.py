@@ -54,11 +54,13 @@ def _check_args(bundle_dir: Path, threads, provider, steps, repeats, prompt, see
 
 def run_page(bundle_dir: Path, *, threads: int, provider: str = "wasm", steps: int = 10, repeats: int = 3,
              prompt: str = DEFAULT_PROMPT, seed: int = 0, timeout_s: float = 900, guidance: float = 7.5,
-             dist: Path | None = None, screenshot: Path | None = None) -> dict:
+             dist: Path | None = None, screenshot: Path | None = None, serve=None) -> dict:
     """Serve `bundle_dir` with the built page, run the bench view in headless Chromium, return its result.
 
     threads: WASM threads (0: the page's automatic choice). dist: the built page (default web/dist,
     built with npm when missing). screenshot: where to save a full-page PNG of the finished view.
+    serve: (build_web, start_background) from app.serve, handed in by the command line (bench/ does
+    not import app/: imports go one way).
     The result is the page's `window.__dxBench` (see web/src/lib/bench.ts: controller_ms, raw_ms,
     overhead_ms, startup_ms, memory, samples, …) plus `page_bytes` (response bodies of every
     request, by kind), `driver` (browser, URL, wall time) and `webgpu_adapter_software`.
@@ -73,11 +75,12 @@ def run_page(bundle_dir: Path, *, threads: int, provider: str = "wasm", steps: i
         from playwright.sync_api import sync_playwright
     except ImportError:
         raise BenchPageError("the Python package playwright is not installed (pip install playwright; no browser download is needed)") from None
-    from runtime.serve import ServeError, build_web, start_background
-
+    if serve is None:
+        raise BenchPageError("run_page needs the page's server: pass serve=(build_web, start_background) from app.serve")
+    build_web, start_background = serve
     try:
         dist = Path(dist) if dist else build_web(log=lambda *_: None)
-    except ServeError as e:
+    except Exception as e:  # noqa: BLE001 - app.serve.ServeError: one line
         raise BenchPageError(str(e)) from None
     if not (dist / "index.html").is_file():
         raise BenchPageError(f"{dist} holds no built page (index.html); run `cd web && npm run build`")

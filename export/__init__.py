@@ -1,0 +1,1 @@
+"""Checkpoint → web bundle: ONNX models verified against PyTorch, op graphs, manifest, precision builds."""

@@ -19,6 +19,8 @@ import shutil
 import zipfile
 from pathlib import Path
 
+from .errors import ExportError, UnsupportedCheckpoint
+
 CONFIGS_DIR = Path(__file__).resolve().parent / "assets" / "configs"
 # arch → (config folder, what it is)
 ARCHS = {
@@ -49,8 +51,6 @@ MAX_HEADER = 100 * 2**20
 
 
 def _refuse(msg: str):
-    from .exporter import UnsupportedCheckpoint  # lazy: exporter imports this module
-
     return UnsupportedCheckpoint(" ".join(str(msg).split()))
 
 
@@ -508,7 +508,7 @@ def inspect(path: Path, *, arch: str | None = None, prediction_type: str | None 
     Returns {"arch", "config_dir", "prediction_type", "format", "found", "basis", "image_size", ...}.
     arch / prediction_type override the guesses (the weights cannot tell epsilon from v-prediction);
     config_dir replaces the shipped config folder (custom or tiny architectures; arch becomes "custom").
-    Raises export.exporter.UnsupportedCheckpoint with one line."""
+    Raises export.errors.UnsupportedCheckpoint with one line."""
     path = Path(path)
     fmt, t, extra = read_contents(path)
     meta = extra if fmt == "safetensors" else {}
@@ -554,8 +554,6 @@ def to_pipeline_folder(path: Path, dest: Path, *, arch: str | None = None, predi
     path, dest = Path(path), Path(dest)
     info = inspect(path, arch=arch, prediction_type=prediction_type, config_dir=config_dir)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        from .exporter import ExportError
-
         raise ExportError(f"{dest} already exists and is not empty")
     import torch
     from diffusers import StableDiffusionPipeline

@@ -1,1 +1,1 @@
-"""Pure-Python runtime pieces that run in the browser (Pyodide)."""
+"""The controller the page runs (Pyodide) and the CLI runs (CPython): standard library only, plus its backends."""

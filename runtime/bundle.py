@@ -47,6 +47,9 @@ def check_manifest(manifest: dict) -> dict:
         for f in comp["files"]:
             if f not in manifest["files"]:
                 raise BundleError(f"bundle manifest lists {f} for {name} but not in its file table; re-export the bundle")
+    terms = manifest["components"]["lincomb"].get("terms")
+    if isinstance(terms, bool) or not isinstance(terms, int) or terms < 2:
+        raise BundleError("bundle manifest's lincomb component lacks its 'terms' limit (a whole number ≥ 2); re-export the bundle")
     return manifest
 
 

@@ -5,20 +5,15 @@ reader sees is a number the model really produced in this run.
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .backend import Backend, HostTensor, Ops
 from .bundle import MODEL_COMPONENTS, OP_GRAPHS, Bundle
 from .noise import gaussian
-from .schedulers import SCHEDULERS, make_scheduler
-from .tokenizer import CLIPTokenizer, Tokenized
-
-MAX_PROMPT_CHARS = 5000
-MAX_SEED = 2**32 - 1
-
+from .schedulers import make_scheduler
+from .tokenizer import CLIPTokenizer
+from .trace import MAX_PROMPT_CHARS, MAX_SEED, Plan, Request, StepTrace, Trace  # noqa: F401 - the runtime's API
 
 def run_sync(coro):
     """Run a coroutine to completion from synchronous CPython code (CLI, exporter, tests).
@@ -40,72 +35,6 @@ def run_sync(coro):
 
 class Cancelled(Exception):
     """Raised inside the loop when the caller asked to stop; the partial trace stays valid."""
-
-
-@dataclass
-class Request:
-    prompt: str
-    negative_prompt: str = ""
-    seed: int = 0
-    guidance: float = 7.5
-    steps: int = 25
-    scheduler: str = ""  # empty: the bundle's default
-    preview_every: int = 1  # decode the predicted image every N steps (0: never)
-
-    def validate(self, default_scheduler: str) -> "Request":
-        """Check every field; the ValueError message names the field and the allowed range."""
-        for name in ("prompt", "negative_prompt"):
-            v = getattr(self, name)
-            if not isinstance(v, str):
-                raise ValueError(f"{name} must be text")
-            if len(v) > MAX_PROMPT_CHARS:
-                raise ValueError(f"{name} is {len(v)} characters; at most {MAX_PROMPT_CHARS} are accepted (CLIP reads only 75 tokens anyway)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= 100:
-            raise ValueError("steps must be a whole number from 1 to 100")
-        try:
-            g = float(self.guidance)
-        except (TypeError, ValueError):
-            raise ValueError("guidance scale must be a number from 0 to 20") from None
-        if not math.isfinite(g) or not 0 <= g <= 20:
-            raise ValueError("guidance scale must be a number from 0 to 20")
-        self.guidance = g
-        self.scheduler = self.scheduler or default_scheduler
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
-        if isinstance(self.preview_every, bool) or not isinstance(self.preview_every, int) or self.preview_every < 0:
-            raise ValueError("preview_every must be a whole number ≥ 0")
-        return self
-
-
-@dataclass
-class StepTrace:
-    index: int
-    timestep: float
-    coefficients: dict
-    latent: HostTensor  # x_t, the input of this step
-    noise_uncond: HostTensor
-    noise_cond: HostTensor
-    noise_guided: HostTensor
-    pred_x0: HostTensor | None
-    image: HostTensor | None  # decoded predicted x0 (uint8 H×W×4), when previewed
-    timings_ms: dict
-
-
-@dataclass
-class Trace:
-    request: Request
-    tokens: Tokenized
-    negative_tokens: Tokenized
-    embeddings: HostTensor | None = None  # [2, 77, d]: unconditional (negative prompt) then conditional
-    timesteps: list = field(default_factory=list)
-    steps: list = field(default_factory=list)
-    final_latent: HostTensor | None = None
-    image: HostTensor | None = None
-    timings_ms: dict = field(default_factory=dict)
-    backend: str = ""
-    cancelled: bool = False
 
 
 class Pipeline:
@@ -132,7 +61,7 @@ class Pipeline:
             await self.backend.load(name, self.bundle.component(name)["files"])
             times[name] = (time.perf_counter() - t) * 1000
         zero = self.backend.from_host(HostTensor.of([0.0], (1, 1, 1, 1)))
-        self.ops = Ops(self.backend, self.bundle.manifest["components"]["lincomb"].get("terms", 8), zero)
+        self.ops = Ops(self.backend, self.bundle.manifest["components"]["lincomb"]["terms"], zero)
         if progress:
             progress("ready", len(names), len(names))
         return times
@@ -165,14 +94,34 @@ class Pipeline:
         timings["ops"] = timings.get("ops", 0.0) + (time.perf_counter() - t) * 1000
         return v
 
-    async def generate(self, request: Request, on_step: Callable[[StepTrace], Any] | None = None,
+    def _scheduler(self, req: Request):
+        sched = make_scheduler(req.scheduler, self.bundle.manifest["scheduler"]["config"], self.bundle.model.get("prediction_type"))
+        sched.set_timesteps(req.steps)
+        return sched
+
+    def plan(self, request: Request) -> Plan:
+        """Validate the request and work out what the run will do: tokens, timesteps, noise schedule.
+
+        Computed once per run: the page announces it (run-start) and generate() runs it."""
+        req = request.validate(self.bundle.manifest["scheduler"]["default"])
+        sched = self._scheduler(req)
+        return Plan(
+            request=req, tokens=self.tokenizer.encode(req.prompt), negative_tokens=self.tokenizer.encode(req.negative_prompt),
+            timesteps=[float(t) for t in sched.timesteps], scheduler_label=sched.label,
+            scheduler_config={k: v for k, v in sched.config.items() if isinstance(v, (int, float, str, bool)) or v is None},
+            alphas_cumprod=list(sched.alphas_cumprod), sigmas=list(sched.sigmas) if sched.sigmas is not None else None,
+            init_noise_sigma=float(sched.init_noise_sigma),
+        )
+
+    async def generate(self, request: Request | Plan, on_step: Callable[[StepTrace], Any] | None = None,
                        should_stop: Callable[[], bool] | None = None, initial_latents: HostTensor | None = None) -> Trace:
         if self.ops is None:
             raise RuntimeError("call `await pipeline.load()` before generate()")
-        req = request.validate(self.bundle.manifest["scheduler"]["default"])
-        be, ops, m = self.backend, self.ops, self.bundle.model
+        plan = request if isinstance(request, Plan) else self.plan(request)
+        req = plan.request
+        be, ops = self.backend, self.ops
         t_start = time.perf_counter()
-        trace = Trace(req, self.tokenizer.encode(req.prompt), self.tokenizer.encode(req.negative_prompt), backend=be.name)
+        trace = Trace(plan, backend=be.name)
         run_t: dict = {}
 
         ids_dtype = self.bundle.input_dtype("text_encoder", "input_ids")
@@ -180,9 +129,7 @@ class Pipeline:
         states = (await self._run("text_encoder", {"input_ids": ids}, run_t))["last_hidden_state"]
         trace.embeddings = await be.to_host(states)
 
-        sched = make_scheduler(req.scheduler, self.bundle.manifest["scheduler"]["config"], m.get("prediction_type"))
-        sched.set_timesteps(req.steps)
-        trace.timesteps = list(sched.timesteps)
+        sched = self._scheduler(req)  # a fresh one per run: multistep samplers keep history
         noise = initial_latents if initial_latents is not None else self.initial_noise(req.seed)
         latent = await ops.value(ops.lincomb([(sched.init_noise_sigma, be.from_host(noise))]))
         t_dtype = self.bundle.input_dtype("unet", "timestep")

@@ -35,10 +35,12 @@ from __future__ import annotations
 import math
 from array import array
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from .backend import Ops
 
 __all__ = [
-    "Ops",
     "StepResult",
     "Scheduler",
     "EulerScheduler",
@@ -50,17 +52,6 @@ __all__ = [
     "SCHEDULER_LABELS",
     "make_scheduler",
 ]
-
-MAX_LINCOMB_TERMS = 4
-
-
-class Ops(Protocol):
-    """What a scheduler needs from the tensor backend."""
-
-    def lincomb(self, terms: list[tuple[float, Any]]) -> Any:
-        """Elementwise sum of coefficient * tensor (same shapes, 1 to 4 terms)."""
-        ...
-
 
 @dataclass
 class StepResult:
@@ -183,14 +174,9 @@ def _train_sigmas(alphas_cumprod: list[float]) -> list[float]:
 
 
 def _combine(ops: Ops, terms: list[tuple[float, Any]]) -> Any:
-    """ops.lincomb without zero terms, chained when there are more than 4 terms."""
+    """ops.lincomb without zero terms (the backend's Ops splits long sums by the bundle's terms limit)."""
     kept = [(float(c), x) for c, x in terms if c != 0.0] or [(0.0, terms[0][1])]
-    acc = ops.lincomb(kept[:MAX_LINCOMB_TERMS])
-    rest = kept[MAX_LINCOMB_TERMS:]
-    while rest:
-        chunk, rest = rest[: MAX_LINCOMB_TERMS - 1], rest[MAX_LINCOMB_TERMS - 1 :]
-        acc = ops.lincomb([(1.0, acc), *chunk])
-    return acc
+    return ops.lincomb(kept)
 
 
 def _keep(ops: Ops, x: Any) -> Any:

@@ -17,8 +17,9 @@ from array import array
 
 from .backend import TYPECODES, HostTensor
 from .bundle import Bundle, BundleError, check_manifest
-from .pipeline import Pipeline, Request
-from .schedulers import make_scheduler
+from .pipeline import Pipeline
+from .schedulers import SCHEDULERS
+from .trace import RUN_DONE_FIELDS, Request, step_message, to_message
 
 JS_ARRAYS = {"float32": "Float32Array", "uint8": "Uint8Array", "int64": "BigInt64Array", "int32": "Int32Array"}
 
@@ -119,7 +120,7 @@ class WebBackend:
         handle.dispose()
 
 
-# ---- the worker's entry point: messages in web/src/lib/protocol.ts -------------------------------
+# ---- the worker's entry point: messages typed in web/src/lib/protocol.ts, built from runtime/trace.py ----
 
 def tensor_message(t: HostTensor | None, transfer: list):
     """HostTensor → {dtype, shape, data: ArrayBuffer}; the buffer joins `transfer` (moved, not copied)."""
@@ -129,22 +130,6 @@ def tensor_message(t: HostTensor | None, transfer: list):
     typed.assign(t.data)
     transfer.append(typed.buffer)
     return {"dtype": t.dtype, "shape": list(t.shape), "data": typed.buffer}
-
-
-def tokens_message(tok) -> dict:
-    return {"ids": list(tok.ids), "tokens": list(tok.tokens), "length": tok.length,
-            "truncated": bool(tok.truncated), "droppedWords": list(tok.dropped_words)}
-
-
-def step_message(s, transfer: list) -> dict:
-    return {
-        "index": s.index, "timestep": float(s.timestep),
-        "coefficients": {k: v for k, v in s.coefficients.items() if isinstance(v, (int, float))},
-        "latent": tensor_message(s.latent, transfer), "noiseUncond": tensor_message(s.noise_uncond, transfer),
-        "noiseCond": tensor_message(s.noise_cond, transfer), "noiseGuided": tensor_message(s.noise_guided, transfer),
-        "predX0": tensor_message(s.pred_x0, transfer), "image": tensor_message(s.image, transfer),
-        "timingsMs": dict(s.timings_ms),
-    }
 
 
 def request_from_js(r: dict) -> Request:
@@ -178,37 +163,35 @@ class Engine:
         """Create every session; returns {component: ms} as a JS object."""
         return _to_js(await self.pipeline.load(progress))
 
+    def describe(self) -> dict:
+        """What the page's controls need from the runtime (not copies in TypeScript): the schedulers
+        with their labels and the bundle's default, and the tokenizer's window."""
+        default = self.bundle.manifest["scheduler"]["default"]
+        return _to_js({
+            "schedulers": [{"name": n, "label": cls.label, "isDefault": n == default} for n, cls in SCHEDULERS.items()],
+            "maxLength": int(self.bundle.manifest["tokenizer"]["max_length"]),
+        })
+
     async def generate(self, run_id: int, request, post, is_stopped, yield_to_events=None) -> None:
-        """Run one request, posting run-start, a run-step per step (tensors transferred) and run-done."""
+        """Run one request, posting run-start (the plan), a run-step per step (tensors transferred) and run-done."""
         try:
-            req = request_from_js(request.to_py()).validate(self.bundle.manifest["scheduler"]["default"])
+            plan = self.pipeline.plan(request_from_js(request.to_py()))
         except ValueError as e:
             post(_to_js({"type": "run-invalid", "runId": run_id, "text": str(e)}))
             return
-        tok = self.pipeline.tokenizer
-        sched = make_scheduler(req.scheduler, self.bundle.manifest["scheduler"]["config"], self.bundle.model.get("prediction_type"))
-        sched.set_timesteps(req.steps)  # known up front so the page can show progress (PNDM takes steps + 1)
-        post(_to_js({
-            "type": "run-start", "runId": run_id,
-            "request": {"prompt": req.prompt, "negativePrompt": req.negative_prompt, "seed": req.seed, "guidance": req.guidance,
-                        "steps": req.steps, "scheduler": req.scheduler, "previewEvery": req.preview_every},
-            "timesteps": [float(x) for x in sched.timesteps], "tokens": tokens_message(tok.encode(req.prompt)), "negativeTokens": tokens_message(tok.encode(req.negative_prompt)),
-        }))
+        no_tensors = lambda t: None  # noqa: E731 - the plan has none
+        post(_to_js({"type": "run-start", "runId": run_id, **to_message(plan, no_tensors)}))
 
         async def on_step(step):
             transfer: list = []
-            msg = {"type": "run-step", "runId": run_id, "step": step_message(step, transfer)}
+            msg = {"type": "run-step", "runId": run_id, "step": step_message(step, lambda t: tensor_message(t, transfer))}
             post(_to_js(msg), _to_js(transfer))
             if callable(yield_to_events):  # no shared stop flag: let the 'stop' message in
                 await yield_to_events()
 
         t = time.perf_counter()
-        trace = await self.pipeline.generate(req, on_step=on_step, should_stop=lambda: bool(is_stopped()))
+        trace = await self.pipeline.generate(plan, on_step=on_step, should_stop=lambda: bool(is_stopped()))
         transfer: list = []
-        post(_to_js({
-            "type": "run-done", "runId": run_id, "timesteps": [float(x) for x in trace.timesteps],
-            "embeddings": tensor_message(trace.embeddings, transfer), "finalLatent": tensor_message(trace.final_latent, transfer),
-            "image": tensor_message(trace.image, transfer),
-            "timingsMs": {**trace.timings_ms, "wall": (time.perf_counter() - t) * 1000},
-            "backend": trace.backend, "cancelled": trace.cancelled,
-        }), _to_js(transfer))
+        done = to_message(trace, lambda x: tensor_message(x, transfer), only=RUN_DONE_FIELDS)
+        done["timingsMs"]["wall"] = (time.perf_counter() - t) * 1000
+        post(_to_js({"type": "run-done", "runId": run_id, **done}), _to_js(transfer))

@@ -24,7 +24,7 @@ def web_dist():
     """The page, built once per test session (npm ci when node_modules is missing)."""
     import shutil
 
-    from runtime.serve import ServeError, build_web
+    from app.serve import ServeError, build_web
 
     if not shutil.which("npm"):
         pytest.skip("npm is not installed; the page cannot be built")

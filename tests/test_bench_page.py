@@ -26,6 +26,10 @@ except ImportError:  # an editable install made before bench/ existed does not m
 
 pytestmark = pytest.mark.browser
 
+from app.serve import build_web, start_background  # noqa: E402
+
+SERVE = (build_web, start_background)  # what the command line hands bench/
+
 
 @pytest.fixture(scope="module")
 def page_dist(web_dist):
@@ -52,7 +56,7 @@ def test_bad_arguments_are_refused_before_any_browser_starts(tmp_path):
 
 def test_bench_view_on_the_tiny_bundle(tiny_bundle, page_dist):
     ARTIFACTS.mkdir(exist_ok=True)
-    r = run_page(tiny_bundle, threads=1, steps=2, repeats=2, dist=page_dist, screenshot=ARTIFACTS / "bench-page.png")
+    r = run_page(tiny_bundle, threads=1, steps=2, repeats=2, dist=page_dist, screenshot=ARTIFACTS / "bench-page.png", serve=SERVE)
     (ARTIFACTS / "bench-page.json").write_text(json.dumps(r, indent=1))
 
     assert r["ok"] is True and r["error"] is None
@@ -109,4 +113,4 @@ def test_an_error_on_the_page_is_raised(tiny_bundle, page_dist, tmp_path):
     data[len(data) // 2] ^= 0xFF
     (bad / "vae_decoder.onnx").write_bytes(bytes(data))
     with pytest.raises(BenchPageError, match="the bench page reported an error: vae_decoder.onnx from the server does not match"):
-        run_page(bad, threads=1, steps=1, repeats=1, dist=page_dist, screenshot=ARTIFACTS / "bench-page-error.png")
+        run_page(bad, threads=1, steps=1, repeats=1, dist=page_dist, screenshot=ARTIFACTS / "bench-page-error.png", serve=SERVE)

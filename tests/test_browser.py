@@ -74,7 +74,7 @@ def bundle(request, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def server(web_dist, bundle):
-    from runtime.serve import start_background
+    from app.serve import start_background
 
     srv, url = start_background(bundle, dist=web_dist)
     yield url
@@ -308,7 +308,7 @@ def test_tampered_cache_entry_is_detected_and_replaced(page, bundle):
 
 
 def test_corrupt_file_on_the_server_stops_the_load(browser, web_dist, bundle, tmp_path):
-    from runtime.serve import start_background
+    from app.serve import start_background
 
     bad = tmp_path / "bad"
     shutil.copytree(bundle, bad)

@@ -14,7 +14,7 @@ pytest.importorskip("diffusers")
 from export.exporter import ExportError, UnsupportedCheckpoint, export_bundle, inspect_checkpoint  # noqa: E402
 from runtime.bundle import Bundle, BundleError  # noqa: E402
 
-CLI = [sys.executable, "-m", "runtime.cli"]
+CLI = [sys.executable, "-m", "app.cli"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -123,7 +123,8 @@ def test_cli_generate_writes_png_and_trace(tiny_bundle, tmp_path):
     assert (tmp_path / "cat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads((tmp_path / "trace" / "trace.json").read_text())
     assert len(doc["steps"]) == 3 and doc["request"]["seed"] == 4
-    assert (tmp_path / "trace" / doc["steps"][0]["image"]).exists()
+    assert (tmp_path / "trace" / doc["steps"][0]["image"]["file"]).read_bytes()[:4] == b"\x89PNG"
+    assert doc["tokens"]["ids"][0] == 49406 and len(doc["alphasCumprod"]) == 1000  # the plan, in the page's shape
     proc = subprocess.run(CLI + ["generate", "a cat", "--bundle", str(tiny_bundle), "--guidance", "25"], capture_output=True, text=True, cwd=ROOT)
     assert "guidance scale must be a number from 0 to 20" in _one_line_error(proc)
 

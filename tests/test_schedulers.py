@@ -70,6 +70,9 @@ SHAPE = (1, 4, 8, 8)
 TOL = 1e-5
 
 
+LINCOMB_TERMS = 8  # export/opgraphs.py writes this limit into every manifest
+
+
 class NumpyOps:
     """Ops as the ONNX backend computes it: float32 multiply-adds."""
 
@@ -77,7 +80,8 @@ class NumpyOps:
         self.calls = 0
 
     def lincomb(self, terms):
-        assert 1 <= len(terms) <= 4, f"lincomb got {len(terms)} terms"
+        # every update fits one call of the exported lincomb graph (the manifest's terms limit)
+        assert 1 <= len(terms) <= LINCOMB_TERMS, f"lincomb got {len(terms)} terms"
         assert all(isinstance(c, float) and math.isfinite(c) for c, _ in terms), terms
         assert len({x.shape for _, x in terms}) == 1
         self.calls += 1

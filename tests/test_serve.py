@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("diffusers")
 
 from export import exporter  # noqa: E402
-from runtime import serve  # noqa: E402
+from app import serve  # noqa: E402
 
 
 def test_default_bundle_follows_the_model(tiny_pipeline_dir, tmp_path, monkeypatch):

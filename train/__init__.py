@@ -1,0 +1,1 @@
+"""The default model: captioned emoji scenes, its training stages, the independent judge and the evaluation."""

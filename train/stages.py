@@ -459,11 +459,3 @@ def run(stages=MODEL_STAGES, minutes: dict | None = None):
         log.info("stage %s starting", name)
         STAGES[name](**kw)
         log.info("stage %s done in %.1f min", name, (time.time() - t) / 60)
-
-
-if __name__ == "__main__":  # same as `diffusion-explainer train …`
-    import sys
-
-    from runtime.cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))

@@ -3,14 +3,14 @@
 //   public/pyodide/  Pyodide's core (its .mjs is imported at run time, not bundled)
 //   public/ort/      onnxruntime-web's .mjs/.wasm pairs (imported by ORT from env.wasm.wasmPaths;
 //                    its thread workers re-import the .mjs, which must not be an app chunk)
-//   public/runtime/runtime.zip  the pure-Python controller, ../runtime/*.py, unpacked in Pyodide
+//   public/runtime/runtime.zip  the pure-Python controller: the runtime/ modules Pyodide imports
 //
 // Why a plain zip and not pyodide-build: pyodide-build exists to cross-compile packages with
 // native code, and it first downloads a cross-build environment from GitHub releases, which this
 // project's machines cannot reach. runtime/ is standard-library Python, so Pyodide only needs the
 // .py files on sys.path; a zip written here with Node's zlib needs no Python at build time.
 import { createHash } from 'node:crypto';
-import { copyFileSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { crc32, deflateRawSync } from 'node:zlib';
@@ -66,8 +66,11 @@ function zip(entries) {
 }
 
 const runtimeDir = resolve(web, '..', 'runtime');
-const pyFiles = readdirSync(runtimeDir).filter((n) => n.endsWith('.py') && statSync(join(runtimeDir, n)).isFile()).sort();
-if (!pyFiles.includes('web.py')) throw new Error(`${runtimeDir} has no web.py; is this the project's runtime/ folder?`);
+// Exactly the modules Pyodide imports (runtime.web and what it imports); tests/test_layout.py checks
+// this list against the code's imports. native.py (numpy, onnxruntime) and png.py (CLI) stay out.
+const PAGE_MODULES = ['__init__.py', 'backend.py', 'bundle.py', 'noise.py', 'pipeline.py', 'schedulers.py', 'tokenizer.py', 'trace.py', 'web.py'];
+const pyFiles = PAGE_MODULES.filter((n) => statSync(join(runtimeDir, n), { throwIfNoEntry: false })?.isFile());
+if (pyFiles.length !== PAGE_MODULES.length) throw new Error(`${runtimeDir} lacks ${PAGE_MODULES.filter((n) => !pyFiles.includes(n)).join(', ')}`);
 const archive = zip(pyFiles.map((n) => [`runtime/${n}`, readFileSync(join(runtimeDir, n))]));
 mkdirSync(join(pub, 'runtime'), { recursive: true });
 writeFileSync(join(pub, 'runtime', 'runtime.zip'), archive);

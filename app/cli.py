@@ -1,7 +1,7 @@
 """`diffusion-explainer`: one entry point for the project's three uses and their helpers.
 
 Heavy imports (torch, onnxruntime, numpy) happen inside the subcommand that needs them, so
-`--help` is instant and this module stays importable in Pyodide.
+`--help` is instant.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .schedulers import SCHEDULERS
+from runtime.schedulers import SCHEDULERS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "models" / "default"
@@ -48,6 +48,22 @@ class _StageProgress:
         self.progress.stop()
 
 
+def scene_judge():
+    """The default model's evaluation judge as export's quality report takes it, or None without train/'s extras.
+
+    Why here: export/ never imports train/; the command line hands the judge over."""
+    try:
+        from train import evaluate
+    except ImportError:
+        return None
+
+    def judge(manifest: dict, bundle_dir) -> dict | None:
+        return evaluate.adherence(bundle_dir) if evaluate.is_scene_model(manifest.get("about")) else None
+
+    judge.description = "train/evaluate.py: held-out single-object prompts, native onnxruntime"
+    return judge
+
+
 def cmd_export(a) -> int:
     from export.exporter import ExportError, export_bundle
 
@@ -59,7 +75,7 @@ def cmd_export(a) -> int:
         with _StageProgress(total=stages) as progress:
             m = export_bundle(a.checkpoint, a.out, precision=precision, overwrite=a.overwrite, progress=progress, name=a.name,
                               chunk_bytes=int(a.chunk_mb * 2**20), arch=a.arch, prediction_type=a.prediction_type,
-                              config_dir=a.config)
+                              config_dir=a.config, judge=scene_judge())
     except ExportError as e:
         return _fail(str(e))
     size = sum(f["bytes"] for f in m["files"].values())
@@ -91,16 +107,16 @@ def cmd_prove_scale(a) -> int:
 
 
 def _write_png(path: Path, tensor) -> None:
-    from .png import encode_png
+    from runtime.png import encode_png
 
     h, w, _ = tensor.shape
     path.write_bytes(encode_png(bytes(tensor.data), w, h))
 
 
 def cmd_generate(a) -> int:
-    from .bundle import Bundle, BundleError
-    from .native import NativeBackend
-    from .pipeline import Pipeline, Request, run_sync
+    from runtime.bundle import Bundle, BundleError
+    from runtime.native import NativeBackend
+    from runtime.pipeline import Pipeline, Request, run_sync
 
     try:
         bundle = Bundle.from_dir(a.bundle)
@@ -132,28 +148,27 @@ def cmd_generate(a) -> int:
 
 
 def write_trace(trace, folder: Path) -> None:
-    """Per-step trace as files: trace.json (scalars, shapes, tokens) + step images and raw float32 tensors."""
+    """The Trace as files, in the page's message shape (runtime/trace.py): trace.json holds the plan,
+    the steps and the run's results with camelCase keys; each tensor is a file (raw little-endian
+    values, images also as PNG) referenced as {file, dtype, shape}."""
+    from runtime.trace import RUN_DONE_FIELDS, step_message, to_message
+
     folder.mkdir(parents=True, exist_ok=True)
-    steps = []
-    for s in trace.steps:
-        entry = {"index": s.index, "timestep": s.timestep, "coefficients": s.coefficients, "timings_ms": s.timings_ms, "tensors": {}}
-        for key in ("latent", "noise_uncond", "noise_cond", "noise_guided", "pred_x0"):
-            t = getattr(s, key)
-            if t is not None:
-                name = f"step{s.index:03d}_{key}.f32"
-                (folder / name).write_bytes(t.data.tobytes())
-                entry["tensors"][key] = {"file": name, "shape": list(t.shape)}
-        if s.image is not None:
-            _write_png(folder / f"step{s.index:03d}_x0.png", s.image)
-            entry["image"] = f"step{s.index:03d}_x0.png"
-        steps.append(entry)
-    if trace.image is not None:
-        _write_png(folder / "final.png", trace.image)
-    doc = {
-        "request": vars(trace.request), "backend": trace.backend, "cancelled": trace.cancelled,
-        "tokens": trace.tokens.tokens, "ids": trace.tokens.ids, "dropped_words": trace.tokens.dropped_words,
-        "negative_tokens": trace.negative_tokens.tokens, "timesteps": trace.timesteps, "timings_ms": trace.timings_ms, "steps": steps,
-    }
+    counter = iter(range(1 << 30))
+
+    def tensor(prefix):
+        def write(t):
+            name = f"{prefix}_{next(counter):03d}"
+            if t.dtype == "uint8" and len(t.shape) == 3 and t.shape[2] == 4:
+                _write_png(folder / f"{name}.png", t)
+                return {"file": f"{name}.png", "dtype": t.dtype, "shape": list(t.shape)}
+            (folder / f"{name}.{t.dtype}").write_bytes(t.data.tobytes())
+            return {"file": f"{name}.{t.dtype}", "dtype": t.dtype, "shape": list(t.shape)}
+        return write
+
+    doc = to_message(trace.plan, tensor("plan"))
+    doc["steps"] = [step_message(s, tensor(f"step{s.index:03d}")) for s in trace.steps]
+    doc.update(to_message(trace, tensor("run"), only=RUN_DONE_FIELDS))
     (folder / "trace.json").write_text(json.dumps(doc, indent=1))
 
 
@@ -246,9 +261,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="evaluation")
     p.set_defaults(fn=cmd_evaluate)
 
-    from bench.main import add_parser as add_bench_parser  # (CPython only; runtime/ itself stays stdlib)
+    from bench.main import add_parser as add_bench_parser
 
-    add_bench_parser(sub)
+    from .serve import build_web, start_background
+
+    add_bench_parser(sub, serve=(build_web, start_background))
     a = ap.parse_args(argv)
     try:
         return a.fn(a)

@@ -1,0 +1,1 @@
+"""The command line and the server: the only room that imports every other (bench, train, export, runtime)."""

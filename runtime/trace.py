@@ -1,0 +1,147 @@
+"""The Trace schema, defined once: a run's request, its plan and everything each step produced.
+
+Why one place: the worker's messages (runtime/web.py), the CLI's trace folder (app/cli.py) and the
+page's TypeScript types (web/src/lib/protocol.ts, checked by tests/test_trace_schema.py) all derive
+from these dataclasses; a field's message key is its name in camelCase.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Callable
+
+from .backend import HostTensor
+from .schedulers import SCHEDULERS
+from .tokenizer import Tokenized
+
+MAX_PROMPT_CHARS = 5000
+MAX_SEED = 2**32 - 1
+MAX_STEPS = 100
+MAX_GUIDANCE = 20.0
+
+
+@dataclass
+class Request:
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    guidance: float = 7.5
+    steps: int = 25
+    scheduler: str = ""  # empty: the bundle's default
+    preview_every: int = 1  # decode the predicted image every N steps (0: never)
+
+    def validate(self, default_scheduler: str) -> "Request":
+        """Check every field; the ValueError message names the field and the allowed range."""
+        for name in ("prompt", "negative_prompt"):
+            v = getattr(self, name)
+            if not isinstance(v, str):
+                raise ValueError(f"{name} must be text")
+            if len(v) > MAX_PROMPT_CHARS:
+                raise ValueError(f"{name} is {len(v)} characters; at most {MAX_PROMPT_CHARS} are accepted (CLIP reads only 75 tokens anyway)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS}")
+        try:
+            g = float(self.guidance)
+        except (TypeError, ValueError):
+            raise ValueError(f"guidance scale must be a number from 0 to {MAX_GUIDANCE:g}") from None
+        if not math.isfinite(g) or not 0 <= g <= MAX_GUIDANCE:
+            raise ValueError(f"guidance scale must be a number from 0 to {MAX_GUIDANCE:g}")
+        self.guidance = g
+        self.scheduler = self.scheduler or default_scheduler
+        if not isinstance(self.scheduler, str) or self.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+        if isinstance(self.preview_every, bool) or not isinstance(self.preview_every, int) or self.preview_every < 0:
+            raise ValueError("preview_every must be a whole number ≥ 0")
+        return self
+
+
+@dataclass
+class Plan:
+    """What a run will do, known before the first UNet call (computed once by Pipeline.plan)."""
+
+    request: Request
+    tokens: Tokenized
+    negative_tokens: Tokenized
+    timesteps: list  # one per step (PNDM runs steps + 1)
+    scheduler_label: str
+    scheduler_config: dict  # the scheduler's resolved config (diffusers' keys)
+    alphas_cumprod: list  # ᾱ over the training timesteps 0 … T−1: the noise schedule
+    sigmas: list | None  # σ per step for the σ-parameterised samplers (Euler, LMS, DPM-Solver++), else None
+    init_noise_sigma: float
+
+
+@dataclass
+class StepTrace:
+    index: int
+    timestep: float
+    coefficients: dict  # the scheduler's scalars for this step (numbers only reach the page)
+    latent: HostTensor  # x_t, the input of this step
+    noise_uncond: HostTensor
+    noise_cond: HostTensor
+    noise_guided: HostTensor
+    pred_x0: HostTensor | None
+    image: HostTensor | None  # decoded predicted x0 (uint8 H×W×4), when previewed
+    timings_ms: dict
+
+
+@dataclass
+class Trace:
+    plan: Plan
+    embeddings: HostTensor | None = None  # [2, max_length, d]: unconditional (negative prompt) then conditional
+    steps: list = field(default_factory=list)
+    final_latent: HostTensor | None = None
+    image: HostTensor | None = None
+    timings_ms: dict = field(default_factory=dict)
+    backend: str = ""
+    cancelled: bool = False
+
+    # the plan's fields, read through the trace (trace.tokens, trace.request …)
+    @property
+    def request(self) -> Request:
+        return self.plan.request
+
+    @property
+    def tokens(self) -> Tokenized:
+        return self.plan.tokens
+
+    @property
+    def negative_tokens(self) -> Tokenized:
+        return self.plan.negative_tokens
+
+    @property
+    def timesteps(self) -> list:
+        return self.plan.timesteps
+
+
+# fields of the run that the page's run-done message carries (the plan went with run-start, steps one by one)
+RUN_DONE_FIELDS = ("embeddings", "final_latent", "image", "timings_ms", "backend", "cancelled")
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def to_message(value: Any, tensor: Callable[[HostTensor], Any], only: tuple | None = None) -> Any:
+    """A schema object as plain data with camelCase keys; `tensor` turns each HostTensor into what
+    the receiver takes (the worker: a transferred ArrayBuffer; the CLI: a file reference)."""
+    if isinstance(value, HostTensor):
+        return tensor(value)
+    if is_dataclass(value):
+        names = only or tuple(f.name for f in fields(value))
+        return {camel(n): to_message(getattr(value, n), tensor) for n in names}
+    if isinstance(value, dict):
+        return {str(k): to_message(v, tensor) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_message(v, tensor) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return None  # handles and other host objects never leave the runtime
+
+
+def step_message(step: StepTrace, tensor: Callable[[HostTensor], Any]) -> dict:
+    msg = to_message(step, tensor)
+    msg["coefficients"] = {k: float(v) for k, v in step.coefficients.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return msg
