@@ -93,4 +93,4 @@ def _about(src: Path) -> dict:
     return {"description": str(about.get("description", ""))[:2000],
             "examples": [str(e)[:300] for e in about.get("examples", [])][:24],
             **({"guidance": min(20.0, max(0.0, float(about["guidance"])))} if isinstance(about.get("guidance"), (int, float)) else {}),
-            "vocabulary": {str(k): [str(v) for v in vs][:200] for k, vs in dict(about.get("vocabulary", {})).items()}}
+            "vocabulary": {str(k): [str(v) for v in vs][:2000] for k, vs in dict(about.get("vocabulary", {})).items()}}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from .backend import Backend, HostTensor, Ops
+from .backend import Backend, Expr, HostTensor, Ops
 from .bundle import MODEL_COMPONENTS, OP_GRAPHS, Bundle
 from .noise import gaussian
 from .schedulers import make_scheduler
@@ -105,16 +105,42 @@ class Pipeline:
         Computed once per run: the page announces it (run-start) and generate() runs it."""
         req = request.validate(self.bundle.manifest["scheduler"]["default"])
         sched = self._scheduler(req)
+        tokens, negative = self.tokenizer.encode(req.prompt), self.tokenizer.encode(req.negative_prompt)
         return Plan(
-            request=req, tokens=self.tokenizer.encode(req.prompt), negative_tokens=self.tokenizer.encode(req.negative_prompt),
+            request=req, tokens=tokens, negative_tokens=negative,
+            token_known=self._known(tokens), negative_token_known=self._known(negative),
             timesteps=[float(t) for t in sched.timesteps], scheduler_label=sched.label,
             scheduler_config={k: v for k, v in sched.config.items() if isinstance(v, (int, float, str, bool)) or v is None},
             alphas_cumprod=list(sched.alphas_cumprod), sigmas=list(sched.sigmas) if sched.sigmas is not None else None,
             init_noise_sigma=float(sched.init_noise_sigma),
         )
 
+    def _known(self, tok) -> list | None:
+        """Per token: is its word one the model card says the model saw in training (None: no list).
+        Special tokens count as known; a word split into several tokens is judged as a whole."""
+        words = ((self.bundle.manifest.get("about") or {}).get("vocabulary") or {}).get("words")
+        if not words:
+            return None
+        known, out, pending = set(words), [], []
+        for k, t in enumerate(tok.tokens):
+            if k == 0 or (k == len(tok.tokens) - 1 and t == "<|endoftext|>"):
+                out.append(True)
+                continue
+            pending.append(t)
+            if t.endswith("</w>") or k == len(tok.tokens) - 2:
+                word = "".join(pending).removesuffix("</w>").lower()
+                ok = word in known or not any(c.isalpha() for c in word)  # punctuation is not a word
+                out += [ok] * len(pending)
+                pending = []
+        out += [True] * (len(tok.tokens) - len(out))
+        return out
+
     async def generate(self, request: Request | Plan, on_step: Callable[[StepTrace], Any] | None = None,
-                       should_stop: Callable[[], bool] | None = None, initial_latents: HostTensor | None = None) -> Trace:
+                       should_stop: Callable[[], bool] | None = None, initial_latents: HostTensor | None = None,
+                       preview_budget: float | None = None) -> Trace:
+        """Run the plan. preview_budget (the page): instead of preview_every, decode a step's predicted
+        image only while decoding has cost at most this share of the loop's time so far; the rest are
+        decoded after the loop by decode_previews(), off the loop's critical path."""
         if self.ops is None:
             raise RuntimeError("call `await pipeline.load()` before generate()")
         plan = request if isinstance(request, Plan) else self.plan(request)
@@ -134,6 +160,8 @@ class Pipeline:
         latent = await ops.value(ops.lincomb([(sched.init_noise_sigma, be.from_host(noise))]))
         t_dtype = self.bundle.input_dtype("unet", "timestep")
         g = be.from_host(HostTensor.of([req.guidance], (1,)))
+        names = _TermNames()
+        loop_ms = decode_ms = 0.0
 
         try:
             for i, t in enumerate(sched.timesteps):
@@ -147,13 +175,23 @@ class Pipeline:
                 pred = (await self._run("unet", {"sample": sample, "timestep": timestep, "encoder_hidden_states": states}, st))["out_sample"]
                 gd = await self._run("guidance", {"noise_pred": pred, "scale": g}, st, "ops")
                 res = sched.step(gd["guided"], i, latent, ops)
+                names.step(i, latent, gd["guided"])
+                update, x0_update = names.describe(res.prev_sample), names.describe(res.pred_original_sample)
                 new_latent = await self._timed_value(res.prev_sample, st)
                 x0 = await self._timed_value(res.pred_original_sample, st) if res.pred_original_sample is not None else None
+                loop_ms += (time.perf_counter() - t0) * 1000
                 image = None
-                if x0 is not None and req.preview_every and (i % req.preview_every == 0 or i == len(sched.timesteps) - 1):
+                last = i == len(sched.timesteps) - 1
+                if preview_budget is not None:
+                    want = x0 is not None and (i == 0 or decode_ms <= preview_budget * loop_ms)
+                else:
+                    want = x0 is not None and req.preview_every and (i % req.preview_every == 0 or last)
+                if want:
+                    t1 = time.perf_counter()
                     image = await be.to_host(await self.decode(x0, st))
+                    decode_ms += (time.perf_counter() - t1) * 1000
                 step = StepTrace(
-                    i, float(t), dict(res.coefficients), await be.to_host(latent), await be.to_host(gd["uncond"]),
+                    i, float(t), dict(res.coefficients), update, x0_update, await be.to_host(latent), await be.to_host(gd["uncond"]),
                     await be.to_host(gd["cond"]), await be.to_host(gd["guided"]), await be.to_host(x0) if x0 is not None else None,
                     image, st,
                 )
@@ -174,3 +212,44 @@ class Pipeline:
         run_t["total"] = (time.perf_counter() - t_start) * 1000
         trace.timings_ms = run_t
         return trace
+
+    async def decode_previews(self, trace: Trace, on_image: Callable[[StepTrace], Any] | None = None,
+                              should_stop: Callable[[], bool] | None = None) -> None:
+        """Decode the predicted image of every step that has none yet (after a run with a preview budget)."""
+        for step in trace.steps:
+            if step.image is not None or step.pred_x0 is None:
+                continue
+            if should_stop and should_stop():
+                return
+            step.image = await self.backend.to_host(await self.decode(self.backend.from_host(step.pred_x0), step.timings_ms))
+            if on_image:
+                r = on_image(step)
+                if hasattr(r, "__await__"):
+                    await r
+
+
+class _TermNames:
+    """Names for the tensors in a scheduler's update, so the page can write the rule out with this
+    step's coefficients: x_t (this step's input), eps (this step's guided noise), eps@k (step k's,
+    kept by multistep samplers). Keeps the last few steps' handles alive so ids are not reused."""
+
+    def __init__(self, keep: int = 6):
+        self.known: dict[int, tuple[Any, str]] = {}
+        self.order: list[int] = []
+        self.keep = keep
+
+    def step(self, i: int, latent, guided) -> None:
+        for k, (h, name) in list(self.known.items()):
+            if name in ("x_t", "eps"):
+                self.known[k] = (h, "x@%d" % (i - 1) if name == "x_t" else "eps@%d" % (i - 1))
+        self.known[id(latent)] = (latent, "x_t")
+        self.known[id(guided)] = (guided, "eps")
+        self.order += [id(latent), id(guided)]
+        while len(self.order) > 2 * self.keep:
+            self.known.pop(self.order.pop(0), None)
+
+    def describe(self, expr) -> list:
+        if expr is None:
+            return []
+        terms = expr.terms if isinstance(expr, Expr) else [[1.0, expr]]
+        return [[float(c), self.known.get(id(h), (h, "other"))[1]] for c, h in terms]

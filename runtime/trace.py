@@ -70,6 +70,8 @@ class Plan:
     alphas_cumprod: list  # ᾱ over the training timesteps 0 … T−1: the noise schedule
     sigmas: list | None  # σ per step for the σ-parameterised samplers (Euler, LMS, DPM-Solver++), else None
     init_noise_sigma: float
+    token_known: list | None  # per prompt token: does the model card list its word? None: the card lists no words
+    negative_token_known: list | None
 
 
 @dataclass
@@ -77,6 +79,8 @@ class StepTrace:
     index: int
     timestep: float
     coefficients: dict  # the scheduler's scalars for this step (numbers only reach the page)
+    update: list  # x_{t-1} as the lincomb the runtime ran: [[coefficient, term]], term x_t | eps | eps@k | x@k
+    x0_update: list  # the predicted x0 likewise
     latent: HostTensor  # x_t, the input of this step
     noise_uncond: HostTensor
     noise_cond: HostTensor

@@ -21,6 +21,7 @@ from .pipeline import Pipeline
 from .schedulers import SCHEDULERS
 from .trace import RUN_DONE_FIELDS, Request, step_message, to_message
 
+PREVIEW_BUDGET = 0.2  # decoding previews may add at most this share to the loop's time (the rest follow the run)
 JS_ARRAYS = {"float32": "Float32Array", "uint8": "Uint8Array", "int64": "BigInt64Array", "int32": "Int32Array"}
 
 
@@ -170,10 +171,20 @@ class Engine:
         return _to_js({
             "schedulers": [{"name": n, "label": cls.label, "isDefault": n == default} for n, cls in SCHEDULERS.items()],
             "maxLength": int(self.bundle.manifest["tokenizer"]["max_length"]),
+            "vocabulary": dict((self.bundle.manifest.get("about") or {}).get("vocabulary") or {}),
+            "model": {k: self.bundle.model.get(k) for k in ("architecture", "prediction_type", "image_size", "latent_size",
+                                                             "latent_channels", "vae_scaling_factor", "vae_scale_factor",
+                                                             "text_hidden_size", "text_max_length")},
+            "previewBudget": PREVIEW_BUDGET,
         })
 
-    async def generate(self, run_id: int, request, post, is_stopped, yield_to_events=None) -> None:
-        """Run one request, posting run-start (the plan), a run-step per step (tensors transferred) and run-done."""
+    async def generate(self, run_id: int, request, post, is_stopped, yield_to_events=None, preview_budget=PREVIEW_BUDGET) -> None:
+        """Run one request, posting run-start (the plan), a run-step per step (tensors transferred),
+        run-done, then a run-image per step whose predicted image was decoded after the loop.
+
+        Why a preview budget: decoding every step's predicted x0 through the VAE costs about as much
+        as the UNet step itself; during the loop only as many are decoded as keep the loop within
+        (1 + budget)× its plain time, and the rest follow the run, off its critical path."""
         try:
             plan = self.pipeline.plan(request_from_js(request.to_py()))
         except ValueError as e:
@@ -190,8 +201,22 @@ class Engine:
                 await yield_to_events()
 
         t = time.perf_counter()
-        trace = await self.pipeline.generate(plan, on_step=on_step, should_stop=lambda: bool(is_stopped()))
+        budget = None if preview_budget is None or preview_budget < 0 else float(preview_budget)
+        stopped = lambda: bool(is_stopped())  # noqa: E731
+        trace = await self.pipeline.generate(plan, on_step=on_step, should_stop=stopped,
+                                             preview_budget=budget if plan.request.preview_every else None)
         transfer: list = []
         done = to_message(trace, lambda x: tensor_message(x, transfer), only=RUN_DONE_FIELDS)
         done["timingsMs"]["wall"] = (time.perf_counter() - t) * 1000
         post(_to_js({"type": "run-done", "runId": run_id, **done}), _to_js(transfer))
+        if budget is None or trace.cancelled or not plan.request.preview_every:
+            return
+
+        async def on_image(step):
+            transfer: list = []
+            post(_to_js({"type": "run-image", "runId": run_id, "index": step.index, "image": tensor_message(step.image, transfer)}),
+                 _to_js(transfer))
+            if callable(yield_to_events):
+                await yield_to_events()
+
+        await self.pipeline.decode_previews(trace, on_image, should_stop=stopped)

@@ -228,3 +228,15 @@ def held_out_prompts() -> list[tuple[str, list[int], int]]:
         bg = k % 9
         out.append((f"{_article(OBJECT_NAMES[a])} and {_article(OBJECT_NAMES[b])} {BACKGROUNDS[bg][1][0]}", [a, b], bg))
     return out
+
+
+def caption_words(n: int = 30000, seed: int = 0) -> list[str]:
+    """Every word the training captions use (sampled as training samples them): what the model has seen.
+    The page marks any other word of a prompt as one the model will ignore or misread."""
+    import re
+
+    rng = random.Random(seed)
+    words: set[str] = set()
+    for _ in range(n):
+        words.update(re.findall(r"[a-z]+", sample_scene(rng).caption.lower()))
+    return sorted(words)

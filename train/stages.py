@@ -426,12 +426,19 @@ def about() -> dict:
         # 0.893 at SD's default 7.5, with its DDIM scheduler); the page starts at this value
         "guidance": 3.0,
         "vocabulary": {"objects": S.OBJECT_NAMES, "backgrounds": [b[1][0] for b in S.BACKGROUNDS],
-                       "positions": list(S.POSITIONS), "sizes": ["small", "big"]},
+                       "positions": list(S.POSITIONS), "sizes": ["small", "big"], "words": S.caption_words()},
     }
 
 
+def train_clip_image(**kw):
+    """The image tower for the page's CLIP view, against the packaged text encoder: train/clip_image.py."""
+    from .clip_image import train_clip_image
+
+    return train_clip_image(**kw)
+
+
 STAGES = {"clip": train_clip, "vae": train_vae, "encode": encode, "decoder": finetune_decoder, "unet": train_unet,
-          "package": package, "judge": train_judge}
+          "package": package, "judge": train_judge, "clip_image": train_clip_image}
 # what `train` runs with no stage named: the model. The judge is evaluation's instrument, trained on its own
 # (`train judge`), so the model's budget (3 hours, 90 minutes a stage) is the model's alone.
 MODEL_STAGES = ("clip", "vae", "encode", "decoder", "unet", "package")
