@@ -159,7 +159,7 @@ def _first(d: dict, *keys):
 
 
 def normalize_page(raw: dict, *, threads: int, provider: str, steps: int, repeats: int) -> dict:
-    """Map bench.page's result (the page's window.__dxBench, see web/src/lib/bench.ts) onto the keys of
+    """Map bench.page's result (the page's window.__dxBench, see web/src/bench/bench.ts) onto the keys of
     the native runs; the original stays under `page`. Lookups are tolerant: a missing key gives None."""
     if not isinstance(raw, dict):
         return {"runtime": "page", "label": f"page {provider}", "threads": threads, "error": f"bench.page returned {type(raw).__name__}, not a dict"}

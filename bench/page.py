@@ -61,7 +61,7 @@ def run_page(bundle_dir: Path, *, threads: int, provider: str = "wasm", steps: i
     built with npm when missing). screenshot: where to save a full-page PNG of the finished view.
     serve: (build_web, start_background) from app.serve, handed in by the command line (bench/ does
     not import app/: imports go one way).
-    The result is the page's `window.__dxBench` (see web/src/lib/bench.ts: controller_ms, raw_ms,
+    The result is the page's `window.__dxBench` (see web/src/bench/bench.ts: controller_ms, raw_ms,
     overhead_ms, startup_ms, memory, samples, …) plus `page_bytes` (response bodies of every
     request, by kind), `driver` (browser, URL, wall time) and `webgpu_adapter_software`.
     Raises BenchPageError when the page reports an error or does not finish in timeout_s.

@@ -4,7 +4,7 @@ import { extname, resolve, sep } from 'node:path';
 import { defaultClientConditions, defineConfig, type Connect, type Plugin } from 'vite';
 
 // Cross-origin isolation: without it the page has no SharedArrayBuffer, so no WASM threads and
-// no shared stop flag. `serve` (runtime/serve.py) sends the same headers.
+// no shared stop flag. `serve` (app/serve.py) sends the same headers.
 const isolation = {
   'Cross-Origin-Opener-Policy': 'same-origin',
   'Cross-Origin-Embedder-Policy': 'require-corp',

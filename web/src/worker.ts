@@ -3,10 +3,9 @@
 // stays responsive; the page only renders the Trace messages this worker posts.
 import type { PyodideAPI } from 'pyodide';
 import type { PyProxy } from 'pyodide/ffi';
+import { runWorkerBench, setWasmOwner, watchWasmMemories, type OrtModule } from './bench/workerBench';
 import { BundleLoadError, fetchManifest, loadBundleFiles, type Manifest } from './lib/bundleLoader';
-import type {
-  BenchControllerRun, BenchOptions, BenchRawPass, BenchResourceEntry, BenchWasmMemory, EngineInfo, FromWorker, InitMsg, Provider, RequestMsg, ToWorker,
-} from './lib/protocol';
+import type { BenchOptions, EngineInfo, FromWorker, InitMsg, Provider, RequestMsg, SchedulerInfo, ToWorker } from './lib/protocol';
 
 declare const self: DedicatedWorkerGlobalScope;
 
@@ -18,7 +17,7 @@ function post(msg: FromWorker, transfer: Transferable[] = []) {
 
 let engine: PyProxy | null = null;
 /** The ORT module the sessions were made with (the bench view makes its own tensors with it). */
-let ortModule: { Tensor: new (type: 'float32', data: Float32Array, dims: readonly number[]) => unknown } | null = null;
+let ortModule: OrtModule | null = null;
 let initStarted = false;
 let busy = false;
 let stopView: Int32Array | null = null;
@@ -148,7 +147,7 @@ async function init(msg: InitMsg) {
   const ort = await loadOrt(choice.provider, threads, choice.adapter);
   ortModule = ort;
   const { py, pyodideMs, runtimeMs, web } = await python;
-  wasmOwner = 'onnxruntime'; // Pyodide's memory exists by now; ORT instantiates its wasm at the first session
+  setWasmOwner('onnxruntime'); // Pyodide's memory exists by now; ORT instantiates its wasm at the first session
 
   post({ type: 'status', phase: 'sessions', text: 'creating onnxruntime-web sessions…' });
   const create = web.Engine as unknown as (...a: unknown[]) => PyProxy;
@@ -156,6 +155,16 @@ async function init(msg: InitMsg) {
   const sessions = (await (engine.load as (cb: unknown) => Promise<Record<string, number>>)(
     (name: string, i: number, n: number) => post({ type: 'status', phase: 'sessions', text: `creating session ${i + 1}/${n}: ${name}…` }),
   )) as Record<string, number>;
+  // What the controls need from the runtime: its scheduler list (labels, the bundle's default) and
+  // the tokenizer's window. Engine.describe converts to a JS object itself; a PyProxy is converted here.
+  type Described = { schedulers: SchedulerInfo[]; maxLength: number };
+  const raw = (engine.describe as () => unknown)();
+  let described = raw as Described;
+  if (raw instanceof py.ffi.PyProxy) {
+    described = raw.toJs({ dict_converter: Object.fromEntries }) as Described;
+    raw.destroy();
+  }
+  const { schedulers, maxLength } = described;
 
   const info: EngineInfo = {
     provider: choice.provider,
@@ -171,7 +180,9 @@ async function init(msg: InitMsg) {
       url: bundleUrl,
       imageSize: manifest.model.image_size,
       latentSize: manifest.model.latent_size,
-      defaultScheduler: manifest.scheduler.default as EngineInfo['bundle']['defaultScheduler'],
+      schedulers,
+      defaultScheduler: schedulers.find((s) => s.isDefault)?.name ?? manifest.scheduler.default,
+      maxLength,
       bytes: bundle.totalBytes,
       precision,
       description: manifest.about?.description ?? '',
@@ -190,231 +201,52 @@ function describeAdapter(a: unknown): string {
   return [info?.vendor, info?.architecture, info?.description].filter(Boolean).join(' ') || 'unnamed adapter';
 }
 
+/** A run past its run-done whose predicted images are still being decoded (runtime/web.py decodes
+ * the ones its preview budget skipped after the run): a new request makes it stop and waits for it. */
+let decodingAfter: { superseded: boolean; finished: Promise<void> } | null = null;
+
 async function generate(runId: number, request: RequestMsg) {
   if (!engine) return post({ type: 'run-error', runId, text: 'the engine is not ready yet' });
+  if (busy && decodingAfter) {
+    decodingAfter.superseded = true;
+    await decodingAfter.finished;
+  }
   if (busy) return post({ type: 'run-error', runId, text: 'a run is already going on; stop it first' });
   busy = true;
   stopRequested = false; // the shared flag is cleared by the page before it sends 'generate'
+  let finish = () => {};
+  const run = { superseded: false, finished: new Promise<void>((r) => (finish = r)) };
+  const postRun = (msg: FromWorker, transfer?: Transferable[]) => {
+    if (msg.type === 'run-done') decodingAfter = run; // the page counts the run as done from here
+    post(msg, transfer);
+  };
   try {
-    // runtime/web.py posts run-start / run-step / run-done (or run-invalid) itself.
-    await (engine.generate as (...a: unknown[]) => Promise<void>)(runId, request, post, isStopped, stopView ? undefined : yieldToEvents);
+    // runtime/web.py posts run-start / run-step / run-done (or run-invalid), then any run-image, itself.
+    await (engine.generate as (...a: unknown[]) => Promise<void>)(
+      runId, request, postRun, () => isStopped() || run.superseded, stopView ? undefined : yieldToEvents,
+    );
   } catch (err) {
     post({ type: 'run-error', runId, text: describeError(err) });
+  } finally {
+    if (decodingAfter === run) decodingAfter = null;
+    busy = false;
+    finish();
+  }
+}
+
+/** The bench view's request: runs bench/workerBench.ts on the loaded engine. */
+async function bench(options: BenchOptions) {
+  if (!engine || !ortModule) return post({ type: 'bench-error', text: 'the engine is not ready yet' });
+  if (busy) return post({ type: 'bench-error', text: 'a run is already going on' });
+  busy = true;
+  try {
+    const result = await runWorkerBench(engine, ortModule, options, (text, done, total) => post({ type: 'bench-progress', text, done, total }));
+    post({ type: 'bench-done', result });
+  } catch (err) {
+    post({ type: 'bench-error', text: describeError(err) });
   } finally {
     busy = false;
   }
 }
 
 export type { Manifest };
-
-// ---- the bench view (?bench) -----------------------------------------------------------------------
-// Two levels of timing, so a reader can see what limits speed: (a) the app's own path — Python's
-// Engine.generate in runtime/web.py, whose Trace records each component's time — and (b) the same
-// ORT sessions called straight from JS with the very feeds (a) gave them, no Pyodide in between.
-// (a) − (b) is what the controller and the FFI cost.
-
-type OrtSession = { run(feeds: Record<string, unknown>): Promise<Record<string, { dispose?(): void }>> };
-type OrtTensorLike = { type: string; dims: readonly number[]; getData(): Promise<ArrayLike<unknown> & { slice(): unknown }> };
-type Feeds = Record<string, { type: string; dims: number[]; data: unknown }>;
-
-const BENCH_COMPONENTS = ['text_encoder', 'unet', 'vae_decoder'] as const;
-const wasmMemories: { owner: string; memory: WebAssembly.Memory }[] = [];
-let wasmOwner = 'pyodide';
-let watching = false;
-
-/** Record every WebAssembly.Memory created in this worker (made in JS, or exported by an instance).
- * A wasm memory only grows, so its size at the end is its peak. */
-function watchWasmMemories() {
-  if (watching) return;
-  watching = true;
-  const W = WebAssembly as unknown as Record<string, unknown>;
-  const OrigMemory = WebAssembly.Memory;
-  const record = (m: unknown) => {
-    if (m instanceof OrigMemory && !wasmMemories.some((e) => e.memory === m)) wasmMemories.push({ owner: wasmOwner, memory: m });
-  };
-  const fromInstance = (inst: unknown) => {
-    const exports = (inst as WebAssembly.Instance | undefined)?.exports;
-    if (exports) for (const v of Object.values(exports)) record(v);
-  };
-  W.Memory = new Proxy(OrigMemory, {
-    construct(target, args, newTarget) {
-      const m = Reflect.construct(target, args, newTarget);
-      record(m);
-      return m;
-    },
-  });
-  W.Instance = new Proxy(WebAssembly.Instance, {
-    construct(target, args, newTarget) {
-      const inst = Reflect.construct(target, args, newTarget);
-      fromInstance(inst);
-      return inst;
-    },
-  });
-  const instantiate = WebAssembly.instantiate as (...a: unknown[]) => Promise<unknown>;
-  W.instantiate = async (...a: unknown[]) => {
-    const r = await instantiate.apply(WebAssembly, a);
-    fromInstance(r instanceof WebAssembly.Instance ? r : (r as { instance: unknown }).instance);
-    return r;
-  };
-  const streaming = WebAssembly.instantiateStreaming as ((...a: unknown[]) => Promise<{ instance: unknown }>) | undefined;
-  if (streaming) {
-    W.instantiateStreaming = async (...a: unknown[]) => {
-      const r = await streaming.apply(WebAssembly, a);
-      fromInstance(r.instance);
-      return r;
-    };
-  }
-}
-
-function wasmMemoryFigures(): BenchWasmMemory[] {
-  return wasmMemories.map(({ owner, memory }) => {
-    const buf = memory.buffer;
-    return { owner, bytes: buf.byteLength, shared: typeof SharedArrayBuffer !== 'undefined' && buf instanceof SharedArrayBuffer };
-  });
-}
-
-/** What this worker fetched (Pyodide, ORT's wasm, runtime.zip, bundle files not in the Cache API). */
-function resourceEntries(): BenchResourceEntry[] {
-  return (performance.getEntriesByType('resource') as (PerformanceResourceTiming & { responseStatus?: number })[]).map((e) => ({
-    url: e.name, transferSize: e.transferSize, encodedBodySize: e.encodedBodySize, status: e.responseStatus ?? null,
-  }));
-}
-
-/** The JS InferenceSession that runtime/web.py's backend holds for a component. */
-function sessionOf(name: string): OrtSession {
-  const backend = engine!.backend as PyProxy;
-  const sessions = backend.sessions as PyProxy;
-  try {
-    const s = (sessions.get as (k: string) => unknown)(name);
-    if (!s) throw new Error(`the engine has no ${name} session`);
-    return s as OrtSession;
-  } finally {
-    sessions.destroy();
-    backend.destroy();
-  }
-}
-
-async function snapshot(feeds: Record<string, unknown>): Promise<Feeds> {
-  const out: Feeds = {};
-  for (const [k, v] of Object.entries(feeds)) {
-    const t = v as OrtTensorLike;
-    out[k] = { type: t.type, dims: Array.from(t.dims), data: (await t.getData()).slice() }; // a GPU tensor is downloaded
-  }
-  return out;
-}
-
-function disposeAll(out: Record<string, { dispose?(): void }>) {
-  for (const t of Object.values(out)) {
-    try {
-      t.dispose?.();
-    } catch {
-      /* already gone */
-    }
-  }
-}
-
-async function controllerRun(runId: number, options: BenchOptions, warmup: boolean): Promise<Omit<BenchControllerRun, 'sessionRunMs'> & { timesteps: number; backend: string }> {
-  const steps: Record<string, number>[] = [];
-  let done: Extract<FromWorker, { type: 'run-done' }> | null = null;
-  let refused = '';
-  const collect = (m: FromWorker) => {
-    if (m.type === 'run-step') steps.push({ ...m.step.timingsMs });
-    else if (m.type === 'run-done') done = m;
-    else if (m.type === 'run-invalid') refused = m.text;
-  };
-  const request: RequestMsg = {
-    prompt: options.prompt, negativePrompt: '', seed: options.seed, guidance: options.guidance, steps: options.steps,
-    scheduler: options.scheduler, previewEvery: 0,
-  };
-  const t = performance.now();
-  await (engine!.generate as (...a: unknown[]) => Promise<void>)(runId, request, collect, () => false);
-  const jsWallMs = performance.now() - t;
-  if (refused) throw new Error(`the bench request was refused: ${refused}`);
-  const d = done as Extract<FromWorker, { type: 'run-done' }> | null;
-  if (!d) throw new Error('the controller finished without a run-done message');
-  return { warmup, timingsMs: { ...d.timingsMs }, jsWallMs, steps, timesteps: d.timesteps.length, backend: d.backend };
-}
-
-async function bench(options: BenchOptions) {
-  if (!engine || !ortModule) return post({ type: 'bench-error', text: 'the engine is not ready yet' });
-  if (busy) return post({ type: 'bench-error', text: 'a run is already going on' });
-  busy = true;
-  const ort = ortModule;
-  const total = 2 * (options.repeats + 1);
-  let done = 0;
-  const progress = (text: string) => post({ type: 'bench-progress', text, done, total });
-  let sessions: Record<string, OrtSession>;
-  try {
-    sessions = Object.fromEntries(BENCH_COMPONENTS.map((n) => [n, sessionOf(n)]));
-  } catch (err) {
-    busy = false;
-    return post({ type: 'bench-error', text: describeError(err) });
-  }
-  // While the controller runs, each model session's run is wrapped (an own property shadows the
-  // prototype's): it times session.run as JS sees it inside the app's path and, in the warm-up run,
-  // records the feeds for the raw passes. The snapshot is taken outside the timed span.
-  const captured: { name: string; feeds: Feeds }[] = [];
-  let capture = false;
-  let sessionRunMs: Record<string, number[]> = {};
-  for (const [name, s] of Object.entries(sessions)) {
-    const original = s.run;
-    (s as { run: OrtSession['run'] }).run = async function (this: OrtSession, feeds) {
-      if (capture) captured.push({ name, feeds: await snapshot(feeds) });
-      const t = performance.now();
-      try {
-        return await original.call(this, feeds);
-      } finally {
-        (sessionRunMs[name] ??= []).push(performance.now() - t);
-      }
-    };
-  }
-  try {
-    const controller: BenchControllerRun[] = [];
-    const raw: BenchRawPass[] = [];
-    let timesteps = 0;
-    let backend = '';
-    // Interleaved — controller run r, then raw pass r — so both levels see the same state of the
-    // machine (V8 tiers wasm up in the background for seconds; other load comes and goes).
-    for (let r = 0; r <= options.repeats; r++) {
-      const warmup = r === 0;
-      // (a) through the Python controller
-      progress(warmup ? 'warm-up run through the Python controller…' : `run ${r} of ${options.repeats} through the Python controller…`);
-      capture = warmup;
-      sessionRunMs = {};
-      const run = await controllerRun(-1 - r, options, warmup);
-      capture = false;
-      timesteps = run.timesteps;
-      backend = run.backend;
-      controller.push({ warmup, timingsMs: run.timingsMs, jsWallMs: run.jsWallMs, steps: run.steps, sessionRunMs });
-      done++;
-      // (b) raw onnxruntime-web from JS: the same sessions and feeds, no Pyodide
-      progress(warmup ? 'warm-up pass of raw onnxruntime-web session.run…' : `raw onnxruntime-web pass ${r} of ${options.repeats}…`);
-      const runsMs: Record<string, number[]> = {};
-      for (const { name, feeds } of captured) {
-        const tensors = Object.fromEntries(
-          Object.entries(feeds).map(([k, f]) => [k, new ort.Tensor(f.type as 'float32', f.data as Float32Array, f.dims)]), // wraps, no copy
-        );
-        const proto = Object.getPrototypeOf(sessions[name]) as OrtSession;
-        const t = performance.now();
-        const out = await proto.run.call(sessions[name], tensors); // the unwrapped run
-        const dt = performance.now() - t;
-        disposeAll(out);
-        (runsMs[name] ??= []).push(dt);
-      }
-      raw.push({ warmup, runsMs });
-      done++;
-    }
-    const callsPerRun: Record<string, number> = {};
-    for (const { name } of captured) callsPerRun[name] = (callsPerRun[name] ?? 0) + 1;
-    progress('done');
-    post({
-      type: 'bench-done',
-      result: { controller, raw, callsPerRun, timestepsPerRun: timesteps, backend, wasmMemories: wasmMemoryFigures(), resources: resourceEntries() },
-    });
-  } catch (err) {
-    post({ type: 'bench-error', text: describeError(err) });
-  } finally {
-    for (const s of Object.values(sessions)) delete (s as { run?: unknown }).run; // back to the prototype's run
-    busy = false;
-  }
-}

@@ -1,14 +1,12 @@
-// The bench view's logic (no UI): read ?bench parameters, drive the engine worker through a
-// benchmark, and turn its raw samples into the result that the view shows and that
-// `bench/page.py` reads from `window.__dxBench`.
+// The bench view's logic (no UI): read ?bench parameters, drive the engine through a benchmark,
+// and turn its raw samples into the result that the view shows and that `bench/page.py` reads
+// from `window.__dxBench`.
 //
-// Why a separate worker client instead of EngineClient: the bench needs two extra messages
-// ('bench' out, 'bench-*' back), but must load the bundle exactly as the app does, so it starts the
-// same worker with the same 'init' message (same loader, same provider choice).
-import type {
-  BenchOptions, BenchResourceBytes, BenchResourceEntry, EngineInfo, FromWorker, ProviderChoice, SchedulerName, ToWorker, WorkerBenchResult,
-} from './protocol';
-import { SCHEDULERS } from './protocol';
+// The engine is the app's own EngineClient (state/engine.svelte.ts): the same worker, 'init'
+// message, loader and provider choice as the explainer, so the bench loads the bundle exactly as
+// the app does; `bench: true` adds the worker's memory records, `EngineClient.bench()` the runs.
+import type { BenchOptions, BenchResourceBytes, BenchResourceEntry, EngineInfo, ProviderChoice, WorkerBenchResult } from '../lib/protocol';
+import type { EngineClient } from '../state/engine.svelte';
 
 declare global {
   interface Window {
@@ -43,8 +41,8 @@ export function parseBenchParams(params: URLSearchParams, defaultBundle: string)
   };
   const provider = params.get('provider') ?? 'auto';
   if (!['auto', 'webgpu', 'wasm'].includes(provider)) errors.push(`provider must be auto, webgpu or wasm (got “${provider}”)`);
+  // checked against the runtime's list once the engine is ready (checkScheduler)
   const scheduler = params.get('scheduler') ?? '';
-  if (scheduler && !SCHEDULERS.includes(scheduler as SchedulerName)) errors.push(`scheduler must be one of ${SCHEDULERS.join(', ')} (got “${scheduler}”)`);
   const guidanceRaw = params.get('guidance');
   let guidance = 7.5;
   if (guidanceRaw !== null && guidanceRaw !== '') {
@@ -65,11 +63,17 @@ export function parseBenchParams(params: URLSearchParams, defaultBundle: string)
         guidance,
         steps: int('steps', 10, 1, 100),
         repeats: int('repeats', 3, 1, 50),
-        scheduler: (scheduler && SCHEDULERS.includes(scheduler as SchedulerName) ? scheduler : '') as SchedulerName | '',
+        scheduler,
       },
     },
     errors,
   };
+}
+
+/** The ?scheduler= check, against the schedulers the runtime offers: an error, or null. */
+export function checkScheduler(scheduler: string, info: EngineInfo): string | null {
+  const names = info.bundle.schedulers.map((s) => s.name);
+  return scheduler && !names.includes(scheduler) ? `scheduler must be one of ${names.join(', ')} (got “${scheduler}”)` : null;
 }
 
 /** The query string that opens the bench (or, with bench=false, the app) with these settings. */
@@ -300,75 +304,20 @@ export function summarize(params: BenchParams, info: EngineInfo, w: WorkerBenchR
   return result;
 }
 
-export interface BenchHandlers {
-  status(text: string): void;
-  download(loaded: number, total: number, file: string, fromCache: boolean): void;
-  notice(text: string): void;
-  ready(info: EngineInfo): void;
-  progress(text: string, done: number, total: number): void;
-  /** Timings are in; the browser's memory measurement (up to 30 s) is still to come. */
-  measured(partial: BenchResult): void;
-  done(result: BenchResult): void;
-  error(text: string, info: EngineInfo | null): void;
-}
-
-/** Start the engine worker as the app does, then benchmark; returns a function that stops it. */
-export function runBench(params: BenchParams, h: BenchHandlers): () => void {
-  const worker = new Worker(new URL('../worker.ts', import.meta.url), { type: 'module', name: 'engine' });
+/** Start `engine` as the app does (plus the bench's memory records), wait until it is ready, run the
+ * benchmark and summarize it. `measured` gets the figures as soon as the timings are in; the
+ * browser's memory measurement (up to 30 s) then completes the result. Throws with the reason. */
+export async function runBench(engine: EngineClient, params: BenchParams, measured: (partial: BenchResult) => void): Promise<BenchResult> {
   const base = new URL(import.meta.env.BASE_URL, location.href).href;
-  const bundleUrl = new URL(params.bundleUrl, location.href);
-  if (!bundleUrl.pathname.endsWith('/')) bundleUrl.pathname += '/';
-  let info: EngineInfo | null = null;
-  let readyMs: number | null = null;
-  let finished = false;
-  const fail = (text: string) => {
-    if (finished) return;
-    finished = true;
-    h.error(text, info);
-  };
-  const send = (msg: ToWorker) => worker.postMessage(msg);
-  worker.onerror = (e) => fail(`the engine worker failed: ${e.message || 'unknown error'}`);
-  worker.onmessage = async (e: MessageEvent<FromWorker>) => {
-    const m = e.data;
-    switch (m.type) {
-      case 'status':
-        h.status(m.text);
-        break;
-      case 'progress':
-        h.download(m.loaded, m.total, m.file, m.fromCache);
-        break;
-      case 'notice':
-        h.notice(m.text);
-        break;
-      case 'fatal':
-        fail(m.text);
-        break;
-      case 'ready':
-        info = m.info;
-        readyMs = performance.now();
-        h.ready(m.info);
-        send({ type: 'bench', options: params.options });
-        break;
-      case 'bench-progress':
-        h.progress(m.text, m.done, m.total);
-        break;
-      case 'bench-error':
-        fail(m.text);
-        break;
-      case 'bench-done': {
-        const resources = resourceBytes([...ownResourceEntries(), ...m.result.resources], base, bundleUrl.href);
-        const pageMs = { ready: readyMs, done: performance.now() };
-        h.measured(summarize(params, info!, m.result, { bytes: null, byScope: {}, note: 'being measured' }, resources, pageMs));
-        const memory = await measurePageMemory(info!.provider === 'wasm' && info!.threads > 1);
-        finished = true;
-        h.done(summarize(params, info!, m.result, memory, resources, pageMs));
-        break;
-      }
-    }
-  };
-  send({
-    type: 'init', bundleUrl: bundleUrl.href, provider: params.provider, threads: params.threads,
-    stopFlag: globalThis.crossOriginIsolated ? new SharedArrayBuffer(4) : null, bench: true,
-  });
-  return () => worker.terminate();
+  engine.start({ bundleUrl: params.bundleUrl, provider: params.provider, threads: params.threads, bench: true });
+  const info = await engine.whenReady();
+  const readyMs = performance.now();
+  const bad = checkScheduler(params.options.scheduler, info);
+  if (bad) throw new Error(bad);
+  const w: WorkerBenchResult = await engine.bench(params.options);
+  const resources = resourceBytes([...ownResourceEntries(), ...w.resources], base, info.bundle.url);
+  const pageMs = { ready: readyMs, done: performance.now() };
+  measured(summarize(params, info, w, { bytes: null, byScope: {}, note: 'being measured' }, resources, pageMs));
+  const memory = await measurePageMemory(info.provider === 'wasm' && info.threads > 1);
+  return summarize(params, info, w, memory, resources, pageMs);
 }

@@ -2,9 +2,10 @@
 //
 // Why these shapes matter: every explainer view is fed by a `Trace` assembled from these
 // messages, so a new view (UMAP, attention maps, guidance arithmetic) only reads fields here and
-// never asks the worker to compute anything. Field names mirror runtime/pipeline.py's Trace and
-// StepTrace in camelCase; runtime/web.py builds them. Tensor data arrives as transferred
-// ArrayBuffers (no copies between threads).
+// never asks the worker to compute anything. The schema is runtime/trace.py's dataclasses: a
+// field's key here is its Python name in camelCase (tests/test_trace_schema.py compares
+// RequestMsg, TokensMsg, PlanMsg, StepMsg and RunDoneMsg with them), and runtime/web.py builds
+// the messages from them. Tensor data arrives as transferred ArrayBuffers (no copies between threads).
 
 export type DType = 'float32' | 'uint8' | 'int64' | 'int32';
 
@@ -15,19 +16,30 @@ export interface TensorMsg {
   data: ArrayBuffer;
 }
 
+/** runtime/tokenizer.py's Tokenized. */
 export interface TokensMsg {
   ids: number[];
   /** Readable tokens incl. <|startoftext|> / <|endoftext|>; no padding. */
   tokens: string[];
   length: number;
   truncated: boolean;
-  /** Words that fell off CLIP's 77-token window. */
+  /** Words that fell off CLIP's token window (EngineInfo.bundle.maxLength). */
   droppedWords: string[];
 }
 
-export type SchedulerName = 'euler' | 'ddim' | 'dpmpp_2m' | 'pndm' | 'lms';
-export const SCHEDULERS: SchedulerName[] = ['euler', 'ddim', 'dpmpp_2m', 'pndm', 'lms'];
+/** A scheduler's key in runtime/schedulers.py's SCHEDULERS; the list is EngineInfo.bundle.schedulers. */
+export type SchedulerName = string;
 
+/** One scheduler the runtime offers (runtime/web.py's Engine.describe). */
+export interface SchedulerInfo {
+  name: SchedulerName;
+  /** For readers, e.g. "DPM++ 2M". */
+  label: string;
+  /** The bundle's default. */
+  isDefault: boolean;
+}
+
+/** runtime/trace.py's Request. */
 export interface RequestMsg {
   prompt: string;
   negativePrompt: string;
@@ -35,37 +47,56 @@ export interface RequestMsg {
   guidance: number;
   steps: number;
   /** Empty: the bundle's default. */
-  scheduler: SchedulerName | '';
+  scheduler: SchedulerName;
   /** Decode the predicted image every N steps (0: never). */
   previewEvery: number;
 }
 
+/** runtime/trace.py's Plan: what a run will do, known before the first UNet call (the run-start message). */
+export interface PlanMsg {
+  /** The request as validated (an empty scheduler replaced by the bundle's default). */
+  request: RequestMsg;
+  tokens: TokensMsg;
+  negativeTokens: TokensMsg;
+  /** The scheduler's timesteps, one per step (PNDM runs steps + 1). */
+  timesteps: number[];
+  schedulerLabel: string;
+  /** The scheduler's resolved config (diffusers' keys). */
+  schedulerConfig: Record<string, number | string | boolean | null>;
+  /** ᾱ over the training timesteps 0 … T−1: the noise schedule. */
+  alphasCumprod: number[];
+  /** σ per step for the σ-parameterised samplers (Euler, LMS, DPM-Solver++), else null. */
+  sigmas: number[] | null;
+  initNoiseSigma: number;
+  /** Per prompt token: does the model card (explainer.json) list its word? null: the card lists no words. */
+  tokenKnown: boolean[] | null;
+  negativeTokenKnown: boolean[] | null;
+}
+
+/** runtime/trace.py's StepTrace (the run-step message). */
 export interface StepMsg {
   index: number;
   timestep: number;
   coefficients: Record<string, number>;
+  /** x_{t-1} as the linear combination the runtime ran: [coefficient, term] with term
+   * x_t | eps | eps@k | x@k | other (eps@k, x@k: step k's guided noise / input). */
+  update: [number, string][];
+  /** The predicted x0 likewise (empty when the scheduler has none). */
+  x0Update: [number, string][];
   /** x_t, the input of this step, [1, 4, h, w]. */
   latent: TensorMsg;
   noiseUncond: TensorMsg;
   noiseCond: TensorMsg;
   noiseGuided: TensorMsg;
   predX0: TensorMsg | null;
-  /** The decoded predicted x0, uint8 [H, W, 4] RGBA. */
+  /** The decoded predicted x0, uint8 [H, W, 4] RGBA; null until a run-image brings it (or never, without previews). */
   image: TensorMsg | null;
   timingsMs: Record<string, number>;
 }
 
-/** Everything a view shows about one run; `steps` grows while the run goes on. */
-export interface Trace {
-  runId: number;
-  request: RequestMsg;
-  tokens: TokensMsg;
-  negativeTokens: TokensMsg;
-  /** The scheduler's timesteps, one per step (PNDM runs steps + 1). */
-  timesteps: number[];
-  steps: StepMsg[];
-  /** Known when the run ends: */
-  /** [2, 77, d]: unconditional (negative prompt) then conditional. */
+/** runtime/trace.py's Trace fields that the run-done message carries (RUN_DONE_FIELDS). */
+export interface RunDoneMsg {
+  /** [2, maxLength, d]: unconditional (negative prompt) then conditional. */
   embeddings: TensorMsg | null;
   finalLatent: TensorMsg | null;
   /** The final image, uint8 [H, W, 4] RGBA; null when stopped. */
@@ -73,6 +104,13 @@ export interface Trace {
   timingsMs: Record<string, number>;
   backend: string;
   cancelled: boolean;
+}
+
+/** Everything a view shows about one run: the plan (from run-start), `steps` growing while the run
+ * goes on, and the RunDoneMsg fields (null / empty until the run ends). */
+export interface Trace extends PlanMsg, RunDoneMsg {
+  runId: number;
+  steps: StepMsg[];
   done: boolean;
 }
 
@@ -95,7 +133,11 @@ export interface EngineInfo {
     url: string;
     imageSize: [number, number];
     latentSize: [number, number];
+    /** The schedulers the runtime offers (runtime/web.py's Engine.describe), the default marked. */
+    schedulers: SchedulerInfo[];
     defaultScheduler: SchedulerName;
+    /** CLIP's token window (the tokenizer's max_length, 77 for SD). */
+    maxLength: number;
     bytes: number;
     precision: string[];
     /** From the checkpoint's explainer.json (may be empty): what the model was trained to draw. */
@@ -132,7 +174,7 @@ export interface InitMsg {
   bench?: boolean;
 }
 
-// ---- the bench view (?bench): timings of this machine, see lib/bench.ts -------------------------
+// ---- the bench view (?bench): timings of this machine, see bench/bench.ts and bench/workerBench.ts -------------------------
 
 export interface BenchOptions {
   prompt: string;
@@ -142,7 +184,7 @@ export interface BenchOptions {
   /** Measured runs; one more runs first as a warm-up and is excluded. */
   repeats: number;
   /** Empty: the bundle's default. */
-  scheduler: SchedulerName | '';
+  scheduler: SchedulerName;
 }
 
 /** One generation through the Python controller (runtime/web.py's Engine.generate). */
@@ -213,12 +255,11 @@ export type FromWorker =
   | { type: 'notice'; level: 'info' | 'warning'; text: string }
   | { type: 'ready'; info: EngineInfo }
   | { type: 'fatal'; text: string }
-  | { type: 'run-start'; runId: number; request: RequestMsg; timesteps: number[]; tokens: TokensMsg; negativeTokens: TokensMsg }
+  | ({ type: 'run-start'; runId: number } & PlanMsg)
   | { type: 'run-step'; runId: number; step: StepMsg }
-  | {
-      type: 'run-done'; runId: number; timesteps: number[]; embeddings: TensorMsg | null; finalLatent: TensorMsg | null;
-      image: TensorMsg | null; timingsMs: Record<string, number>; backend: string; cancelled: boolean;
-    }
+  | ({ type: 'run-done'; runId: number } & RunDoneMsg)
+  /** After run-done: a step's predicted image that was not decoded during the loop (its preview budget). */
+  | { type: 'run-image'; runId: number; index: number; image: TensorMsg }
   /** A request the controller refused (Request.validate); nothing ran. */
   | { type: 'run-invalid'; runId: number; text: string }
   | { type: 'run-error'; runId: number; text: string }

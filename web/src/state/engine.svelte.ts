@@ -1,13 +1,18 @@
-// The page's side of the engine worker: starts it, turns its messages into reactive state and a
-// growing Trace, and restarts it when the provider settings change (ORT's provider and thread
-// count are fixed once its wasm has started).
-import type { EngineInfo, FromWorker, Phase, ProviderChoice, RequestMsg, ToWorker, Trace } from './protocol';
+// The page's side of the engine worker, and the one place its messages are read: starts it, turns
+// its messages into reactive state and a growing Trace, restarts it when the provider settings
+// change (ORT's provider and thread count are fixed once its wasm has started), and runs the bench
+// view's benchmark (`bench()`), so the explainer and the bench load the bundle the same way.
+import type {
+  BenchOptions, EngineInfo, FromWorker, Phase, ProviderChoice, RequestMsg, ToWorker, Trace, WorkerBenchResult,
+} from '../lib/protocol';
 
 export interface EngineSettings {
   bundleUrl: string;
   provider: ProviderChoice;
   /** 0: automatic, min(hardwareConcurrency, 4). */
   threads: number;
+  /** The bench view: the worker records WebAssembly memories as they are created (peak-memory figures). */
+  bench?: boolean;
 }
 
 export interface Notice {
@@ -24,6 +29,8 @@ declare global {
   }
 }
 
+type Waiter<T> = { resolve: (v: T) => void; reject: (e: Error) => void };
+
 export class EngineClient {
   state = $state<'loading' | 'ready' | 'running' | 'error'>('loading');
   phase = $state<Phase>('bundle');
@@ -36,13 +43,18 @@ export class EngineClient {
   trace = $state.raw<Trace | null>(null);
   runError = $state<string | null>(null);
   settings = $state.raw<EngineSettings>({ bundleUrl: '/bundle/', provider: 'auto', threads: 0 });
+  /** The benchmark's progress while `bench()` runs. */
+  benchProgress = $state.raw<{ text: string; done: number; total: number } | null>(null);
 
   #worker: Worker | null = null;
   #stopFlag: SharedArrayBuffer | null = null;
   #nextRun = 1;
+  #readyWaiters: Waiter<EngineInfo>[] = [];
+  #bench: Waiter<WorkerBenchResult> | null = null;
 
   start(settings: EngineSettings) {
     this.#worker?.terminate();
+    this.#failPending('the engine was restarted');
     this.settings = settings;
     this.state = 'loading';
     this.fatal = null;
@@ -52,15 +64,22 @@ export class EngineClient {
     this.#stopFlag = globalThis.crossOriginIsolated ? new SharedArrayBuffer(4) : null;
     const worker = new Worker(new URL('../worker.ts', import.meta.url), { type: 'module', name: 'engine' });
     worker.onmessage = (e: MessageEvent<FromWorker>) => this.#onMessage(e.data);
-    worker.onerror = (e) => {
-      this.fatal = `the engine worker failed: ${e.message || 'unknown error'}`;
-      this.state = 'error';
-    };
+    worker.onerror = (e) => this.#fail(`the engine worker failed: ${e.message || 'unknown error'}`);
     this.#worker = worker;
     // resolved here: relative to the page, not to the worker's script; a folder URL ends in '/'
     const bundleUrl = new URL(settings.bundleUrl, location.href);
     if (!bundleUrl.pathname.endsWith('/')) bundleUrl.pathname += '/';
-    this.#send({ type: 'init', bundleUrl: bundleUrl.href, provider: settings.provider, threads: settings.threads, stopFlag: this.#stopFlag });
+    this.#send({
+      type: 'init', bundleUrl: bundleUrl.href, provider: settings.provider, threads: settings.threads, stopFlag: this.#stopFlag,
+      ...(settings.bench ? { bench: true } : {}),
+    });
+  }
+
+  /** Resolves with the engine's info once it is ready; rejects with the reason it could not start. */
+  whenReady(): Promise<EngineInfo> {
+    if (this.info && this.state !== 'loading' && this.state !== 'error') return Promise.resolve(this.info);
+    if (this.state === 'error') return Promise.reject(new Error(this.fatal ?? 'the engine could not be started'));
+    return new Promise((resolve, reject) => this.#readyWaiters.push({ resolve, reject }));
   }
 
   generate(request: RequestMsg) {
@@ -77,8 +96,39 @@ export class EngineClient {
     this.#send({ type: 'stop' });
   }
 
+  /** The bench view's benchmark on the ready engine (start it with `bench: true` for memory figures);
+   * resolves with the worker's raw samples, rejects with the worker's words. */
+  bench(options: BenchOptions): Promise<WorkerBenchResult> {
+    if (this.state !== 'ready') return Promise.reject(new Error('the engine is not ready yet'));
+    this.state = 'running';
+    this.benchProgress = null;
+    return new Promise((resolve, reject) => {
+      this.#bench = { resolve, reject };
+      this.#send({ type: 'bench', options: $state.snapshot(options) as BenchOptions });
+    });
+  }
+
+  /** End the worker (the page's view goes away). */
+  close() {
+    this.#worker?.terminate();
+    this.#worker = null;
+    this.#failPending('the engine was closed');
+  }
+
   #send(msg: ToWorker) {
     this.#worker?.postMessage(msg);
+  }
+
+  #fail(text: string) {
+    this.fatal = text;
+    this.state = 'error';
+    this.#failPending(text);
+  }
+
+  #failPending(text: string) {
+    for (const w of this.#readyWaiters.splice(0)) w.reject(new Error(text));
+    this.#bench?.reject(new Error(text));
+    this.#bench = null;
   }
 
   #onMessage(msg: FromWorker) {
@@ -97,17 +147,16 @@ export class EngineClient {
         this.info = msg.info;
         window.__engineInfo = msg.info;
         this.state = 'ready';
+        for (const w of this.#readyWaiters.splice(0)) w.resolve(msg.info);
         break;
       case 'fatal':
-        this.fatal = msg.text;
-        this.state = 'error';
+        this.#fail(msg.text);
         break;
-      case 'run-start':
-        this.trace = {
-          runId: msg.runId, request: msg.request, timesteps: msg.timesteps, tokens: msg.tokens, negativeTokens: msg.negativeTokens,
-          steps: [], embeddings: null, finalLatent: null, image: null, timingsMs: {}, backend: '', cancelled: false, done: false,
-        };
+      case 'run-start': {
+        const { type: _type, ...plan } = msg;
+        this.trace = { ...plan, steps: [], embeddings: null, finalLatent: null, image: null, timingsMs: {}, backend: '', cancelled: false, done: false };
         break;
+      }
       case 'run-step':
         if (this.trace?.runId === msg.runId) this.trace = { ...this.trace, steps: [...this.trace.steps, msg.step] };
         break;
@@ -119,11 +168,30 @@ export class EngineClient {
         }
         this.state = 'ready';
         break;
+      case 'run-image':
+        if (this.trace?.runId === msg.runId) {
+          const steps = this.trace.steps.map((s) => (s.index === msg.index ? { ...s, image: msg.image } : s));
+          this.trace = { ...this.trace, steps };
+          if (this.trace.done) window.__lastTrace = this.trace;
+        }
+        break;
       case 'run-invalid':
       case 'run-error':
         this.runError = msg.text;
         this.state = 'ready';
         break;
+      case 'bench-progress':
+        this.benchProgress = { text: msg.text, done: msg.done, total: msg.total };
+        break;
+      case 'bench-done':
+      case 'bench-error': {
+        const pending = this.#bench;
+        this.#bench = null;
+        this.state = 'ready';
+        if (msg.type === 'bench-done') pending?.resolve(msg.result);
+        else pending?.reject(new Error(msg.text));
+        break;
+      }
     }
   }
 }

@@ -1,0 +1,75 @@
+// What the reader is looking at, shared by every view: the runs, the step and the token. One view
+// picks (a thumbnail in the step strip, a token), the others show the same step or token.
+//
+// Why picks carry their run's id: a new run starts with nothing picked, without an effect having to
+// reset anything. Until the reader picks a step, views follow the newest step as the run goes on.
+import { getContext, setContext } from 'svelte';
+import type { Trace } from '../lib/protocol';
+
+const KEY = Symbol('selection');
+
+export class Selection {
+  #current: () => Trace | null;
+  /** A second run to compare with the current one (for a compare view; nothing sets it yet). */
+  compare = $state.raw<Trace | null>(null);
+  #step = $state<{ runId: number; index: number } | null>(null);
+  #token = $state<{ runId: number; index: number } | null>(null);
+
+  /** `current`: where the current run comes from (the engine's growing Trace). */
+  constructor(current: () => Trace | null) {
+    this.#current = current;
+  }
+
+  /** The run the views show. */
+  get current(): Trace | null {
+    return this.#current();
+  }
+
+  /** True once the reader took the step choice (picked a step of the current run); otherwise the
+   * views follow the newest step. */
+  get tookStep(): boolean {
+    const t = this.current;
+    return !!t && this.#step?.runId === t.runId;
+  }
+
+  /** The step index the views show (the picked one, else the newest), or null before the first step. */
+  get step(): number | null {
+    const t = this.current;
+    if (!t || !t.steps.length) return null;
+    return this.tookStep ? Math.min(this.#step!.index, t.steps.length - 1) : t.steps.length - 1;
+  }
+
+  selectStep(index: number) {
+    const t = this.current;
+    if (t) this.#step = { runId: t.runId, index };
+  }
+
+  /** Give the step choice back: follow the newest step again. */
+  followNewest() {
+    this.#step = null;
+  }
+
+  /** The picked position in the current run's prompt tokens, or null. */
+  get token(): number | null {
+    const t = this.current;
+    return t && this.#token?.runId === t.runId ? this.#token.index : null;
+  }
+
+  /** Pick a prompt token; picking it again (or null) lets go. */
+  selectToken(index: number | null) {
+    const t = this.current;
+    this.#token = t && index !== null && index !== this.token ? { runId: t.runId, index } : null;
+  }
+}
+
+/** Make a Selection for this component's subtree (the page's root calls this once). */
+export function provideSelection(current: () => Trace | null): Selection {
+  return setContext(KEY, new Selection(current));
+}
+
+/** The Selection of the page (a view calls this during its set-up). */
+export function useSelection(): Selection {
+  const s = getContext<Selection | undefined>(KEY);
+  if (!s) throw new Error('useSelection() outside provideSelection()');
+  return s;
+}
