@@ -5,7 +5,7 @@ import type { PyodideAPI } from 'pyodide';
 import type { PyProxy } from 'pyodide/ffi';
 import { runWorkerBench, setWasmOwner, watchWasmMemories, type OrtModule } from './bench/workerBench';
 import { BundleLoadError, fetchManifest, loadBundleFiles, type Manifest } from './lib/bundleLoader';
-import type { BenchOptions, EngineInfo, FromWorker, InitMsg, Provider, RequestMsg, SchedulerInfo, ToWorker } from './lib/protocol';
+import type { BenchOptions, EngineInfo, FromWorker, InitMsg, ModelFacts, Provider, RequestMsg, SchedulerInfo, ToWorker } from './lib/protocol';
 
 declare const self: DedicatedWorkerGlobalScope;
 
@@ -157,14 +157,14 @@ async function init(msg: InitMsg) {
   )) as Record<string, number>;
   // What the controls need from the runtime: its scheduler list (labels, the bundle's default) and
   // the tokenizer's window. Engine.describe converts to a JS object itself; a PyProxy is converted here.
-  type Described = { schedulers: SchedulerInfo[]; maxLength: number };
+  type Described = { schedulers: SchedulerInfo[]; maxLength: number; vocabulary: Record<string, string[]>; model: ModelFacts; previewBudget: number };
   const raw = (engine.describe as () => unknown)();
   let described = raw as Described;
   if (raw instanceof py.ffi.PyProxy) {
     described = raw.toJs({ dict_converter: Object.fromEntries }) as Described;
     raw.destroy();
   }
-  const { schedulers, maxLength } = described;
+  const { schedulers, maxLength, vocabulary, model, previewBudget } = described;
 
   const info: EngineInfo = {
     provider: choice.provider,
@@ -183,6 +183,9 @@ async function init(msg: InitMsg) {
       schedulers,
       defaultScheduler: schedulers.find((s) => s.isDefault)?.name ?? manifest.scheduler.default,
       maxLength,
+      vocabulary: vocabulary ?? {},
+      model,
+      previewBudget,
       bytes: bundle.totalBytes,
       precision,
       description: manifest.about?.description ?? '',

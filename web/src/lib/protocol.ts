@@ -117,6 +117,18 @@ export interface Trace extends PlanMsg, RunDoneMsg {
 export type Provider = 'webgpu' | 'wasm';
 export type ProviderChoice = 'auto' | Provider;
 
+export interface ModelFacts {
+  architecture: string;
+  prediction_type: string;
+  image_size: [number, number];
+  latent_size: [number, number];
+  latent_channels: number;
+  vae_scaling_factor: number;
+  vae_scale_factor: number;
+  text_hidden_size: number;
+  text_max_length: number;
+}
+
 export interface EngineInfo {
   provider: Provider;
   /** Why this provider runs, in a sentence for the page. */
@@ -138,6 +150,12 @@ export interface EngineInfo {
     defaultScheduler: SchedulerName;
     /** CLIP's token window (the tokenizer's max_length, 77 for SD). */
     maxLength: number;
+    /** The model card's vocabulary (objects, backgrounds, positions, sizes, words); empty for most checkpoints. */
+    vocabulary: Record<string, string[]>;
+    /** The manifest's model facts (sizes for the decoder view, the text encoder's width …). */
+    model: ModelFacts;
+    /** Share of the loop's time that decoding previews may add during a run (the rest follow the run). */
+    previewBudget: number;
     bytes: number;
     precision: string[];
     /** From the checkpoint's explainer.json (may be empty): what the model was trained to draw. */

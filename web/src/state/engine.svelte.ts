@@ -43,6 +43,9 @@ export class EngineClient {
   trace = $state.raw<Trace | null>(null);
   runError = $state<string | null>(null);
   settings = $state.raw<EngineSettings>({ bundleUrl: '/bundle/', provider: 'auto', threads: 0 });
+  /** Runs the explainer asks for beside the reader's (other guidance scales, other seeds), by key;
+   * queued, run one at a time when the engine is free, and kept for the session. */
+  sideRuns = $state.raw<Record<string, Trace>>({});
   /** The benchmark's progress while `bench()` runs. */
   benchProgress = $state.raw<{ text: string; done: number; total: number } | null>(null);
 
@@ -51,6 +54,8 @@ export class EngineClient {
   #nextRun = 1;
   #readyWaiters: Waiter<EngineInfo>[] = [];
   #bench: Waiter<WorkerBenchResult> | null = null;
+  #sideQueue: { key: string; request: RequestMsg }[] = [];
+  #sideIds = new Map<number, string>();
 
   start(settings: EngineSettings) {
     this.#worker?.terminate();
@@ -91,7 +96,38 @@ export class EngineClient {
     this.#send({ type: 'generate', runId: this.#nextRun++, request: $state.snapshot(request) as RequestMsg });
   }
 
+  /** Queue a run for a view (kept under `key` for the session); nothing happens if it ran or waits. */
+  runSide(key: string, request: RequestMsg) {
+    if ((this.sideRuns[key] && !this.sideRuns[key].cancelled) || this.#sideQueue.some((q) => q.key === key)) return;
+    this.#sideQueue.push({ key, request: $state.snapshot(request) as RequestMsg });
+    this.#pump();
+  }
+
+  /** Whether a side run with this key is waiting or running. */
+  sidePending(key: string): boolean {
+    return this.#sideQueue.some((q) => q.key === key) || (!!this.sideRuns[key] && !this.sideRuns[key].done);
+  }
+
+  #pump() {
+    if (this.state !== 'ready' || !this.#sideQueue.length) return;
+    const { key, request } = this.#sideQueue.shift()!;
+    const runId = this.#nextRun++;
+    this.#sideIds.set(runId, key);
+    this.state = 'running';
+    if (this.#stopFlag) Atomics.store(new Int32Array(this.#stopFlag), 0, 0);
+    this.#send({ type: 'generate', runId, request });
+  }
+
+  #side(runId: number, fn: (t: Trace) => Trace): boolean {
+    const key = this.#sideIds.get(runId);
+    if (key === undefined) return false;
+    const t = this.sideRuns[key];
+    if (t) this.sideRuns = { ...this.sideRuns, [key]: fn(t) };
+    return true;
+  }
+
   stop() {
+    this.#sideQueue = [];
     if (this.#stopFlag) Atomics.store(new Int32Array(this.#stopFlag), 0, 1);
     this.#send({ type: 'stop' });
   }
@@ -148,25 +184,39 @@ export class EngineClient {
         window.__engineInfo = msg.info;
         this.state = 'ready';
         for (const w of this.#readyWaiters.splice(0)) w.resolve(msg.info);
+        this.#pump();
         break;
       case 'fatal':
         this.#fail(msg.text);
         break;
       case 'run-start': {
         const { type: _type, ...plan } = msg;
-        this.trace = { ...plan, steps: [], embeddings: null, finalLatent: null, image: null, timingsMs: {}, backend: '', cancelled: false, done: false };
+        const fresh: Trace = { ...plan, steps: [], embeddings: null, finalLatent: null, image: null, timingsMs: {}, backend: '', cancelled: false, done: false };
+        const key = this.#sideIds.get(msg.runId);
+        if (key !== undefined) this.sideRuns = { ...this.sideRuns, [key]: fresh };
+        else this.trace = fresh;
         break;
       }
       case 'run-step':
+        if (this.#side(msg.runId, (t) => ({ ...t, steps: [...t.steps, msg.step] }))) break;
         if (this.trace?.runId === msg.runId) this.trace = { ...this.trace, steps: [...this.trace.steps, msg.step] };
         break;
       case 'run-done':
+        if (this.#side(msg.runId, (t) => {
+          const { type: _type, runId: _runId, ...rest } = msg;
+          return { ...t, ...rest, done: true };
+        })) {
+          this.state = 'ready';
+          this.#pump();
+          break;
+        }
         if (this.trace?.runId === msg.runId) {
           const { type: _type, runId: _runId, ...rest } = msg;
           this.trace = { ...this.trace, ...rest, done: true };
           window.__lastTrace = this.trace;
         }
         this.state = 'ready';
+        this.#pump();
         break;
       case 'run-image':
         if (this.trace?.runId === msg.runId) {
@@ -177,8 +227,12 @@ export class EngineClient {
         break;
       case 'run-invalid':
       case 'run-error':
-        this.runError = msg.text;
+        if (this.#sideIds.has(msg.runId)) {
+          const key = this.#sideIds.get(msg.runId)!;
+          this.notices = [...this.notices, { level: 'warning', text: `${key}: ${msg.text}` }];
+        } else this.runError = msg.text;
         this.state = 'ready';
+        this.#pump();
         break;
       case 'bench-progress':
         this.benchProgress = { text: msg.text, done: msg.done, total: msg.total };
