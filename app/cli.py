@@ -78,6 +78,8 @@ def cmd_export(a) -> int:
                               config_dir=a.config, judge=scene_judge())
     except ExportError as e:
         return _fail(str(e))
+    except OSError as e:  # a read-only or full disk, a vanished folder: one line, the work folder is gone
+        return _fail(f"export to {a.out} failed: {e.strerror or e}{f' ({e.filename})' if e.filename else ''}")
     size = sum(f["bytes"] for f in m["files"].values())
     print(f"bundle written to {a.out} ({size / 1e6:.1f} MB, {m['export_seconds']:.1f} s)")
     for comp in ("text_encoder", "unet", "vae_decoder"):
@@ -113,11 +115,46 @@ def _write_png(path: Path, tensor) -> None:
     path.write_bytes(encode_png(bytes(tensor.data), w, h))
 
 
+def max_threads() -> int:
+    import os
+
+    return 2 * (os.cpu_count() or 1)
+
+
+def check_outputs(out: Path, trace: Path | None) -> str | None:
+    """Why the outputs cannot be written, checked before the model runs (nothing partial is left), or None."""
+    import os
+
+    if out.is_dir():
+        return f"--out {out} is a folder; give a file name such as {out / 'image.png'}"
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        return f"--out {out}: the folder {parent} does not exist"
+    if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        return f"--out {out}: cannot write there (permission denied)"
+    if trace is not None:
+        if trace.exists() and not trace.is_dir():
+            return f"--trace {trace} is an existing file; give a folder (it will be created)"
+        if trace.is_dir() and any(trace.iterdir()) and not (trace / "trace.json").is_file():
+            return f"--trace {trace} is a folder with other files in it; give a new or empty folder"
+        tparent = trace.parent if str(trace.parent) else Path(".")
+        if not trace.exists() and not tparent.is_dir():
+            return f"--trace {trace}: the folder {tparent} does not exist"
+        if not os.access(trace if trace.exists() else tparent, os.W_OK):
+            return f"--trace {trace}: cannot write there (permission denied)"
+    return None
+
+
 def cmd_generate(a) -> int:
     from runtime.bundle import Bundle, BundleError
     from runtime.native import NativeBackend
     from runtime.pipeline import Pipeline, Request, run_sync
 
+    if a.threads is not None and not 1 <= a.threads <= max_threads():
+        return _fail(f"--threads must be a whole number from 1 to {max_threads()} (twice this machine's {max_threads() // 2} CPUs)")
+    problem = check_outputs(Path(a.out), Path(a.trace) if a.trace else None)
+    if problem:
+        return _fail(problem)
     try:
         bundle = Bundle.from_dir(a.bundle)
     except BundleError as e:
@@ -134,15 +171,24 @@ def cmd_generate(a) -> int:
         await pipe.load()
         return await pipe.generate(req)
 
-    trace = run_sync(main())
+    try:
+        trace = run_sync(main())
+    except BundleError as e:
+        return _fail(str(e))
     out = Path(a.out)
-    _write_png(out, trace.image)
+    try:
+        _write_png(out, trace.image)
+    except OSError as e:
+        return _fail(f"cannot write {out}: {e.strerror or e}")
     if trace.tokens.dropped_words:
         print(f"note: the prompt is longer than CLIP's 77 tokens; dropped: {' '.join(trace.tokens.dropped_words)}", file=sys.stderr)
     t = trace.timings_ms
     print(f"{out}  ({len(trace.steps)} steps, {t['total']:.0f} ms total, {t.get('unet', 0) / max(1, len(trace.steps)):.1f} ms per UNet step)")
     if a.trace:
-        write_trace(trace, Path(a.trace))
+        try:
+            write_trace(trace, Path(a.trace))
+        except OSError as e:
+            return _fail(f"cannot write the trace to {a.trace}: {e.strerror or e}")
         print(f"trace written to {a.trace}")
     return 0
 

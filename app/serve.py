@@ -106,6 +106,29 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         self.dist, self.bundle, self.quiet = dist, bundle, quiet
         super().__init__(*args, directory=str(dist), **kwargs)
 
+    def send_head(self):
+        raw = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+        if "\0" in raw or "\\" in raw:  # no file name holds these: a probe, not a page request
+            self.send_error(400, "Bad request")
+            return None
+        return super().send_head()
+
+    def handle(self):
+        """A browser that aborts a download (Stop, reload) closes the socket mid-write: one log line, no traceback."""
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError) as e:
+            if not self.quiet:
+                sys.stderr.write(f"{self.address_string()} closed the connection early ({type(e).__name__})\n")
+
+    def copyfile(self, source, outputfile):
+        try:
+            super().copyfile(source, outputfile)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+            if not self.quiet:
+                sys.stderr.write(f"{self.address_string()} stopped a download of {self.path} (connection closed)\n")
+
     def translate_path(self, path: str) -> str:
         path = urllib.parse.unquote(urllib.parse.urlsplit(path).path)
         root, rel = (self.bundle, path[len(BUNDLE_PREFIX):]) if path.startswith(BUNDLE_PREFIX) else (self.dist, path.lstrip("/"))

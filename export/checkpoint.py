@@ -15,6 +15,8 @@ def inspect_checkpoint(src) -> dict:
         from . import single_file
 
         return single_file.inspect(src)
+    if not src.is_dir():
+        raise UnsupportedCheckpoint(f"{src} is neither a folder nor a regular file; supported: {SUPPORTED}")
     index = src / "model_index.json"
     if not index.is_file():
         found = ", ".join(sorted(p.name for p in src.iterdir())[:6]) or "an empty folder"

@@ -88,7 +88,7 @@ def export_bundle(src, out, *, precision="fp32", tolerance: float = DEFAULT_TOLE
         single = single_file.inspect(src, arch=arch, prediction_type=prediction_type, config_dir=config_dir)  # header only
     else:
         facts = inspect_checkpoint(src)
-    tmp, parts = _begin(out, overwrite, ("optimum", "quantized", "pipeline"))
+    tmp, parts, lock = _begin(out, overwrite, ("optimum", "quantized", "pipeline"))
     work, quant, pipeline = parts
     t_start = time.perf_counter()
     try:
@@ -131,8 +131,7 @@ def export_bundle(src, out, *, precision="fp32", tolerance: float = DEFAULT_TOLE
                 final = quant
         return _finish(final, out, manifest, t_start)
     finally:
-        for d in (tmp, *parts):
-            shutil.rmtree(d, ignore_errors=True)
+        _end(tmp, parts, lock)
 
 
 def derive_bundle(fp32_bundle, out, *, precision, overwrite: bool = False, progress=None, name: str | None = None,
@@ -142,7 +141,7 @@ def derive_bundle(fp32_bundle, out, *, precision, overwrite: bool = False, progr
 
     fp32_bundle, out = Path(fp32_bundle), Path(out)
     try:
-        manifest = Bundle.from_dir(fp32_bundle, verify=False).manifest
+        manifest = Bundle.from_dir(fp32_bundle, verify=True).manifest  # never launder a corrupted bundle into fresh hashes
     except BundleError as e:
         raise ExportError(f"{fp32_bundle}: {e}") from None
     not32 = [c for c in MODEL_COMPONENTS if manifest["components"][c].get("precision", "fp32") != "fp32"]
@@ -155,7 +154,7 @@ def derive_bundle(fp32_bundle, out, *, precision, overwrite: bool = False, progr
              "text_hidden_size": manifest["model"]["text_hidden_size"]}
     if name:
         manifest["name"] = name
-    tmp, _ = _begin(out, overwrite, ())
+    tmp, parts, lock = _begin(out, overwrite, ())
     t_start = time.perf_counter()
     try:
         with _stage(progress, "quantize and measure quality"):
@@ -163,19 +162,70 @@ def derive_bundle(fp32_bundle, out, *, precision, overwrite: bool = False, progr
             manifest = apply_precision(fp32_bundle, tmp, files, facts, manifest, resolve_precision(precision), chunk_bytes, quality, judge)
         return _finish(tmp, out, manifest, t_start)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _end(tmp, parts, lock)
 
 
-def _begin(out: Path, overwrite: bool, parts: tuple) -> tuple[Path, list[Path]]:
-    """The hidden work folders beside `out` (removed on success, failure, Ctrl-C or SIGTERM)."""
-    if out.exists() and not overwrite:
-        raise ExportError(f"{out} already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.partial-*"):  # left by a SIGKILLed export
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    tmp.mkdir()
-    return tmp, [out.parent / f".{out.name}.partial-{os.getpid()}-{p}" for p in parts]
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _clean_stale(folder: Path) -> None:
+    """Remove work folders and locks that exports killed with SIGKILL left behind (their PID is dead)."""
+    for p in folder.glob(".*.partial-*"):
+        pid = p.name.rsplit(".partial-", 1)[1].split("-")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+    for lock in folder.glob(".*.export-lock"):
+        try:
+            pid = int(lock.read_text().strip() or 0)
+        except (OSError, ValueError):
+            continue
+        if not _pid_alive(pid):
+            lock.unlink(missing_ok=True)
+
+
+def _begin(out: Path, overwrite: bool, parts: tuple) -> tuple[Path, list[Path], Path]:
+    """Check the target, take its lock and make the hidden work folders beside it (removed on success,
+    failure, Ctrl-C or SIGTERM by _end; after a SIGKILL by the next export in that folder)."""
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise ExportError(f"{out} already exists; pass --overwrite to replace it")
+        if not out.is_dir() or out.is_symlink():
+            raise ExportError(f"{out} is a file, not a bundle folder; refusing to replace it")
+        if not (out / "manifest.json").is_file() and any(out.iterdir()):
+            raise ExportError(f"{out} is a folder but not a bundle (no manifest.json); --overwrite only replaces bundles, "
+                              "so nothing in it was touched")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale(out.parent)
+        lock = out.parent / f".{out.name}.export-lock"
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                owner = lock.read_text().strip()
+            except OSError:
+                owner = "?"
+            raise ExportError(f"another export to {out} is running (process {owner}); wait for it or choose another folder") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+        tmp.mkdir()
+    except OSError as e:
+        raise ExportError(f"cannot write beside {out}: {e.strerror or e}") from None
+    return tmp, [out.parent / f".{out.name}.partial-{os.getpid()}-{p}" for p in parts], lock
+
+
+def _end(tmp: Path, parts, lock: Path) -> None:
+    for d in (tmp, *parts):
+        shutil.rmtree(d, ignore_errors=True)
+    lock.unlink(missing_ok=True)
 
 
 def _finish(final: Path, out: Path, manifest: dict, t_start: float) -> dict:

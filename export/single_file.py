@@ -159,7 +159,8 @@ def read_contents(path: Path) -> tuple[str, dict, dict]:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         hint = " (its content is safetensors: rename it)" if _looks_safetensors(path) else ""
-        raise _refuse(f"{path.name}: a '{path.suffix or 'no'}' file is not a model checkpoint{hint}; "
+        kind = f"a '{path.suffix}' file" if path.suffix else "a file without a .safetensors or .ckpt extension"
+        raise _refuse(f"{path}: {kind} is not a model checkpoint{hint}; "
                       f"supported: {SUPPORTED}")
     tensors, extra = _read_safetensors(path) if fmt == "safetensors" else _read_ckpt(path)
     if not tensors:

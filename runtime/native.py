@@ -30,7 +30,17 @@ class NativeBackend:
 
     async def load(self, name: str, files: list[str]) -> None:
         # external data (files[1:]) sits beside the model file, where onnxruntime looks for it
-        self.sessions[name] = ort.InferenceSession(str(self.root / files[0]), self.options, providers=self.providers)
+        try:
+            self.sessions[name] = ort.InferenceSession(str(self.root / files[0]), self.options, providers=self.providers)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types (InvalidProtobuf, Fail …)
+            from .bundle import BundleError
+
+            raise BundleError(f"bundle component {name} ({files[0]}) cannot be loaded by onnxruntime: "
+                              f"{str(e).splitlines()[0][:200]}; re-export the bundle") from None
+
+    def io_names(self, name: str) -> tuple[list[str], list[str]]:
+        sess = self.sessions[name]
+        return [i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()]
 
     async def run(self, name: str, feeds: dict) -> dict:
         sess = self.sessions[name]

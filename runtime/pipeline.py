@@ -9,7 +9,7 @@ import time
 from typing import Any, Callable
 
 from .backend import Backend, Expr, HostTensor, Ops
-from .bundle import MODEL_COMPONENTS, OP_GRAPHS, Bundle
+from .bundle import MODEL_COMPONENTS, OP_GRAPHS, Bundle, BundleError
 from .noise import gaussian
 from .schedulers import make_scheduler
 from .tokenizer import CLIPTokenizer
@@ -60,11 +60,26 @@ class Pipeline:
             t = time.perf_counter()
             await self.backend.load(name, self.bundle.component(name)["files"])
             times[name] = (time.perf_counter() - t) * 1000
+            self._check_io(name)
         zero = self.backend.from_host(HostTensor.of([0.0], (1, 1, 1, 1)))
         self.ops = Ops(self.backend, self.bundle.manifest["components"]["lincomb"]["terms"], zero)
         if progress:
             progress("ready", len(names), len(names))
         return times
+
+    def _check_io(self, name: str) -> None:
+        """The session's input and output names must be the ones the manifest promises (a VAE file in
+        the UNet's place, hash updated, would otherwise fail mid-run with a runtime's raw error)."""
+        io = getattr(self.backend, "io_names", None)
+        if io is None:
+            return
+        got_in, got_out = io(name)
+        comp = self.bundle.component(name)
+        want_in, want_out = [s["name"] for s in comp.get("inputs", [])], [s["name"] for s in comp.get("outputs", [])]
+        if (want_in and sorted(got_in) != sorted(want_in)) or (want_out and sorted(got_out) != sorted(want_out)):
+            raise BundleError(f"bundle component {name} does not match its manifest: the model takes ({', '.join(got_in)}) and gives "
+                              f"({', '.join(got_out)}), the manifest promises ({', '.join(want_in)}) → ({', '.join(want_out)}); "
+                              "re-export the bundle")
 
     def latent_shape(self) -> tuple:
         m = self.bundle.model

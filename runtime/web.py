@@ -97,6 +97,10 @@ class WebBackend:
         self.sessions[name] = session
         self.output_names[name] = [str(n) for n in session.outputNames]
 
+    def io_names(self, name: str) -> tuple[list[str], list[str]]:
+        session = self.sessions[name]
+        return [str(n) for n in session.inputNames], [str(n) for n in session.outputNames]
+
     async def run(self, name: str, feeds: dict) -> dict:
         session = self.sessions[name]
         results = await session.run(_to_js({k: h.js for k, h in feeds.items()}))

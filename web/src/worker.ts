@@ -129,20 +129,46 @@ async function init(msg: InitMsg) {
   python.catch(() => {}); // reported below, once awaited
   let tBundle = performance.now();
   const { manifest, text } = await fetchManifest(bundleUrl);
-  const precision = [...new Set(Object.values(manifest.components).map((c) => c.precision ?? 'fp32'))];
-  const choice = await chooseProvider(msg.provider, precision.includes('fp16'));
+  // The manifest's one schema is runtime/bundle.py's check_manifest (Python). Python starts in
+  // parallel with the download, so the JS below reads the manifest first; if a malformed manifest
+  // trips it, the schema's own one-line message replaces the JS error.
+  const validate = async () => {
+    const { py } = await python;
+    const check = py.pyimport('runtime.bundle').check_manifest_json as PyProxy & ((t: string) => unknown);
+    try {
+      const r = check(text);
+      if (r instanceof py.ffi.PyProxy) r.destroy();
+    } catch (e) {
+      throw new BundleLoadError(describeError(e));
+    } finally {
+      check.destroy();
+    }
+  };
+  let precision: string[];
+  let choice: Awaited<ReturnType<typeof chooseProvider>>;
+  let threads: number;
+  let bundle: Awaited<ReturnType<typeof loadBundleFiles>>;
   const isolated = self.crossOriginIsolated;
-  const autoThreads = Math.max(1, Math.min(self.navigator.hardwareConcurrency || 1, 4));
-  const threads = choice.provider === 'webgpu' ? 1 : isolated ? msg.threads || autoThreads : 1;
-  if (!isolated && choice.provider === 'wasm') {
-    post({ type: 'notice', level: 'warning', text: 'the page is not cross-origin isolated (no COOP/COEP headers), so WASM runs on one thread' });
-  }
+  try {
+    precision = [...new Set(Object.values(manifest.components).map((c) => c.precision ?? 'fp32'))];
+    choice = await chooseProvider(msg.provider, precision.includes('fp16'));
+    const autoThreads = Math.max(1, Math.min(self.navigator.hardwareConcurrency || 1, 4));
+    threads = choice.provider === 'webgpu' ? 1 : isolated ? msg.threads || autoThreads : 1;
+    if (!isolated && choice.provider === 'wasm') {
+      post({ type: 'notice', level: 'warning', text: 'the page is not cross-origin isolated (no COOP/COEP headers), so WASM runs on one thread' });
+    }
 
-  post({ type: 'status', phase: 'bundle', text: `downloading the bundle “${manifest.name ?? 'bundle'}”…` });
-  const bundle = await loadBundleFiles(bundleUrl, manifest, text, {
-    progress: (file, loaded, total, fromCache) => post({ type: 'progress', file, loaded, total, fromCache }),
-    notice: (t) => post({ type: 'notice', level: 'warning', text: t }),
-  });
+    post({ type: 'status', phase: 'bundle', text: `downloading the bundle “${manifest.name ?? 'bundle'}”…` });
+    bundle = await loadBundleFiles(bundleUrl, manifest, text, {
+      progress: (file, loaded, total, fromCache) => post({ type: 'progress', file, loaded, total, fromCache }),
+      notice: (t) => post({ type: 'notice', level: 'warning', text: t }),
+    });
+  } catch (e) {
+    if (e instanceof BundleLoadError) throw e;
+    await validate(); // the schema's line, when the manifest is what broke
+    throw e;
+  }
+  await validate(); // before any session or run reads the model's facts
   const bundleMs = performance.now() - tBundle;
   const ort = await loadOrt(choice.provider, threads, choice.adapter);
   ortModule = ort;
