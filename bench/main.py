@@ -195,6 +195,8 @@ def normalize_page(raw: dict, *, threads: int, provider: str, steps: int, repeat
         },
         "end_to_end_ms": ctrl.get("generate_total"),
         "unet_raw_ms": _first(raw, "raw_ms.unet_step"),
+        # per step through the controller, the explainer's views off (plain loop) and on (budgeted previews)
+        "views_ms": raw.get("views_ms"),
         "downloaded_bytes": _first(raw, "page_bytes.total"),
         "memory": {
             "peak_rss_mb": wasm / 1e6 if wasm else None,

@@ -89,6 +89,16 @@ def markdown(result: dict) -> str:
                "UNet step: one batch-2 call (classifier-free guidance), median over all steps; UNet bare: the model alone, "
                "outside the loop. Op graphs: one run's guidance, scheduler and image-conversion work (for diffusers: "
                "everything outside the three models).")
+    views = [(r.get("label"), r.get("threads"), r.get("views_ms")) for r in result.get("runs", []) if r.get("views_ms")]
+    if views:
+        out += ["", "## The explainer's cost (page, per step through the controller)", "",
+                "| runtime | threads | views off ms/step | views on ms/step | on / off | run wall off ms | run wall on ms |",
+                "|---|---:|---:|---:|---:|---:|---:|"]
+        for label, threads, v in views:
+            out.append(f"| {label} | {threads} | {_fmt(v.get('step_off'))} | {_fmt(v.get('step_on'))} | "
+                       f"{_fmt(v.get('ratio'), digits=2)} | {_fmt(v.get('wall_off'), digits=0)} | {_fmt(v.get('wall_on'), digits=0)} |")
+        out.append("Views on: the explainer's run (every step's tensors to the page, predicted images decoded within the "
+                   "runtime's preview budget, the rest after run-done); off: the plain loop (UNet + guidance + scheduler).")
     f = result.get("flops", {})
     if f:
         out += ["", "## Arithmetic", ""]

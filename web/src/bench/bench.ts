@@ -192,6 +192,8 @@ export interface BenchResult {
   session_in_controller_ms: Record<string, number | null>;
   /** (a) − (a′): the Python side of each call (feeds to JS, awaiting the promise, wrapping outputs). */
   ffi_ms: Record<string, number | null>;
+  /** Per step through the controller with the explainer's views off (plain loop) and on, until run-done. */
+  views_ms: { step_off: number | null; step_on: number | null; ratio: number | null; wall_off: number | null; wall_on: number | null };
   memory: Record<string, unknown>;
   page_resources: BenchResourceBytes | null;
   page_ms: { ready: number | null; done: number | null };
@@ -214,6 +216,7 @@ export function emptyResult(params: BenchParams, error: string | null): BenchRes
     },
     scheduler: params.options.scheduler || null, engine: null, bundle: null, startup_ms: null, startup_bytes: null, steps_per_run: 0, timesteps_per_run: 0, calls_per_run: {},
     measured_runs: 0, controller_ms: {}, raw_ms: {}, overhead_ms: {}, session_in_controller_ms: {}, ffi_ms: {},
+    views_ms: { step_off: null, step_on: null, ratio: null, wall_off: null, wall_on: null },
     memory: { notes: ['not measured'] }, notes: [], page_resources: null, page_ms: { ready: null, done: null }, samples: null,
   };
 }
@@ -244,6 +247,13 @@ export function summarize(params: BenchParams, info: EngineInfo, w: WorkerBenchR
     vae_decode: median(runs.map((r) => r.timingsMs.vae_decoder)),
     generate_total: median(runs.map((r) => r.timingsMs.total)),
     generate_wall: median(runs.map((r) => r.jsWallMs)),
+  };
+  const onRuns = (w.viewsOn ?? []).filter((r) => !r.warmup);
+  const stepOn = median(onRuns.flatMap((r) => r.steps).map((s) => s.total));
+  const views_ms = {
+    step_off: controller_ms.step_total, step_on: stepOn,
+    ratio: stepOn != null && controller_ms.step_total ? stepOn / controller_ms.step_total : null,
+    wall_off: controller_ms.generate_wall, wall_on: median(onRuns.map((r) => r.jsWallMs)),
   };
   const raw_ms = { text_encoder: rawOf('text_encoder'), unet_step: rawOf('unet'), vae_decode: rawOf('vae_decoder') };
   const innerOf = (name: string) => median(runs.flatMap((r) => r.sessionRunMs[name] ?? []));
@@ -279,7 +289,7 @@ export function summarize(params: BenchParams, info: EngineInfo, w: WorkerBenchR
     timesteps_per_run: w.timestepsPerRun,
     calls_per_run: w.callsPerRun,
     measured_runs: runs.length,
-    controller_ms, raw_ms, overhead_ms, session_in_controller_ms, ffi_ms,
+    controller_ms, raw_ms, overhead_ms, session_in_controller_ms, ffi_ms, views_ms,
     memory: {
       wasm_bytes: w.wasmMemories.length ? { ...wasm, total: wasmTotal } : null,
       wasm_memories: w.wasmMemories,

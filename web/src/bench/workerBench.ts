@@ -123,24 +123,30 @@ function disposeAll(out: Record<string, { dispose?(): void }>) {
 type ControllerRun = Omit<BenchControllerRun, 'sessionRunMs'> & { timesteps: number; backend: string };
 
 /** (a) One Engine.generate, its messages collected here instead of posted to the page. */
-async function controllerRun(engine: PyProxy, runId: number, options: BenchOptions, warmup: boolean): Promise<ControllerRun> {
+async function controllerRun(engine: PyProxy, runId: number, options: BenchOptions, warmup: boolean, views = false): Promise<ControllerRun> {
   const steps: Record<string, number>[] = [];
   let timesteps = 0;
   let done: Extract<FromWorker, { type: 'run-done' }> | null = null;
   let refused = '';
+  let doneAt = 0;
   const collect = (m: FromWorker) => {
     if (m.type === 'run-start') timesteps = m.timesteps.length;
     else if (m.type === 'run-step') steps.push({ ...m.step.timingsMs });
-    else if (m.type === 'run-done') done = m;
+    else if (m.type === 'run-done') {
+      done = m;
+      doneAt = performance.now();
+    }
     else if (m.type === 'run-invalid') refused = m.text;
   };
   const request: RequestMsg = {
     prompt: options.prompt, negativePrompt: '', seed: options.seed, guidance: options.guidance, steps: options.steps,
-    scheduler: options.scheduler, previewEvery: 0,
+    // views on: what the explainer asks for (previews within the runtime's budget, the rest decoded
+    // after run-done); off: the plain loop (no previews)
+    scheduler: options.scheduler, previewEvery: views ? 1 : 0,
   };
   const t = performance.now();
   await (engine.generate as (...a: unknown[]) => Promise<void>)(runId, request, collect, () => false);
-  const jsWallMs = performance.now() - t;
+  const jsWallMs = (doneAt || performance.now()) - t; // until run-done: previews decoded later are off the run's path
   if (refused) throw new Error(`the bench request was refused: ${refused}`);
   const d = done as Extract<FromWorker, { type: 'run-done' }> | null;
   if (!d) throw new Error('the controller finished without a run-done message');
@@ -175,6 +181,7 @@ export async function runWorkerBench(
   }
   try {
     const controller: BenchControllerRun[] = [];
+    const viewsOn: BenchControllerRun[] = [];
     const raw: BenchRawPass[] = [];
     let timesteps = 0;
     let backend = '';
@@ -191,6 +198,9 @@ export async function runWorkerBench(
       timesteps = run.timesteps;
       backend = run.backend;
       controller.push({ warmup, timingsMs: run.timingsMs, jsWallMs: run.jsWallMs, steps: run.steps, sessionRunMs });
+      // (a″) the same run with every view on (the explainer's previews)
+      const on = await controllerRun(engine, -100 - r, options, warmup, true);
+      viewsOn.push({ warmup, timingsMs: on.timingsMs, jsWallMs: on.jsWallMs, steps: on.steps, sessionRunMs: {} });
       done++;
       // (b) raw onnxruntime-web from JS: the same sessions and feeds, no Pyodide
       progress(warmup ? 'warm-up pass of raw onnxruntime-web session.run…' : `raw onnxruntime-web pass ${r} of ${options.repeats}…`, done, total);
@@ -212,7 +222,7 @@ export async function runWorkerBench(
     const callsPerRun: Record<string, number> = {};
     for (const { name } of captured) callsPerRun[name] = (callsPerRun[name] ?? 0) + 1;
     progress('done', done, total);
-    return { controller, raw, callsPerRun, timestepsPerRun: timesteps, backend, wasmMemories: wasmMemoryFigures(), resources: resourceEntries() };
+    return { controller, viewsOn, raw, callsPerRun, timestepsPerRun: timesteps, backend, wasmMemories: wasmMemoryFigures(), resources: resourceEntries() };
   } finally {
     for (const s of Object.values(sessions)) delete (s as { run?: unknown }).run; // back to the prototype's run
   }

@@ -249,6 +249,8 @@ export interface BenchResourceBytes {
 
 export interface WorkerBenchResult {
   controller: BenchControllerRun[];
+  /** The same runs with the explainer's views on (previews within the runtime's budget). */
+  viewsOn: BenchControllerRun[];
   raw: BenchRawPass[];
   /** How many times the controller's run called each model session (UNet: once per step). */
   callsPerRun: Record<string, number>;
