@@ -234,7 +234,13 @@ def cmd_train(a) -> int:
         stages.continue_from(Path(a.continue_from))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(stages.RUN_DIR / "train.log")])
-    stages.run(a.stages or stages.MODEL_STAGES, {k: float(v) for k, v in (m.split("=") for m in a.minutes)})
+    from train.clip_image import train_clip_image
+
+    table = {**stages.STAGES, "clip_image": train_clip_image}
+    unknown = [s for s in a.stages if s not in table]
+    if unknown:
+        return _fail(f"unknown stage {unknown[0]!r}; choose from {', '.join(table)}")
+    stages.run(a.stages or stages.MODEL_STAGES, {k: float(v) for k, v in (m.split("=") for m in a.minutes)}, table)
     return 0
 
 
@@ -291,7 +297,7 @@ def main(argv=None) -> int:
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("train", help="train the default model (resumable stages)")
-    p.add_argument("stages", nargs="*", help="default: clip vae encode decoder unet package; the evaluation's judge: judge")
+    p.add_argument("stages", nargs="*", help="default: clip vae encode decoder unet package; the evaluation's judge: judge; the CLIP view's image tower: clip_image")
     p.add_argument("--minutes", action="append", default=[], help="STAGE=MINUTES, e.g. unet=85")
     p.add_argument("--continue-from", metavar="MODEL_DIR",
                    help="seed train/runs from a packaged model (e.g. models/default) and train its UNet further: "

@@ -16,6 +16,9 @@ FORMAT = "diffusion-explainer-bundle"
 FORMAT_VERSION = 1
 MODEL_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 OP_GRAPHS = ("lincomb", "cfg_input", "guidance", "to_rgba")
+# optional: present in bundles that carry them (the default model's), absent in others and in old bundles
+OPTIONAL_GRAPHS = ("umap_project",)  # predicted x0 → 2-D position on the bundle's cached UMAP (export/umap.py)
+ATTENTION_OUTPUT = "attention_probs"  # an optional UNet output: per-token cross-attention maps (export/attention.py)
 
 
 class BundleError(Exception):

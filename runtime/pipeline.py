@@ -9,7 +9,7 @@ import time
 from typing import Any, Callable
 
 from .backend import Backend, Expr, HostTensor, Ops
-from .bundle import MODEL_COMPONENTS, OP_GRAPHS, Bundle, BundleError
+from .bundle import ATTENTION_OUTPUT, MODEL_COMPONENTS, OP_GRAPHS, OPTIONAL_GRAPHS, Bundle, BundleError
 from .noise import gaussian
 from .schedulers import make_scheduler
 from .tokenizer import CLIPTokenizer
@@ -52,7 +52,7 @@ class Pipeline:
 
     async def load(self, progress: Callable[[str, int, int], None] | None = None) -> dict:
         """Create every session; returns per-component load times in ms."""
-        names = MODEL_COMPONENTS + OP_GRAPHS
+        names = MODEL_COMPONENTS + OP_GRAPHS + tuple(n for n in OPTIONAL_GRAPHS if n in self.bundle.manifest["components"])
         times = {}
         for i, name in enumerate(names):
             if progress:
@@ -66,6 +66,10 @@ class Pipeline:
         if progress:
             progress("ready", len(names), len(names))
         return times
+
+    def has(self, name: str) -> bool:
+        """Whether this bundle carries the optional graph `name` (and it is loaded)."""
+        return name in self.bundle.manifest["components"] and (self.ops is not None)
 
     def _check_io(self, name: str) -> None:
         """The session's input and output names must be the ones the manifest promises (a VAE file in
@@ -187,7 +191,8 @@ class Pipeline:
                 scale = be.from_host(HostTensor.of([sched.scale_model_input_factor(i)], (1,)))
                 sample = (await self._run("cfg_input", {"latent": latent, "scale": scale}, st, "ops"))["sample"]
                 timestep = be.from_host(HostTensor.of([t], (), t_dtype))
-                pred = (await self._run("unet", {"sample": sample, "timestep": timestep, "encoder_hidden_states": states}, st))["out_sample"]
+                unet_out = await self._run("unet", {"sample": sample, "timestep": timestep, "encoder_hidden_states": states}, st)
+                pred = unet_out["out_sample"]
                 gd = await self._run("guidance", {"noise_pred": pred, "scale": g}, st, "ops")
                 res = sched.step(gd["guided"], i, latent, ops)
                 names.step(i, latent, gd["guided"])
@@ -205,10 +210,15 @@ class Pipeline:
                     t1 = time.perf_counter()
                     image = await be.to_host(await self.decode(x0, st))
                     decode_ms += (time.perf_counter() - t1) * 1000
+                umap = None
+                if x0 is not None and self.has("umap_project"):
+                    xy = await be.to_host((await self._run("umap_project", {"x0": x0}, st, "views"))["xy"])
+                    umap = [float(xy.data[0]), float(xy.data[1])]
+                attention = unet_out.get(ATTENTION_OUTPUT)
                 step = StepTrace(
                     i, float(t), dict(res.coefficients), update, x0_update, await be.to_host(latent), await be.to_host(gd["uncond"]),
                     await be.to_host(gd["cond"]), await be.to_host(gd["guided"]), await be.to_host(x0) if x0 is not None else None,
-                    image, st,
+                    image, st, umap, await be.to_host(attention) if attention is not None else None,
                 )
                 st["total"] = (time.perf_counter() - t0) * 1000
                 trace.steps.append(step)

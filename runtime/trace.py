@@ -88,6 +88,8 @@ class StepTrace:
     pred_x0: HostTensor | None
     image: HostTensor | None  # decoded predicted x0 (uint8 H×W×4), when previewed
     timings_ms: dict
+    umap: list | None = None  # [x, y]: predicted x0 projected onto the bundle's cached UMAP, when it has one
+    attention: HostTensor | None = None  # [tokens, h, w]: the UNet's cross-attention per token, conditional branch
 
 
 @dataclass

@@ -336,7 +336,7 @@ def encode():
 
 
 # ---------------------------------------------------------------- UNet
-def train_unet(minutes: float = 88.0, batch: int = 32, lr: float = 6e-4, dropout: float = 0.1, min_snr: float = 5.0):
+def train_unet(minutes: float = 88.0, batch: int = 32, lr: float | None = None, dropout: float = 0.1, min_snr: float = 5.0):
     """Epsilon prediction on SD's schedule, with two choices that make a fixed CPU budget go further:
     Min-SNR-γ loss weights (Hang et al. 2023: the easy low-noise steps stop dominating the gradient)
     and a cosine learning-rate decay to the end of the time budget (the last minutes anneal)."""
@@ -347,7 +347,9 @@ def train_unet(minutes: float = 88.0, batch: int = 32, lr: float = 6e-4, dropout
     enc = torch.load(RUN_DIR / "encoded.pt", weights_only=False)
     latents, states, empty = enc["latents"], enc["states"], enc["empty"].to(dev)
     unet = M.unet().to(dev)
-    if (RUN_DIR / "unet_init").is_dir() and not (RUN_DIR / "unet.pt").exists():  # continue a packaged model
+    continuing = (RUN_DIR / "unet_init").is_dir()
+    lr = lr or (3e-4 if continuing else 6e-4)  # a trained UNet continues at half the peak rate: refine, don't restart
+    if continuing and not (RUN_DIR / "unet.pt").exists():  # continue a packaged model
         from diffusers import UNet2DConditionModel
 
         unet.load_state_dict(UNet2DConditionModel.from_pretrained(RUN_DIR / "unet_init").state_dict())
@@ -430,15 +432,8 @@ def about() -> dict:
     }
 
 
-def train_clip_image(**kw):
-    """The image tower for the page's CLIP view, against the packaged text encoder: train/clip_image.py."""
-    from .clip_image import train_clip_image
-
-    return train_clip_image(**kw)
-
-
 STAGES = {"clip": train_clip, "vae": train_vae, "encode": encode, "decoder": finetune_decoder, "unet": train_unet,
-          "package": package, "judge": train_judge, "clip_image": train_clip_image}
+          "package": package, "judge": train_judge}
 # what `train` runs with no stage named: the model. The judge is evaluation's instrument, trained on its own
 # (`train judge`), so the model's budget (3 hours, 90 minutes a stage) is the model's alone.
 MODEL_STAGES = ("clip", "vae", "encode", "decoder", "unet", "package")
@@ -457,12 +452,15 @@ def continue_from(model_dir: Path) -> None:
         shutil.copytree(model_dir / "unet", RUN_DIR / "unet_init")
 
 
-def run(stages=MODEL_STAGES, minutes: dict | None = None):
+def run(stages=MODEL_STAGES, minutes: dict | None = None, table: dict | None = None):
+    """Run the named stages in order; table: name → function (default STAGES; the command line adds
+    stages that live in their own modules, e.g. clip_image, which import this one)."""
+    table = table or STAGES
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     for name in stages:
         t = time.time()
         kw = {"minutes": minutes[name]} if minutes and name in minutes else {}
         log.info("stage %s starting", name)
-        STAGES[name](**kw)
+        table[name](**kw)
         log.info("stage %s done in %.1f min", name, (time.time() - t) / 60)

@@ -92,6 +92,10 @@ export interface StepMsg {
   /** The decoded predicted x0, uint8 [H, W, 4] RGBA; null until a run-image brings it (or never, without previews). */
   image: TensorMsg | null;
   timingsMs: Record<string, number>;
+  /** [x, y]: the predicted x0 projected onto the bundle's cached UMAP (null without one). */
+  umap: [number, number] | null;
+  /** [tokens, h, w]: the UNet's cross-attention per prompt token, conditional branch (null without). */
+  attention: TensorMsg | null;
 }
 
 /** runtime/trace.py's Trace fields that the run-done message carries (RUN_DONE_FIELDS). */
