@@ -71,11 +71,12 @@ def cmd_export(a) -> int:
     try:
         precision = dict(p.split("=") for p in a.precision.split(",")) if "=" in a.precision else a.precision
         src = Path(a.checkpoint)
-        stages = 1 if (src / "manifest.json").is_file() else 5 + (a.precision != "fp32") + src.is_file()
+        attention = a.attention or (a.attention is None and (src / "explainer.json").is_file())
+        stages = 1 if (src / "manifest.json").is_file() else 5 + (a.precision != "fp32") + src.is_file() + bool(attention)
         with _StageProgress(total=stages) as progress:
             m = export_bundle(a.checkpoint, a.out, precision=precision, overwrite=a.overwrite, progress=progress, name=a.name,
                               chunk_bytes=int(a.chunk_mb * 2**20), arch=a.arch, prediction_type=a.prediction_type,
-                              config_dir=a.config, judge=scene_judge())
+                              config_dir=a.config, judge=scene_judge(), attention=a.attention)
     except ExportError as e:
         return _fail(str(e))
     except OSError as e:  # a read-only or full disk, a vanished folder: one line, the work folder is gone
@@ -224,6 +225,19 @@ def cmd_serve(a) -> int:
     return serve(bundle=Path(a.bundle) if a.bundle else None, host=a.host, port=a.port, rebuild=a.rebuild)
 
 
+def cmd_build_site(a) -> int:
+    from .site import SiteError, build_site, site_bytes
+
+    try:
+        out = build_site(Path(a.out), bundle=Path(a.bundle) if a.bundle else None, rebuild=a.rebuild)
+    except SiteError as e:
+        return _fail(str(e))
+    b = site_bytes(out)
+    print(f"wrote {out}: a first visit downloads {b['gzip_bytes'] / 1e6:.1f} MB gzip ({b['plain_bytes'] / 1e6:.1f} MB decoded); "
+          "publish the folder as it is on any static host (see README: Publish the page as a static site)")
+    return 0
+
+
 def cmd_train(a) -> int:
     import logging
 
@@ -261,6 +275,12 @@ def main(argv=None) -> int:
     p.add_argument("--rebuild", action="store_true", help="rebuild the web app even if a build exists")
     p.set_defaults(fn=cmd_serve)
 
+    p = sub.add_parser("build-site", help="write the page and a bundle as a folder any static host can serve (no special headers)")
+    p.add_argument("out", help="the folder to write (new, empty, or a site built here before)")
+    p.add_argument("--bundle", help=f"bundle folder (default: {DEFAULT_BUNDLE.relative_to(ROOT)}, exported from models/default on first use)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the web app even if a build exists")
+    p.set_defaults(fn=cmd_build_site)
+
     p = sub.add_parser("export", help="export a diffusers SD checkpoint to a web bundle")
     p.add_argument("checkpoint", help="a diffusers SD folder, a single .safetensors/.ckpt file, "
                                       "or an fp32 bundle (to derive another precision from it)")
@@ -274,6 +294,9 @@ def main(argv=None) -> int:
     p.add_argument("--arch", help="single file only: sd1, sd2 (768-v), sd2-base or sd-turbo, when the file's name and header do not say")
     p.add_argument("--prediction-type", help="single file only: epsilon or v_prediction (the weights cannot tell)")
     p.add_argument("--config", help="single file only: a diffusers folder whose configs describe a custom architecture")
+    p.add_argument("--attention", action=argparse.BooleanOptionalAction, default=None,
+                   help="export the UNet with per-token cross-attention maps for the page's attention view "
+                        "(default: on for models with an explainer.json model card, such as the default model)")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("prove-scale", help="export SD 1.5's real architecture (random weights) to fp32 and fp16 bundles "

@@ -18,7 +18,9 @@ from pathlib import Path
 from runtime.bundle import MODEL_COMPONENTS
 
 from . import opgraphs
+from .attention import export_unet_with_attention
 from .checkpoint import inspect_checkpoint
+from .clip import export_clip
 from .errors import ExportError, UnsupportedCheckpoint
 from .manifest import build_manifest, source_fingerprint
 from .onnxfiles import CHUNK_BYTES, save_model
@@ -67,7 +69,8 @@ def resolve_precision(precision) -> dict:
 
 def export_bundle(src, out, *, precision="fp32", tolerance: float = DEFAULT_TOLERANCE, overwrite: bool = False,
                   progress=None, name: str | None = None, chunk_bytes: int = CHUNK_BYTES, quality: tuple | None = None,
-                  arch: str | None = None, prediction_type: str | None = None, config_dir=None, judge=None) -> dict:
+                  arch: str | None = None, prediction_type: str | None = None, config_dir=None, judge=None,
+                  attention: bool | None = None) -> dict:
     """Export `src` to the bundle folder `out` atomically; returns the manifest.
 
     src: a diffusers SD folder, a single .safetensors/.ckpt file, or an fp32 bundle (then only the
@@ -75,7 +78,9 @@ def export_bundle(src, out, *, precision="fp32", tolerance: float = DEFAULT_TOLE
     prompt×seed images, steps) for the PSNR report of a non-fp32 build; default all of them, 10 steps.
     arch / prediction_type / config_dir: for a single file, override what its header suggests.
     judge: for a non-fp32 build, `judge(manifest, bundle_dir) -> dict | None` adds prompt-adherence
-    scores of both builds to the quality report (see export.quality)."""
+    scores of both builds to the quality report (see export.quality).
+    attention: export the UNet with per-token cross-attention maps as an extra output (export.attention);
+    None: on for explainer models (a checkpoint with an explainer.json model card), off otherwise."""
     src, out = Path(src), Path(out)
     precision = resolve_precision(precision)
     if src.is_dir() and (src / "manifest.json").is_file():
@@ -109,9 +114,17 @@ def export_bundle(src, out, *, precision="fp32", tolerance: float = DEFAULT_TOLE
             for comp in MODEL_COMPONENTS:
                 files[comp] = _move_model(work / comp / "model.onnx", tmp, comp, chunk_bytes)
             shutil.rmtree(work)
+        att = None
+        if attention or (attention is None and (src / "explainer.json").is_file()):
+            with _stage(progress, "UNet with cross-attention maps"):
+                att = export_unet_with_attention(src, tmp, facts, chunk_bytes)
+                files["unet"] = att["files"]
         with _stage(progress, "write op graphs"):
             for op, rel in opgraphs.write_all(tmp).items():
                 files[op] = [rel]
+            clip = export_clip(src, tmp, facts["text_hidden_size"])  # the default model's CLIP tower; None for SD checkpoints
+            if clip:
+                files["clip_image"] = clip["files"]
         with _stage(progress, "verify against PyTorch"):
             errors = verify(src, tmp, files, facts)
             bad = {k: v for k, v in errors.items() if v["relative"] > tolerance}
@@ -123,6 +136,10 @@ def export_bundle(src, out, *, precision="fp32", tolerance: float = DEFAULT_TOLE
             for f in ("vocab.json", "merges.txt"):
                 shutil.copy(src / "tokenizer" / f, tmp / "tokenizer" / f)
             manifest = build_manifest(src, tmp, files, facts, errors, tolerance, name)
+            if clip:
+                manifest["components"]["clip_image"] = clip  # its own entry: I/O, verification, logit scale
+            if att:
+                manifest["components"]["unet"].setdefault("verification", {})["attention"] = att["verification"].get("attention")
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         final = tmp
         if any(p != "fp32" for p in precision.values()):

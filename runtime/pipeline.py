@@ -13,7 +13,7 @@ from .bundle import ATTENTION_OUTPUT, MODEL_COMPONENTS, OP_GRAPHS, OPTIONAL_GRAP
 from .noise import gaussian
 from .schedulers import make_scheduler
 from .tokenizer import CLIPTokenizer
-from .trace import MAX_PROMPT_CHARS, MAX_SEED, Plan, Request, StepTrace, Trace  # noqa: F401 - the runtime's API
+from .trace import MAX_PROMPT_CHARS, MAX_SEED, ClipScores, Plan, Request, StepTrace, Trace  # noqa: F401 - the runtime's API
 
 def run_sync(coro):
     """Run a coroutine to completion from synchronous CPython code (CLI, exporter, tests).
@@ -66,6 +66,28 @@ class Pipeline:
         if progress:
             progress("ready", len(names), len(names))
         return times
+
+    def has_clip(self) -> bool:
+        from .clip import has_clip
+
+        return has_clip(self.bundle)
+
+    async def clip(self, images, prompts: list[str]) -> list[list[float]]:
+        """Cosine similarity of each image (RGBA handle or HostTensor) with each prompt, by the bundle's CLIP."""
+        from .clip import clip_similarities
+
+        return await clip_similarities(self, images, prompts)
+
+    async def clip_scores(self, trace: Trace, prompts: list[str]) -> ClipScores:
+        """CLIP's similarity of the run's final image and of every decoded step image to each prompt."""
+        images = ([trace.image] if trace.image is not None else []) + [s.image for s in trace.steps if s.image is not None]
+        sims = await self.clip(images, prompts) if images else []
+        final = sims[0] if trace.image is not None else None
+        rest = sims[1:] if trace.image is not None else sims
+        indices = [s.index for s in trace.steps if s.image is not None]
+        scale = float(self.bundle.component("clip_image").get("logit_scale", 1.0))
+        trace.clip = ClipScores(list(prompts), final, [[i, row] for i, row in zip(indices, rest)], scale)
+        return trace.clip
 
     def has(self, name: str) -> bool:
         """Whether this bundle carries the optional graph `name` (and it is loaded)."""

@@ -93,6 +93,17 @@ class StepTrace:
 
 
 @dataclass
+class ClipScores:
+    """CLIP's similarities for a run (computed after it): the final image and each step's predicted image
+    against the prompt and alternatives; logit_scale turns them into CLIP's softmax percentages."""
+
+    prompts: list
+    final: list | None  # one similarity per prompt
+    steps: list  # per step with a decoded image: [step index, [similarity per prompt]]
+    logit_scale: float
+
+
+@dataclass
 class Trace:
     plan: Plan
     embeddings: HostTensor | None = None  # [2, max_length, d]: unconditional (negative prompt) then conditional
@@ -102,6 +113,7 @@ class Trace:
     timings_ms: dict = field(default_factory=dict)
     backend: str = ""
     cancelled: bool = False
+    clip: ClipScores | None = None  # after the run, when the bundle has CLIP (run-clip message)
 
     # the plan's fields, read through the trace (trace.tokens, trace.request …)
     @property

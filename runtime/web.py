@@ -163,6 +163,7 @@ class Engine:
         self.bundle = Bundle(manifest, read_text, location)
         self.backend = WebBackend(ort, files, provider)
         self.pipeline = Pipeline(self.bundle, self.backend)
+        self.last = None  # (run id, Trace) of the last finished run: what CLIP scores
 
     async def load(self, progress=None):
         """Create every session; returns {component: ms} as a JS object."""
@@ -180,9 +181,11 @@ class Engine:
                                                              "latent_channels", "vae_scaling_factor", "vae_scale_factor",
                                                              "text_hidden_size", "text_max_length")},
             "previewBudget": PREVIEW_BUDGET,
+            "hasClip": self.pipeline.has_clip(),
         })
 
-    async def generate(self, run_id: int, request, post, is_stopped, yield_to_events=None, preview_budget=PREVIEW_BUDGET) -> None:
+    async def generate(self, run_id: int, request, post, is_stopped, yield_to_events=None, preview_budget=PREVIEW_BUDGET,
+                       main: bool = True) -> None:
         """Run one request, posting run-start (the plan), a run-step per step (tensors transferred),
         run-done, then a run-image per step whose predicted image was decoded after the loop.
 
@@ -205,7 +208,8 @@ class Engine:
                 await yield_to_events()
 
         t = time.perf_counter()
-        budget = None if preview_budget is None or preview_budget < 0 else float(preview_budget)
+        budget = PREVIEW_BUDGET if preview_budget is None else float(preview_budget)
+        budget = None if budget < 0 else budget
         stopped = lambda: bool(is_stopped())  # noqa: E731
         trace = await self.pipeline.generate(plan, on_step=on_step, should_stop=stopped,
                                              preview_budget=budget if plan.request.preview_every else None)
@@ -224,3 +228,26 @@ class Engine:
                 await yield_to_events()
 
         await self.pipeline.decode_previews(trace, on_image, should_stop=stopped)
+        if not main:  # a view's extra run (other scales, seeds, the compare prompt): CLIP scores the reader's run
+            return
+        self.last = (run_id, trace)
+        if self.pipeline.has_clip() and not stopped():
+            await self.post_clip(post, [])
+
+    def clip_prompts(self, extra: list) -> list[str]:
+        """The run's prompt, then the reader's alternatives, then the model card's examples."""
+        _, trace = self.last
+        out = []
+        for p in [trace.request.prompt, *[str(e)[:300] for e in extra][:8], *self.bundle.manifest.get("about", {}).get("examples", [])]:
+            if p not in out:
+                out.append(p)
+        return out[:16]
+
+    async def post_clip(self, post, extra) -> None:
+        """CLIP's similarities for the last run (after it, and again when the reader adds alternatives)."""
+        if self.last is None or not self.pipeline.has_clip():
+            return
+        run_id, trace = self.last
+        extra = extra.to_py() if hasattr(extra, "to_py") else list(extra or [])
+        scores = await self.pipeline.clip_scores(trace, self.clip_prompts(extra))
+        post(_to_js({"type": "run-clip", "runId": run_id, "clip": to_message(scores, lambda t: None)}))

@@ -10,7 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from runtime.tokenizer import Tokenized
-from runtime.trace import RUN_DONE_FIELDS, Plan, Request, StepTrace, Trace, camel
+from runtime.trace import RUN_DONE_FIELDS, ClipScores, Plan, Request, StepTrace, Trace, camel
 
 PROTOCOL = Path(__file__).resolve().parent.parent / "web" / "src" / "lib" / "protocol.ts"
 
@@ -33,6 +33,7 @@ def test_typescript_types_match_the_python_schema():
     assert ts_fields("PlanMsg") == keys(Plan)
     assert ts_fields("StepMsg") == keys(StepTrace)
     assert ts_fields("RunDoneMsg") == keys(Trace, RUN_DONE_FIELDS)
+    assert ts_fields("ClipMsg") == keys(ClipScores)
 
 
 def test_run_done_fields_are_trace_fields():

@@ -68,7 +68,7 @@ function zip(entries) {
 const runtimeDir = resolve(web, '..', 'runtime');
 // Exactly the modules Pyodide imports (runtime.web and what it imports); tests/test_layout.py checks
 // this list against the code's imports. native.py (numpy, onnxruntime) and png.py (CLI) stay out.
-const PAGE_MODULES = ['__init__.py', 'backend.py', 'bundle.py', 'noise.py', 'pipeline.py', 'schedulers.py', 'tokenizer.py', 'trace.py', 'web.py'];
+const PAGE_MODULES = ['__init__.py', 'backend.py', 'bundle.py', 'clip.py', 'noise.py', 'pipeline.py', 'schedulers.py', 'tokenizer.py', 'trace.py', 'web.py'];
 const pyFiles = PAGE_MODULES.filter((n) => statSync(join(runtimeDir, n), { throwIfNoEntry: false })?.isFile());
 if (pyFiles.length !== PAGE_MODULES.length) throw new Error(`${runtimeDir} lacks ${PAGE_MODULES.filter((n) => !pyFiles.includes(n)).join(', ')}`);
 const archive = zip(pyFiles.map((n) => [`runtime/${n}`, readFileSync(join(runtimeDir, n))]));

@@ -34,7 +34,9 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
     initStarted = true;
     init(msg).catch((err) => post({ type: 'fatal', text: describeError(err) }));
   } else if (msg.type === 'generate') {
-    generate(msg.runId, msg.request);
+    generate(msg.runId, msg.request, !!msg.side);
+  } else if (msg.type === 'clip') {
+    clip(msg.prompts);
   } else if (msg.type === 'bench') {
     bench(msg.options);
   } else if (msg.type === 'stop') {
@@ -183,14 +185,14 @@ async function init(msg: InitMsg) {
   )) as Record<string, number>;
   // What the controls need from the runtime: its scheduler list (labels, the bundle's default) and
   // the tokenizer's window. Engine.describe converts to a JS object itself; a PyProxy is converted here.
-  type Described = { schedulers: SchedulerInfo[]; maxLength: number; vocabulary: Record<string, string[]>; model: ModelFacts; previewBudget: number };
+  type Described = { schedulers: SchedulerInfo[]; maxLength: number; vocabulary: Record<string, string[]>; model: ModelFacts; previewBudget: number; hasClip: boolean };
   const raw = (engine.describe as () => unknown)();
   let described = raw as Described;
   if (raw instanceof py.ffi.PyProxy) {
     described = raw.toJs({ dict_converter: Object.fromEntries }) as Described;
     raw.destroy();
   }
-  const { schedulers, maxLength, vocabulary, model, previewBudget } = described;
+  const { schedulers, maxLength, vocabulary, model, previewBudget, hasClip } = described;
 
   const info: EngineInfo = {
     provider: choice.provider,
@@ -212,6 +214,7 @@ async function init(msg: InitMsg) {
       vocabulary: vocabulary ?? {},
       model,
       previewBudget,
+      hasClip: !!hasClip,
       bytes: bundle.totalBytes,
       precision,
       description: manifest.about?.description ?? '',
@@ -234,7 +237,20 @@ function describeAdapter(a: unknown): string {
  * the ones its preview budget skipped after the run): a new request makes it stop and waits for it. */
 let decodingAfter: { superseded: boolean; finished: Promise<void> } | null = null;
 
-async function generate(runId: number, request: RequestMsg) {
+/** CLIP's similarities of the last run's images to the reader's alternative prompts (when idle). */
+async function clip(prompts: string[]) {
+  if (!engine || busy) return;
+  busy = true;
+  try {
+    await (engine.post_clip as (...a: unknown[]) => Promise<void>)((m: FromWorker) => post(m), prompts);
+  } catch (err) {
+    post({ type: 'notice', level: 'warning', text: `CLIP: ${describeError(err)}` });
+  } finally {
+    busy = false;
+  }
+}
+
+async function generate(runId: number, request: RequestMsg, side = false) {
   if (!engine) return post({ type: 'run-error', runId, text: 'the engine is not ready yet' });
   if (busy && decodingAfter) {
     decodingAfter.superseded = true;
@@ -252,7 +268,7 @@ async function generate(runId: number, request: RequestMsg) {
   try {
     // runtime/web.py posts run-start / run-step / run-done (or run-invalid), then any run-image, itself.
     await (engine.generate as (...a: unknown[]) => Promise<void>)(
-      runId, request, postRun, () => isStopped() || run.superseded, stopView ? undefined : yieldToEvents,
+      runId, request, postRun, () => isStopped() || run.superseded, stopView ? undefined : yieldToEvents, undefined, !side,
     );
   } catch (err) {
     post({ type: 'run-error', runId, text: describeError(err) });

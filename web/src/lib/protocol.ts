@@ -116,6 +116,8 @@ export interface Trace extends PlanMsg, RunDoneMsg {
   runId: number;
   steps: StepMsg[];
   done: boolean;
+  /** CLIP's scores, after the run (bundles with a CLIP image tower only). */
+  clip?: ClipMsg | null;
 }
 
 export type Provider = 'webgpu' | 'wasm';
@@ -160,6 +162,8 @@ export interface EngineInfo {
     model: ModelFacts;
     /** Share of the loop's time that decoding previews may add during a run (the rest follow the run). */
     previewBudget: number;
+    /** Whether the bundle ships CLIP's image tower (the clip view shows live numbers only then). */
+    hasClip: boolean;
     bytes: number;
     precision: string[];
     /** From the checkpoint's explainer.json (may be empty): what the model was trained to draw. */
@@ -265,9 +269,22 @@ export interface WorkerBenchResult {
   resources: BenchResourceEntry[];
 }
 
+/** CLIP's similarities for a run (runtime/trace.py ClipScores): the final image and each decoded step image vs prompts. */
+export interface ClipMsg {
+  prompts: string[];
+  /** One cosine similarity per prompt, or null when the run has no final image. */
+  final: number[] | null;
+  /** [step index, similarity per prompt] for each step with a decoded image. */
+  steps: [number, number[]][];
+  /** CLIP's temperature: softmax(logitScale · similarity) gives its "which prompt" probabilities. */
+  logitScale: number;
+}
+
 export type ToWorker =
   | InitMsg
-  | { type: 'generate'; runId: number; request: RequestMsg }
+  | { type: 'clip'; prompts: string[] }
+  /** side: a run a view asked for (other scales, seeds, the compare prompt): not the reader's main run. */
+  | { type: 'generate'; runId: number; request: RequestMsg; side?: boolean }
   | { type: 'stop' }
   | { type: 'bench'; options: BenchOptions };
 
@@ -286,6 +303,7 @@ export type FromWorker =
   | { type: 'run-image'; runId: number; index: number; image: TensorMsg }
   /** A request the controller refused (Request.validate); nothing ran. */
   | { type: 'run-invalid'; runId: number; text: string }
+  | { type: 'run-clip'; runId: number; clip: ClipMsg }
   | { type: 'run-error'; runId: number; text: string }
   | { type: 'bench-progress'; text: string; done: number; total: number }
   | { type: 'bench-done'; result: WorkerBenchResult }

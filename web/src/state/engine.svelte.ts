@@ -24,6 +24,8 @@ declare global {
   interface Window {
     /** Debug hook for tests and the console: the last finished (or stopped) run's Trace. */
     __lastTrace?: Trace;
+    /** Debug hook: the compare view's second run (growing, then done). */
+    __compareTrace?: Trace;
     /** Debug hook: what the engine runs on (provider, reason, timings). */
     __engineInfo?: EngineInfo;
   }
@@ -115,7 +117,7 @@ export class EngineClient {
     this.#sideIds.set(runId, key);
     this.state = 'running';
     if (this.#stopFlag) Atomics.store(new Int32Array(this.#stopFlag), 0, 0);
-    this.#send({ type: 'generate', runId, request });
+    this.#send({ type: 'generate', runId, request, side: true });
   }
 
   #side(runId: number, fn: (t: Trace) => Trace): boolean {
@@ -124,6 +126,12 @@ export class EngineClient {
     const t = this.sideRuns[key];
     if (t) this.sideRuns = { ...this.sideRuns, [key]: fn(t) };
     return true;
+  }
+
+  /** Ask CLIP how the last run's images match these alternative prompts (answers with run-clip). */
+  clipAlternatives(prompts: string[]) {
+    if (this.state !== 'ready') return;
+    this.#send({ type: 'clip', prompts: $state.snapshot(prompts) as string[] });
   }
 
   stop() {
@@ -217,6 +225,12 @@ export class EngineClient {
         }
         this.state = 'ready';
         this.#pump();
+        break;
+      case 'run-clip':
+        if (this.trace?.runId === msg.runId) {
+          this.trace = { ...this.trace, clip: msg.clip };
+          window.__lastTrace = this.trace;
+        }
         break;
       case 'run-image':
         if (this.trace?.runId === msg.runId) {

@@ -32,6 +32,8 @@ function numberOrText(s: string): number | string {
 export class UrlState {
   /** The request fields the URL gave, as typed (a bad number stays text). */
   readonly request: Partial<Record<UrlField, string | number>> = {};
+  /** The compare view's second prompt (?compare=…), or null. */
+  readonly compare: string | null;
   /** The step (1-based, as the page shows it) to select once the URL's run has it; null: none or done. */
   #pendingStep: number | null = null;
   #autoRun: boolean;
@@ -45,6 +47,7 @@ export class UrlState {
       if (v === null) continue;
       this.request[field] = NUMBER_FIELDS.includes(field) ? numberOrText(v) : v;
     }
+    this.compare = params.get('compare');
     const step = Number.parseInt(params.get('step') ?? '', 10);
     // a step is where the reader looks, not part of the request: one that does not exist is ignored
     this.#pendingStep = Number.isFinite(step) && step >= 1 ? step : null;
@@ -64,14 +67,14 @@ export class UrlState {
 
   /** Wire the URL to the page; call during the root component's set-up, after the effects that
    * fill the request's defaults (effects run in order, so the run sees those defaults). */
-  connect(engine: EngineClient, selection: Selection, request: () => RequestMsg) {
+  connect(engine: EngineClient, selection: Selection, request: () => RequestMsg, run: () => void = () => engine.generate(request())) {
     // Run the URL's request once, as soon as the engine can.
     $effect(() => {
       if (!this.#autoRun || engine.state !== 'ready' || !engine.info) return;
       this.#autoRun = false;
       untrack(() => {
         this.#after = engine.trace?.runId ?? -1;
-        engine.generate(request());
+        run();
       });
     });
     // Select the URL's step when it exists, then keep the URL in step with the run and the step.
@@ -111,5 +114,13 @@ function write(r: RequestMsg, step: number | null) {
   p.set(URL_NAMES.scheduler, r.scheduler);
   if (step !== null) p.set('step', String(step));
   else p.delete('step');
+  if (url.href !== location.href) history.replaceState(history.state, '', url);
+}
+
+/** Keep the compare view's second prompt in the URL (?compare=…); empty removes it. */
+export function writeCompare(text: string) {
+  const url = new URL(location.href);
+  if (text) url.searchParams.set('compare', text);
+  else url.searchParams.delete('compare');
   if (url.href !== location.href) history.replaceState(history.state, '', url);
 }
