@@ -72,11 +72,12 @@ def cmd_export(a) -> int:
         precision = dict(p.split("=") for p in a.precision.split(",")) if "=" in a.precision else a.precision
         src = Path(a.checkpoint)
         attention = a.attention or (a.attention is None and (src / "explainer.json").is_file())
-        stages = 1 if (src / "manifest.json").is_file() else 5 + (a.precision != "fp32") + src.is_file() + bool(attention)
+        umap = a.umap or (a.umap is None and (src / "explainer.json").is_file())
+        stages = 1 if (src / "manifest.json").is_file() else 5 + (a.precision != "fp32") + src.is_file() + bool(attention) + bool(umap)
         with _StageProgress(total=stages) as progress:
             m = export_bundle(a.checkpoint, a.out, precision=precision, overwrite=a.overwrite, progress=progress, name=a.name,
                               chunk_bytes=int(a.chunk_mb * 2**20), arch=a.arch, prediction_type=a.prediction_type,
-                              config_dir=a.config, judge=scene_judge(), attention=a.attention)
+                              config_dir=a.config, judge=scene_judge(), attention=a.attention, umap=a.umap)
     except ExportError as e:
         return _fail(str(e))
     except OSError as e:  # a read-only or full disk, a vanished folder: one line, the work folder is gone
@@ -87,6 +88,10 @@ def cmd_export(a) -> int:
         v = m["components"][comp].get("verification")
         if v:
             print(f"  {comp:13s} max abs error vs PyTorch {v['max_abs_error']:.2e}")
+    if "umap_report" in m:
+        from export.umap import format_report
+
+        print(format_report(m["umap_report"]))
     if "quality" in m:
         for comp, q in m["quality"]["components"].items():
             print(f"  {comp:13s} {q['precision']}: {q['bytes'] / 1e6:.1f} MB (fp32 {q['bytes_fp32'] / 1e6:.1f} MB), "
@@ -297,6 +302,9 @@ def main(argv=None) -> int:
     p.add_argument("--attention", action=argparse.BooleanOptionalAction, default=None,
                    help="export the UNet with per-token cross-attention maps for the page's attention view "
                         "(default: on for models with an explainer.json model card, such as the default model)")
+    p.add_argument("--umap", action=argparse.BooleanOptionalAction, default=None,
+                   help="generate reference trajectories and store a fitted UMAP for the page's umap view "
+                        "(default: on for models with an explainer.json model card; minutes for the default model)")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("prove-scale", help="export SD 1.5's real architecture (random weights) to fp32 and fp16 bundles "

@@ -70,7 +70,7 @@ def resolve_precision(precision) -> dict:
 def export_bundle(src, out, *, precision="fp32", tolerance: float = DEFAULT_TOLERANCE, overwrite: bool = False,
                   progress=None, name: str | None = None, chunk_bytes: int = CHUNK_BYTES, quality: tuple | None = None,
                   arch: str | None = None, prediction_type: str | None = None, config_dir=None, judge=None,
-                  attention: bool | None = None) -> dict:
+                  attention: bool | None = None, umap: bool | None = None) -> dict:
     """Export `src` to the bundle folder `out` atomically; returns the manifest.
 
     src: a diffusers SD folder, a single .safetensors/.ckpt file, or an fp32 bundle (then only the
@@ -80,7 +80,9 @@ def export_bundle(src, out, *, precision="fp32", tolerance: float = DEFAULT_TOLE
     judge: for a non-fp32 build, `judge(manifest, bundle_dir) -> dict | None` adds prompt-adherence
     scores of both builds to the quality report (see export.quality).
     attention: export the UNet with per-token cross-attention maps as an extra output (export.attention);
-    None: on for explainer models (a checkpoint with an explainer.json model card), off otherwise."""
+    None: on for explainer models (a checkpoint with an explainer.json model card), off otherwise.
+    umap: generate reference trajectories natively and store a fitted UMAP with its projection graph
+    (export.umap); None: on for explainer models (for a real SD checkpoint it is hours of CPU)."""
     src, out = Path(src), Path(out)
     precision = resolve_precision(precision)
     if src.is_dir() and (src / "manifest.json").is_file():
@@ -141,6 +143,15 @@ def export_bundle(src, out, *, precision="fp32", tolerance: float = DEFAULT_TOLE
             if att:
                 manifest["components"]["unet"].setdefault("verification", {})["attention"] = att["verification"].get("attention")
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if umap or (umap is None and (src / "explainer.json").is_file()):
+            with _stage(progress, "UMAP of reference trajectories"):
+                from .umap import add_to_manifest, build_umap
+
+                res = build_umap(tmp)
+                add_to_manifest(tmp, res)
+                manifest = json.loads((tmp / "manifest.json").read_text())
+                manifest["umap_report"] = res["report"]
+                (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         final = tmp
         if any(p != "fp32" for p in precision.values()):
             with _stage(progress, "quantize and measure quality"):
