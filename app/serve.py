@@ -8,6 +8,7 @@ standard library, so serving needs no Node once the page is built.
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import http.server
 import os
@@ -38,6 +39,12 @@ MIME = {
     ".data": "application/octet-stream", ".json": "application/json", ".txt": "text/plain; charset=utf-8",
     ".zip": "application/zip", ".html": "text/html; charset=utf-8", ".css": "text/css", ".svg": "image/svg+xml",
 }
+
+
+# Big files worth compressing; the rest (html, small files) are sent as they are.
+GZIP_SUFFIXES = {".wasm", ".mjs", ".js", ".css", ".zip", ".json", ".onnx", ".data", ".txt", ".svg"}
+MIN_BYTES = 1024
+MAX_RATIO = 0.95  # keep X.gz only where gzip saves at least 5% (not for already-deflated zips)
 
 
 class ServeError(Exception):
@@ -97,6 +104,46 @@ def default_bundle(log=print) -> Path:
     return DEFAULT_BUNDLE
 
 
+def gzip_file(src: Path, level: int = 6) -> bool:
+    """Write src.gz when it is worth it (fresh ones are kept); remove a stale or useless one. True if src.gz is there."""
+    gz = src.with_name(src.name + ".gz")
+    st = src.stat()
+    if gz.is_file() and gz.stat().st_mtime >= st.st_mtime:
+        return True
+    gz.unlink(missing_ok=True)
+    if src.suffix not in GZIP_SUFFIXES or st.st_size < MIN_BYTES:
+        return False
+    data = gzip.compress(src.read_bytes(), compresslevel=level, mtime=0)
+    if len(data) > st.st_size * MAX_RATIO:
+        return False
+    tmp = gz.with_name(gz.name + ".partial")
+    tmp.write_bytes(data)
+    os.replace(tmp, gz)
+    return True
+
+
+def precompress(folder: Path, files: list[str]) -> list[str]:
+    """gzip the given files of folder (paths relative to it) where worth it; the ones that have X.gz."""
+    return [rel for rel in files if gzip_file(Path(folder) / rel)]
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header allows gzip (`gzip`, `x-gzip` or `*`, with a q above 0)."""
+    allowed: dict[str, bool] = {}
+    for item in accept_encoding.split(","):
+        name, _, params = item.strip().partition(";")
+        q = 1.0
+        for p in params.split(";"):
+            k, _, v = p.strip().partition("=")
+            if k.strip().lower() == "q":
+                try:
+                    q = float(v)
+                except ValueError:
+                    q = 0.0
+        allowed[name.strip().lower()] = q > 0
+    return allowed.get("gzip", allowed.get("x-gzip", allowed.get("*", False)))
+
+
 class Handler(http.server.SimpleHTTPRequestHandler):
     """web/dist at /, the bundle folder at /bundle/; nothing outside those two folders."""
 
@@ -111,7 +158,58 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         if "\0" in raw or "\\" in raw:  # no file name holds these: a probe, not a page request
             self.send_error(400, "Bad request")
             return None
-        return super().send_head()
+        self.vary = False
+        handled, f = self.send_gzip()
+        return f if handled else super().send_head()
+
+    # ---- precompressed files: X.gz beside X (written by the page's build and by build-site) ----------
+
+    def send_gzip(self):
+        """(True, X.gz as X with Content-Encoding: gzip, or None after a 304) when the browser accepts gzip; (False, None): send X as is.
+
+        Only a fresh X.gz (not older than X) is used, never for a Range request (the range would be of
+        the compressed bytes), and Content-Type stays X's. The bundle loader checks sizes and sha256 on
+        the decoded bytes and counts progress against the manifest's sizes, so it never needs
+        Content-Length to be the decoded size."""
+        path = self.translate_path(self.path)
+        gz = path + ".gz"
+        try:
+            st, gst = os.stat(path), os.stat(gz)
+        except OSError:
+            return False, None
+        if not (os.path.isfile(path) and os.path.isfile(gz)) or gst.st_mtime < st.st_mtime:
+            return False, None
+        self.vary = True  # this URL has two representations: caches must key on Accept-Encoding
+        if "Range" in self.headers or not accepts_gzip(self.headers.get("Accept-Encoding", "")):
+            return False, None
+        if self.not_modified_since(st.st_mtime):
+            self.send_response(304)
+            self.end_headers()
+            return True, None
+        try:
+            f = open(gz, "rb")
+        except OSError:
+            return False, None
+        self.send_response(200)
+        self.send_header("Content-Type", self.guess_type(path))
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(gst.st_size))
+        self.send_header("Last-Modified", self.date_time_string(st.st_mtime))
+        self.end_headers()
+        return True, f
+
+    def not_modified_since(self, mtime: float) -> bool:
+        """SimpleHTTPRequestHandler's If-Modified-Since rule (it keeps it inline in send_head)."""
+        ims = self.headers.get("If-Modified-Since")
+        if not ims or "If-None-Match" in self.headers:
+            return False
+        try:
+            import email.utils
+
+            since = email.utils.parsedate_to_datetime(ims)
+        except (TypeError, IndexError, OverflowError, ValueError):
+            return False
+        return since.tzinfo is not None and int(mtime) <= since.timestamp()
 
     def handle(self):
         """A browser that aborts a download (Stop, reload) closes the socket mid-write: one log line, no traceback."""
@@ -142,6 +240,8 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     def end_headers(self):
         for k, v in HEADERS.items():
             self.send_header(k, v)
+        if getattr(self, "vary", False):
+            self.send_header("Vary", "Accept-Encoding")
         super().end_headers()
 
     def log_message(self, format, *args):
@@ -174,6 +274,12 @@ def serve(bundle: Path | None, host: str = "127.0.0.1", port: int = 8765, rebuil
         bundle = Path(bundle) if bundle else default_bundle()
         if not (bundle / "manifest.json").is_file():
             raise ServeError(f"{bundle} is not a bundle (no manifest.json); export one with `diffusion-explainer export CHECKPOINT DIR`")
+        if bundle.resolve() == DEFAULT_BUNDLE.resolve():  # ours: keep X.gz beside its files (only new or changed ones are compressed)
+            try:
+                files = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["files"]
+                precompress(bundle, ["manifest.json", *files])
+            except (ValueError, KeyError, TypeError, OSError) as e:
+                print(f"note: the bundle is sent uncompressed ({e})", file=sys.stderr)
         server = make_server(dist, bundle, host, port)
     except ServeError as e:
         print(f"error: {e}", file=sys.stderr)

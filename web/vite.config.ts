@@ -1,6 +1,7 @@
 import { svelte } from '@sveltejs/vite-plugin-svelte';
-import { createReadStream, statSync } from 'node:fs';
-import { extname, resolve, sep } from 'node:path';
+import { createReadStream, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { extname, join, resolve, sep } from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { defaultClientConditions, defineConfig, type Connect, type Plugin } from 'vite';
 
 // Cross-origin isolation: without it the page has no SharedArrayBuffer, so no WASM threads and
@@ -42,8 +43,46 @@ function bundleFolder(): Plugin {
   };
 }
 
+// Precompression: `X.gz` beside every big text/wasm/zip file of the build, so a server that
+// negotiates encodings (`diffusion-explainer serve`, nginx's gzip_static, …) sends gzip without
+// compressing per request, and the static site's service worker (public/coi-sw.js) can fetch
+// `X.gz` from a host that negotiates nothing. Skipped where gzip saves under 5% (python_stdlib.zip,
+// already deflated). precompressed.json lists them for the service worker.
+const GZIP_EXTENSIONS = new Set(['.wasm', '.mjs', '.js', '.css', '.zip', '.json', '.onnx', '.data', '.txt', '.svg']);
+function precompress(): Plugin {
+  let outDir = '';
+  return {
+    name: 'diffusion-explainer-precompress',
+    apply: 'build',
+    configResolved: (config) => void (outDir = resolve(config.root, config.build.outDir)),
+    closeBundle() {
+      const written: string[] = [];
+      const walk = (dir: string, rel: string) => {
+        for (const e of readdirSync(dir, { withFileTypes: true })) {
+          const path = join(dir, e.name);
+          const r = rel ? `${rel}/${e.name}` : e.name;
+          if (e.isDirectory()) walk(path, r);
+          else if (e.isFile() && GZIP_EXTENSIONS.has(extname(e.name)) && e.name !== 'precompressed.json' && e.name !== 'coi-sw.js') {
+            const data = readFileSync(path);
+            if (data.length < 1024) continue;
+            const gz = gzipSync(data, { level: 6 });
+            if (gz.length > data.length * 0.95) continue;
+            writeFileSync(path + '.gz', gz);
+            written.push(r);
+          }
+        }
+      };
+      walk(outDir, '');
+      writeFileSync(join(outDir, 'precompressed.json'), JSON.stringify({ gzip: written.sort() }, null, 1) + '\n');
+    },
+  };
+}
+
 export default defineConfig({
-  plugins: [svelte(), bundleFolder()],
+  // Relative URLs: the same build works at / (`diffusion-explainer serve`) and from any folder of
+  // a static host (`diffusion-explainer build-site`; a sub-folder needs worker.ts to resolve BASE_URL against its own URL).
+  base: './',
+  plugins: [svelte(), bundleFolder(), precompress()],
   resolve: {
     // ORT's default entry inlines its wasm glue into our chunk; its thread workers then import
     // that chunk and die on `document`. The extern-wasm entry loads the glue from /ort/ instead.

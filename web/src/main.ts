@@ -1,5 +1,8 @@
 import { mount } from 'svelte';
 import App from './App.svelte';
 import './app.css';
+import { ensureIsolation } from './isolation';
 
-export default mount(App, { target: document.getElementById('app')! });
+const reloading = await ensureIsolation();
+
+export default reloading ? undefined : mount(App, { target: document.getElementById('app')! });

@@ -9,7 +9,8 @@ import type { BenchOptions, EngineInfo, FromWorker, InitMsg, ModelFacts, Provide
 
 declare const self: DedicatedWorkerGlobalScope;
 
-const BASE = new URL(import.meta.env.BASE_URL, self.location.origin).href;
+// relative to the page's folder (the worker's script sits in assets/), so a site hosted in a sub-folder works
+const BASE = new URL(import.meta.env.BASE_URL, new URL('..', self.location.href)).href;
 
 function post(msg: FromWorker, transfer: Transferable[] = []) {
   self.postMessage(msg, transfer);
