@@ -307,6 +307,14 @@ def _browser_runs(a, threads, result, step) -> None:
     for t in threads:
         result["runs"].append(step(f"page in Chromium, WASM, {t} thread(s)",
                                    lambda t=t: _safe(lambda: _page_run(a.bundle, threads=t, provider="wasm", a=a), "page", t)))
+    from . import page as page_mod
+
+    explainer = []
+    for t in threads:
+        explainer.append(step(f"explainer page, all views, WASM {t} thread(s)", lambda t=t: _safe(
+            lambda: page_mod.run_explainer(Path(a.bundle), threads=t, steps=a.steps, repeats=a.repeats, prompt=a.prompt,
+                                           seed=a.seed, guidance=a.guidance, timeout_s=a.timeout, serve=a.serve), "explainer", t)))
+    result["explainer"] = explainer
     notes.append("page rows: startup is a first visit (fresh browser context, empty Cache API) until the engine is ready; "
                  "peak memory is the engine worker's WebAssembly memory (it never shrinks, so it is its peak), not the "
                  "browser's RSS; download is the body bytes of every request (runtime assets and bundle)")

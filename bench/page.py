@@ -157,3 +157,62 @@ def _text(page, selector: str) -> str:
         return loc.inner_text(timeout=1000).strip().replace("\n", " ") if loc.count() else ""
     except Exception:  # the page crashed: no status to read
         return ""
+
+
+LONGTASKS = """() => { window.__longTasks = []; try { new PerformanceObserver((l) => { for (const e of l.getEntries())
+  window.__longTasks.push({ start: e.startTime, ms: e.duration }); }).observe({ type: 'longtask', buffered: true }); } catch (e) {} }"""
+
+
+def run_explainer(bundle_dir: Path, *, threads: int, steps: int = 25, repeats: int = 2, prompt: str = DEFAULT_PROMPT,
+                  seed: int = 0, guidance: float = 3.0, timeout_s: float = 900, serve=None, dist: Path | None = None) -> dict:
+    """The explainer page itself, every view on: open it cold, then warm; run the default-size request
+    `repeats` times after a warm-up. Reports open → ready and → first finished image (cold and warm),
+    per-step wall time as the page saw the steps arrive, and the main thread's long tasks during runs."""
+    bundle_dir = Path(bundle_dir)
+    if serve is None:
+        raise BenchPageError("run_explainer needs the page's server: pass serve=(build_web, start_background) from app.serve")
+    from playwright.sync_api import sync_playwright
+
+    build_web, start_background = serve
+    dist = Path(dist) if dist else build_web(log=lambda *_: None)
+    server, base = start_background(bundle_dir, dist=dist)
+    query = urlencode({"provider": "wasm", "threads": threads, "prompt": prompt, "seed": seed, "scale": guidance, "steps": steps})
+    out: dict = {"threads": threads, "steps": steps, "repeats": repeats, "prompt": prompt}
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                context = browser.new_context(viewport={"width": 1280, "height": 900})
+                page = context.new_page()
+                page.add_init_script(LONGTASKS)
+                for visit in ("cold", "warm"):
+                    t0 = time.perf_counter()
+                    page.goto(f"{base}?{query}")  # the URL's request runs by itself once the model is ready
+                    page.wait_for_selector("main[data-engine=ready], main[data-engine=running]", timeout=timeout_s * 1000)
+                    ready = time.perf_counter() - t0
+                    page.wait_for_function("() => window.__lastTrace && window.__lastTrace.image", timeout=timeout_s * 1000)
+                    out[visit] = {"ready_s": ready, "first_image_s": time.perf_counter() - t0}
+                per_step, long_tasks = [], []
+                for r in range(repeats + 1):
+                    page.evaluate("() => { window.__longTasks = []; window.__stepAt = []; }")
+                    page.evaluate("""() => new Promise((resolve) => {
+                        const before = window.__lastTrace?.runId ?? 0; const t0 = performance.now();
+                        document.querySelector('[data-testid=generate]').click();
+                        const poll = () => { const t = window.__lastTrace; if (t && t.runId > before && t.image) {
+                          window.__runMs = performance.now() - t0; resolve(); } else setTimeout(poll, 20); }; poll(); })""")
+                    ms = page.evaluate("() => window.__runMs")
+                    tasks = page.evaluate("() => window.__longTasks")
+                    if r:  # the first is a warm-up
+                        per_step.append(ms / steps)
+                        long_tasks += [t["ms"] for t in tasks]
+                out["page_ms_per_step_run"] = sorted(per_step)[len(per_step) // 2]
+                out["long_tasks"] = {"count": len(long_tasks), "max_ms": max(long_tasks) if long_tasks else 0.0,
+                                     "note": "main-thread tasks over 50 ms during measured runs (PerformanceObserver 'longtask')"}
+                out["browser"] = f"chromium {browser.version}"
+                context.close()
+            finally:
+                browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    return out

@@ -99,6 +99,15 @@ def markdown(result: dict) -> str:
                        f"{_fmt(v.get('ratio'), digits=2)} | {_fmt(v.get('wall_off'), digits=0)} | {_fmt(v.get('wall_on'), digits=0)} |")
         out.append("Views on: the explainer's run (every step's tensors to the page, predicted images decoded within the "
                    "runtime's preview budget, the rest after run-done); off: the plain loop (UNet + guidance + scheduler).")
+    ex = [r for r in result.get("explainer", []) if isinstance(r, dict) and "cold" in r]
+    if ex:
+        out += ["", "## The explainer page (every view on, the URL's request)", "",
+                "| threads | cold: ready s | cold: first image s | warm: ready s | warm: first image s | ms per step (whole run) | long tasks > 50 ms | longest ms |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in ex:
+            lt = r.get("long_tasks", {})
+            out.append(f"| {r['threads']} | {r['cold']['ready_s']:.2f} | {r['cold']['first_image_s']:.2f} | {r['warm']['ready_s']:.2f} | "
+                       f"{r['warm']['first_image_s']:.2f} | {_fmt(r.get('page_ms_per_step_run'))} | {lt.get('count', '–')} | {_fmt(lt.get('max_ms'))} |")
     f = result.get("flops", {})
     if f:
         out += ["", "## Arithmetic", ""]
