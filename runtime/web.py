@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import posixpath
 import time
+from types import SimpleNamespace
 from array import array
 
 from .backend import TYPECODES, HostTensor
@@ -163,7 +164,7 @@ class Engine:
         self.bundle = Bundle(manifest, read_text, location)
         self.backend = WebBackend(ort, files, provider)
         self.pipeline = Pipeline(self.bundle, self.backend)
-        self.last = None  # (run id, Trace) of the last finished run: what CLIP scores
+        self.last = None  # (run id, its prompt and images) of the last finished run: what CLIP scores
 
     async def load(self, progress=None):
         """Create every session; returns {component: ms} as a JS object."""
@@ -230,7 +231,10 @@ class Engine:
         await self.pipeline.decode_previews(trace, on_image, should_stop=stopped)
         if not main:  # a view's extra run (other scales, seeds, the compare prompt): CLIP scores the reader's run
             return
-        self.last = (run_id, trace)
+        # what CLIP needs of the run, not the Trace itself: a Trace kept here outlived its run in Pyodide
+        # (20-run leak test), while these few host images are replaced run by run
+        self.last = (run_id, SimpleNamespace(request=trace.request, image=trace.image, clip=None,
+                                             steps=[SimpleNamespace(index=s.index, image=s.image) for s in trace.steps]))
         if self.pipeline.has_clip() and not stopped():
             await self.post_clip(post, [])
 

@@ -36,6 +36,8 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
     init(msg).catch((err) => post({ type: 'fatal', text: describeError(err) }));
   } else if (msg.type === 'generate') {
     generate(msg.runId, msg.request, !!msg.side);
+  } else if (msg.type === 'stats') {
+    post({ type: 'stats', ...memoryStats() });
   } else if (msg.type === 'clip') {
     clip(msg.prompts);
   } else if (msg.type === 'bench') {
@@ -181,6 +183,7 @@ async function init(msg: InitMsg) {
   post({ type: 'status', phase: 'sessions', text: 'creating onnxruntime-web sessions…' });
   const create = web.Engine as unknown as (...a: unknown[]) => PyProxy;
   engine = create(bundle.manifestText, bundle.files, ort, choice.provider, bundleUrl);
+  pyodide = py;
   const sessions = (await (engine.load as (cb: unknown) => Promise<Record<string, number>>)(
     (name: string, i: number, n: number) => post({ type: 'status', phase: 'sessions', text: `creating session ${i + 1}/${n}: ${name}…` }),
   )) as Record<string, number>;
@@ -237,6 +240,28 @@ function describeAdapter(a: unknown): string {
 /** A run past its run-done whose predicted images are still being decoded (runtime/web.py decodes
  * the ones its preview budget skipped after the run): a new request makes it stop and waits for it. */
 let decodingAfter: { superseded: boolean; finished: Promise<void> } | null = null;
+
+let pyodide: PyodideAPI | null = null;
+
+/** What a leak would grow: Pyodide's WebAssembly heap, Python's tracked objects and the JS proxies
+ * Python holds (tests run many runs and compare). */
+function memoryStats() {
+  if (!pyodide) return { heapBytes: 0, pyObjects: 0, jsProxies: 0 };
+  // defined once: compiling a snippet per call would itself leave objects behind
+  if (!pyodide.globals.has('_dx_memory_stats')) {
+    pyodide.runPython(
+      "def _dx_memory_stats():\n    import gc\n    gc.collect()\n    o = gc.get_objects()\n" +
+      "    return [len(o), sum(1 for x in o if type(x).__name__.startswith('JsProxy'))]",
+    );
+  }
+  const fn = pyodide.globals.get('_dx_memory_stats') as PyProxy & (() => PyProxy & { toJs(): number[] });
+  const counts = fn();
+  const [pyObjects, jsProxies] = counts.toJs();
+  counts.destroy();
+  fn.destroy();
+  const heap = (pyodide as unknown as { _module: { HEAP8: Int8Array } })._module.HEAP8;
+  return { heapBytes: heap.byteLength, pyObjects, jsProxies };
+}
 
 /** CLIP's similarities of the last run's images to the reader's alternative prompts (when idle). */
 async function clip(prompts: string[]) {

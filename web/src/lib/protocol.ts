@@ -283,6 +283,8 @@ export interface ClipMsg {
 export type ToWorker =
   | InitMsg
   | { type: 'clip'; prompts: string[] }
+  /** Memory figures for leak tests (answered with a 'stats' message). */
+  | { type: 'stats' }
   /** side: a run a view asked for (other scales, seeds, the compare prompt): not the reader's main run. */
   | { type: 'generate'; runId: number; request: RequestMsg; side?: boolean }
   | { type: 'stop' }
@@ -304,6 +306,7 @@ export type FromWorker =
   /** A request the controller refused (Request.validate); nothing ran. */
   | { type: 'run-invalid'; runId: number; text: string }
   | { type: 'run-clip'; runId: number; clip: ClipMsg }
+  | { type: 'stats'; heapBytes: number; pyObjects: number; jsProxies: number }
   | { type: 'run-error'; runId: number; text: string }
   | { type: 'bench-progress'; text: string; done: number; total: number }
   | { type: 'bench-done'; result: WorkerBenchResult }

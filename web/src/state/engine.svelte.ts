@@ -24,6 +24,8 @@ declare global {
   interface Window {
     /** Debug hook for tests and the console: the last finished (or stopped) run's Trace. */
     __lastTrace?: Trace;
+    /** Debug hook for leak tests: the worker's memory figures. */
+    __engineStats?: () => Promise<{ heapBytes: number; pyObjects: number; jsProxies: number }>;
     /** Debug hook: the compare view's second run (growing, then done). */
     __compareTrace?: Trace;
     /** Debug hook: what the engine runs on (provider, reason, timings). */
@@ -58,6 +60,7 @@ export class EngineClient {
   #bench: Waiter<WorkerBenchResult> | null = null;
   #sideQueue: { key: string; request: RequestMsg }[] = [];
   #sideIds = new Map<number, string>();
+  #statsWaiter: ((s: { heapBytes: number; pyObjects: number; jsProxies: number }) => void) | null = null;
 
   start(settings: EngineSettings) {
     this.#worker?.terminate();
@@ -128,6 +131,14 @@ export class EngineClient {
     return true;
   }
 
+  /** The worker's memory figures (Pyodide heap, Python objects, JS proxies), for leak tests. */
+  stats(): Promise<{ heapBytes: number; pyObjects: number; jsProxies: number }> {
+    return new Promise((resolve) => {
+      this.#statsWaiter = resolve;
+      this.#send({ type: 'stats' });
+    });
+  }
+
   /** Ask CLIP how the last run's images match these alternative prompts (answers with run-clip). */
   clipAlternatives(prompts: string[]) {
     if (this.state !== 'ready') return;
@@ -190,6 +201,7 @@ export class EngineClient {
       case 'ready':
         this.info = msg.info;
         window.__engineInfo = msg.info;
+        window.__engineStats = () => this.stats();
         this.state = 'ready';
         for (const w of this.#readyWaiters.splice(0)) w.resolve(msg.info);
         this.#pump();
@@ -226,6 +238,12 @@ export class EngineClient {
         this.state = 'ready';
         this.#pump();
         break;
+      case 'stats': {
+        const { type: _t, ...figures } = msg;
+        this.#statsWaiter?.(figures);
+        this.#statsWaiter = null;
+        break;
+      }
       case 'run-clip':
         if (this.trace?.runId === msg.runId) {
           this.trace = { ...this.trace, clip: msg.clip };

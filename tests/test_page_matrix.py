@@ -1,0 +1,99 @@
+"""The page under the conditions a visitor's browser may impose (as onnxruntime-web's own end-to-end
+suite varies them): with and without cross-origin isolation, 1 and 2 WASM threads, and many runs in
+a row without leaking Pyodide proxies or growing the worker's heap."""
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from test_browser import (  # noqa: F401 - pytest fixtures
+    RUN_TIMEOUT_MS, Page, assert_same_image, browser, bundle, native, playwright, server,
+)
+
+pytestmark = pytest.mark.browser
+
+REQUEST = dict(prompt="a cat", seed=5, guidance=4, steps=2, scheduler="ddim")
+
+
+@pytest.fixture(scope="module")
+def plain_server(web_dist, bundle):
+    """The same page and bundle served WITHOUT COOP/COEP: no SharedArrayBuffer, so no WASM threads."""
+    from app import serve
+
+    class NoIsolation(serve.Handler):
+        def end_headers(self):
+            for k, v in serve.HEADERS.items():
+                if not k.startswith("Cross-Origin"):
+                    self.send_header(k, v)
+            super(serve.Handler, self).end_headers()
+
+    import http.server
+    import threading
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(NoIsolation, dist=web_dist, bundle=bundle, quiet=True))
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/"
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_isolated_page_runs_with_the_threads_asked(browser, server, bundle, threads):
+    p = Page(browser, server)
+    try:
+        p.open(f"?provider=wasm&threads={threads}")
+        info = p.page.evaluate("() => window.__engineInfo")
+        assert info["crossOriginIsolated"] and info["threads"] == threads
+        assert_same_image(p.generate(**REQUEST), native(bundle, **REQUEST)[0])
+    finally:
+        p.close()
+
+
+class NoServiceWorkerPage(Page):
+    """A browser that blocks service workers, so the page's own COOP/COEP worker cannot isolate it either."""
+
+    def __init__(self, browser, base_url):
+        real = browser.new_context
+
+        class B:
+            def new_context(self, **kw):
+                return real(service_workers="block", **kw)
+
+        super().__init__(B(), base_url)
+
+
+def test_without_isolation_the_page_says_one_thread_and_works(browser, plain_server, bundle):
+    p = NoServiceWorkerPage(browser, plain_server)
+    try:
+        p.open("?provider=wasm&threads=2")
+        info = p.page.evaluate("() => window.__engineInfo")
+        assert not info["crossOriginIsolated"] and info["threads"] == 1
+        assert "not cross-origin isolated" in p.page.inner_text("body") and "one thread" in p.page.inner_text("body")
+        assert_same_image(p.generate(**REQUEST), native(bundle, **REQUEST)[0])
+        # Stop still works without the shared stop flag (the message lands between steps)
+        p.fill_request(**{**REQUEST, "steps": 40})
+        p.page.click("[data-testid=generate]")
+        p.page.click("[data-testid=stop]")
+        p.page.wait_for_selector("[data-testid=run][data-state=stopped]", timeout=RUN_TIMEOUT_MS)
+    finally:
+        p.close()
+
+
+def test_twenty_runs_leak_no_proxies_and_no_heap(browser, server):
+    p = Page(browser, server)
+    try:
+        p.open("?provider=wasm")
+        figures = []
+        for i in range(20):
+            p.generate(**{**REQUEST, "seed": i})
+            p.page.wait_for_function("() => window.__lastTrace.steps.every(s => s.image)", timeout=RUN_TIMEOUT_MS)
+            figures.append(p.page.evaluate("() => window.__engineStats()"))
+        # after a few runs everything reached its working size; from there nothing may keep growing
+        settled, last = figures[4], figures[-1]
+        assert last["jsProxies"] <= settled["jsProxies"], figures
+        assert last["pyObjects"] - settled["pyObjects"] < 200, [f["pyObjects"] for f in figures]
+        assert last["heapBytes"] == settled["heapBytes"], [f["heapBytes"] for f in figures]
+    finally:
+        p.close()
