@@ -84,6 +84,9 @@ def cmd_export(a) -> int:
         return _fail(f"export to {a.out} failed: {e.strerror or e}{f' ({e.filename})' if e.filename else ''}")
     size = sum(f["bytes"] for f in m["files"].values())
     print(f"bundle written to {a.out} ({size / 1e6:.1f} MB, {m['export_seconds']:.1f} s)")
+    over = [(rel, f["bytes"]) for rel, f in m["files"].items() if f["bytes"] > a.chunk_mb * 2**20]
+    for rel, n in over:  # chunks split between tensors: one tensor bigger than a chunk stays whole
+        print(f"  note: {rel} is {n / 2**20:.1f} MiB, over --chunk-mb {a.chunk_mb:g}: it holds one tensor that is bigger than a chunk")
     for comp in ("text_encoder", "unet", "vae_decoder"):
         v = m["components"][comp].get("verification")
         if v:

@@ -97,3 +97,16 @@ def test_twenty_runs_leak_no_proxies_and_no_heap(browser, server):
         assert last["heapBytes"] == settled["heapBytes"], [f["heapBytes"] for f in figures]
     finally:
         p.close()
+
+
+def test_an_immediate_stop_runs_no_step(browser, server):
+    p = Page(browser, server)
+    try:
+        p.open("?provider=wasm")
+        p.fill_request(**{**REQUEST, "steps": 30})
+        p.page.evaluate("() => { document.querySelector('[data-testid=generate]').click(); "
+                        "queueMicrotask(() => document.querySelector('[data-testid=stop]')?.click()); }")
+        p.page.wait_for_selector("[data-testid=run][data-state=stopped]", timeout=RUN_TIMEOUT_MS)
+        assert p.page.evaluate("() => window.__lastTrace.steps.length") == 0
+    finally:
+        p.close()
