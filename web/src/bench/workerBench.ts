@@ -198,7 +198,8 @@ export async function runWorkerBench(
       timesteps = run.timesteps;
       backend = run.backend;
       controller.push({ warmup, timingsMs: run.timingsMs, jsWallMs: run.jsWallMs, steps: run.steps, sessionRunMs });
-      // (a″) the same run with every view on (the explainer's previews)
+      // (a″) the same run with every view on (the explainer's previews); its session timings apart
+      sessionRunMs = {};
       const on = await controllerRun(engine, -100 - r, options, warmup, true);
       viewsOn.push({ warmup, timingsMs: on.timingsMs, jsWallMs: on.jsWallMs, steps: on.steps, sessionRunMs: {} });
       done++;

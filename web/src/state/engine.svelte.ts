@@ -251,6 +251,7 @@ export class EngineClient {
         }
         break;
       case 'run-image':
+        if (this.#side(msg.runId, (t) => ({ ...t, steps: t.steps.map((s) => (s.index === msg.index ? { ...s, image: msg.image } : s)) }))) break;
         if (this.trace?.runId === msg.runId) {
           const steps = this.trace.steps.map((s) => (s.index === msg.index ? { ...s, image: msg.image } : s));
           this.trace = { ...this.trace, steps };
