@@ -338,13 +338,10 @@ def main(argv=None) -> int:
                         "run with the stages encode unet package")
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("evaluate", help="judge the default model on held-out prompts")
-    p.add_argument("--model", default=str(DEFAULT_MODEL))
-    p.add_argument("--seeds", type=int, default=8)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--scheduler", choices=list(SCHEDULERS),
-                   help="sample with this scheduler instead of the model's own (to compare)")
-    p.add_argument("--out", default="evaluation")
+    from train.options import add_arguments as add_evaluate_arguments  # (no torch: a light import)
+
+    p = sub.add_parser("evaluate", help="judge the default model on held-out prompts (and seeds, words, pairs, FID, CLIP score)")
+    add_evaluate_arguments(p)
     p.set_defaults(fn=cmd_evaluate)
 
     from bench.main import add_parser as add_bench_parser
