@@ -57,8 +57,8 @@ def scene_judge():
     except ImportError:
         return None
 
-    def judge(manifest: dict, bundle_dir) -> dict | None:
-        return evaluate.adherence(bundle_dir) if evaluate.is_scene_model(manifest.get("about")) else None
+    def judge(manifest: dict, bundle_dir, seeds=(0, 1, 2, 3)) -> dict | None:
+        return evaluate.adherence(bundle_dir, seeds=seeds) if evaluate.is_scene_model(manifest.get("about")) else None
 
     judge.description = "train/evaluate.py: held-out single-object prompts, native onnxruntime"
     return judge

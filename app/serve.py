@@ -75,7 +75,40 @@ def _npm(cmd: list[str]) -> None:
         raise ServeError(f"`{' '.join(cmd[1:])}` failed in {WEB} (exit {res.returncode}):\n{tail}")
 
 
+SMALL_TARGET = "small"  # export.quantize.DEFAULTS["small"]: compact storage, fp32 compute
+
+
 def default_bundle(log=print) -> Path:
+    """The page's default: bundles/default-small, the `small` build (about a third of the download:
+    int8 token table, int8 UNet/CLIP weights, fp16-stored rest; computed in fp32 on every provider)
+    derived from bundles/default (fp32, exported from models/default on first use and again whenever
+    the model changed), and derived again whenever that fp32 bundle or the target's recipe changed.
+    Without the export extras, or if deriving fails, the fp32 bundle is served."""
+    fp32 = _default_fp32_bundle(log)
+    small = fp32.with_name(f"{fp32.name}-{SMALL_TARGET}")
+    try:
+        from export.exporter import ExportError, derive_bundle, resolve_precision
+    except ImportError:  # no export extras: serve what is there
+        return small if (small / "manifest.json").is_file() else fp32
+    source = json.loads((fp32 / "manifest.json").read_text(encoding="utf-8"))
+    want = {c: p for c, p in resolve_precision(SMALL_TARGET).items() if c in source.get("components", {})}
+    if (small / "manifest.json").is_file():
+        have = json.loads((small / "manifest.json").read_text(encoding="utf-8"))
+        same = all(have.get(k) == source.get(k) for k in ("created", "source_fingerprint"))
+        if same and all(have.get("components", {}).get(c, {}).get("precision") == p for c, p in want.items()):
+            return small
+        log(f"{fp32.name} or the {SMALL_TARGET!r} recipe changed since {small.name} was derived; deriving it again…")
+    else:
+        log(f"deriving the page's {SMALL_TARGET!r} build {small.name} from {fp32.name} (first use)…")
+    try:
+        derive_bundle(fp32, small, precision=SMALL_TARGET, overwrite=True, quality=(2, 10))
+    except ExportError as e:
+        log(f"note: deriving {small.name} failed ({e}); serving the fp32 bundle {fp32.name}")
+        return fp32
+    return small
+
+
+def _default_fp32_bundle(log=print) -> Path:
     """bundles/default, exported from models/default on first use and again whenever the model changed."""
     manifest = DEFAULT_BUNDLE / "manifest.json"
     if manifest.is_file():
@@ -274,7 +307,7 @@ def serve(bundle: Path | None, host: str = "127.0.0.1", port: int = 8765, rebuil
         bundle = Path(bundle) if bundle else default_bundle()
         if not (bundle / "manifest.json").is_file():
             raise ServeError(f"{bundle} is not a bundle (no manifest.json); export one with `diffusion-explainer export CHECKPOINT DIR`")
-        if bundle.resolve() == DEFAULT_BUNDLE.resolve():  # ours: keep X.gz beside its files (only new or changed ones are compressed)
+        if bundle.resolve() in (DEFAULT_BUNDLE.resolve(), DEFAULT_BUNDLE.resolve().with_name(f"{DEFAULT_BUNDLE.name}-{SMALL_TARGET}")):  # ours: keep X.gz beside its files (only new or changed ones are compressed)
             try:
                 files = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["files"]
                 precompress(bundle, ["manifest.json", *files])

@@ -53,14 +53,21 @@ def _move_model(src_onnx: Path, dst_dir: Path, name: str, chunk_bytes: int = CHU
 
 
 def resolve_precision(precision) -> dict:
-    """'fp16' → every component fp16; 'wasm'/'webgpu' → that target's defaults; or a dict per component."""
-    from .quantize import DEFAULTS, PRECISIONS
+    """'fp16' → every component fp16; 'wasm'/'webgpu'/'small' → that target's defaults; or a dict per component.
+
+    The optional components (clip_image, umap_project) are converted only when named: by a target, by
+    a dict, or by a storage precision (fp16w, int8w, int8w-all) given for the whole bundle."""
+    from .quantize import DEFAULTS, OPTIONAL_COMPONENTS, PRECISIONS, STORAGE_PRECISIONS
 
     if isinstance(precision, str):
         if precision in DEFAULTS:
             return dict(DEFAULTS[precision])
-        precision = {c: precision for c in MODEL_COMPONENTS}
+        precision = {c: precision for c in MODEL_COMPONENTS + (OPTIONAL_COMPONENTS if precision in STORAGE_PRECISIONS else ())}
+    unknown = [c for c in precision if c not in MODEL_COMPONENTS + OPTIONAL_COMPONENTS]
+    if unknown:
+        raise ExportError(f"unknown component {unknown[0]!r} in --precision; choose among {', '.join(MODEL_COMPONENTS + OPTIONAL_COMPONENTS)}")
     out = {c: precision.get(c, "fp32") for c in MODEL_COMPONENTS}
+    out.update({c: precision[c] for c in OPTIONAL_COMPONENTS if c in precision})
     for c, p in out.items():
         if p not in PRECISIONS:
             raise ExportError(f"unknown precision {p!r} for {c}; choose one of {', '.join(PRECISIONS)} (or a target: {', '.join(DEFAULTS)})")
@@ -172,11 +179,11 @@ def derive_bundle(fp32_bundle, out, *, precision, overwrite: bool = False, progr
         manifest = Bundle.from_dir(fp32_bundle, verify=True).manifest  # never launder a corrupted bundle into fresh hashes
     except BundleError as e:
         raise ExportError(f"{fp32_bundle}: {e}") from None
-    not32 = [c for c in MODEL_COMPONENTS if manifest["components"][c].get("precision", "fp32") != "fp32"]
+    not32 = [c for c, v in manifest["components"].items() if v.get("precision", "fp32") != "fp32"]
     if not32:
         raise ExportError(f"{fp32_bundle} holds {', '.join(not32)} in {manifest['components'][not32[0]]['precision']}; derive builds from an fp32 bundle")
     if all(p == "fp32" for p in resolve_precision(precision).values()):
-        raise ExportError(f"{fp32_bundle} is already an fp32 bundle; choose another precision (fp16, int8, int4, wasm, webgpu)")
+        raise ExportError(f"{fp32_bundle} is already an fp32 bundle; choose another precision (fp16, int8, int4, fp16w, int8w, int8w-all, wasm, webgpu, small)")
     files = {c: list(v["files"]) for c, v in manifest["components"].items()}
     facts = {"latent_size": manifest["model"]["latent_size"], "text_max_length": manifest["model"]["text_max_length"],
              "text_hidden_size": manifest["model"]["text_hidden_size"]}

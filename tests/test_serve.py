@@ -1,4 +1,5 @@
-"""`serve` exports the default model on first use, and again when the model changed (never a stale bundle)."""
+"""`serve` exports the default model on first use, and again when the model changed (never a stale bundle);
+the page's small build derived from it is tested in test_small_bundle.py."""
 import json
 import shutil
 
@@ -25,10 +26,10 @@ def test_default_bundle_follows_the_model(tiny_pipeline_dir, tmp_path, monkeypat
 
     monkeypatch.setattr(exporter, "export_bundle", fake_export)
     logs = []
-    assert serve.default_bundle(log=logs.append) == bundle and len(exports) == 1 and "first use" in logs[-1]
-    serve.default_bundle(log=logs.append)
+    assert serve._default_fp32_bundle(log=logs.append) == bundle and len(exports) == 1 and "first use" in logs[-1]
+    serve._default_fp32_bundle(log=logs.append)
     assert len(exports) == 1  # unchanged model: the bundle is reused
     cfg = model / "scheduler" / "scheduler_config.json"
     cfg.write_text(cfg.read_text().replace('"steps_offset": 1', '"steps_offset": 0'))
-    serve.default_bundle(log=logs.append)
+    serve._default_fp32_bundle(log=logs.append)
     assert len(exports) == 2 and "changed since" in logs[-1]
