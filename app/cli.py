@@ -267,9 +267,22 @@ def cmd_train(a) -> int:
 
 
 def cmd_evaluate(a) -> int:
+    import json
+
     from train import evaluate
 
-    return evaluate.main(a)
+    rc = 0 if a.attention_only else evaluate.main(a)
+    if a.attention:
+        from train.attention_eval import evaluate_attention
+
+        res = evaluate_attention(a.attention, seeds=tuple(range(min(a.seeds, 2) if a.quick else a.seeds)),
+                                 steps=10 if a.quick else a.steps, prompts=6 if a.quick else None)
+        Path(a.out).mkdir(parents=True, exist_ok=True)
+        (Path(a.out) / "attention.json").write_text(json.dumps(res, indent=1))
+        print(f"attention maps ({res['prompts']} held-out prompts × {len(res['seeds'])} seeds, guidance {res['guidance']:g}): "
+              f"mIoU object word {res['miou_object']:.3f}, background word {res['miou_background_word']:.3f} "
+              f"(DAAM's fixed τ=0.4: {res['daam_tau']['object']:.3f} / {res['daam_tau']['background_word']:.3f})")
+    return rc
 
 
 def main(argv=None) -> int:

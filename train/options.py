@@ -30,3 +30,6 @@ def add_arguments(ap) -> None:
     ap.add_argument("--word-prompts", type=int, default=OPTIONS["word_prompts"], help="prompts per word kind (position, size)")
     ap.add_argument("--word-seeds", type=int, default=OPTIONS["word_seeds"])
     ap.add_argument("--word-guidance", type=float, default=OPTIONS["word_guidance"])
+    ap.add_argument("--attention", metavar="BUNDLE", help="also measure how well the cross-attention maps locate objects "
+                    "(mIoU) on BUNDLE, a bundle exported with attention maps (e.g. bundles/default)")
+    ap.add_argument("--attention-only", action="store_true", help="with --attention: skip the judge's evaluation")
