@@ -110,3 +110,20 @@ def test_an_immediate_stop_runs_no_step(browser, server):
         assert p.page.evaluate("() => window.__lastTrace.steps.length") == 0
     finally:
         p.close()
+
+
+def test_a_cache_that_refuses_writes_still_generates_from_memory(browser, server, bundle):
+    """The Cache API over its quota (a full disk, a strict browser): one notice, and the page works."""
+    from urllib.parse import urlsplit
+
+    p = Page(browser, server)
+    try:
+        cdp = p.context.new_cdp_session(p.page)
+        origin = "{0.scheme}://{0.netloc}".format(urlsplit(server))
+        cdp.send("Storage.overrideQuotaForOrigin", {"origin": origin, "quotaSize": 1024})
+        p.open("?provider=wasm")
+        text = p.page.inner_text("body")
+        assert text.count("could not keep") == 1, text[:2000]
+        assert_same_image(p.generate(**REQUEST), native(bundle, **REQUEST)[0])
+    finally:
+        p.close()
