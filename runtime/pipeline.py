@@ -153,7 +153,7 @@ class Pipeline:
             timesteps=[float(t) for t in sched.timesteps], scheduler_label=sched.label,
             scheduler_config={k: v for k, v in sched.config.items() if isinstance(v, (int, float, str, bool)) or v is None},
             alphas_cumprod=list(sched.alphas_cumprod), sigmas=list(sched.sigmas) if sched.sigmas is not None else None,
-            init_noise_sigma=float(sched.init_noise_sigma),
+            init_noise_sigma=float(sched.init_noise_sigma), _scheduler=sched,
         )
 
     def _known(self, tok) -> list | None:
@@ -196,7 +196,8 @@ class Pipeline:
         states = (await self._run("text_encoder", {"input_ids": ids}, run_t))["last_hidden_state"]
         trace.embeddings = await be.to_host(states)
 
-        sched = self._scheduler(req)  # a fresh one per run: multistep samplers keep history
+        # the plan's scheduler, once: multistep samplers keep history, so a plan run again gets a fresh one
+        sched, plan._scheduler = plan._scheduler or self._scheduler(req), None
         noise = initial_latents if initial_latents is not None else self.initial_noise(req.seed)
         latent = await ops.value(ops.lincomb([(sched.init_noise_sigma, be.from_host(noise))]))
         t_dtype = self.bundle.input_dtype("unet", "timestep")

@@ -72,6 +72,8 @@ class Plan:
     init_noise_sigma: float
     token_known: list | None  # per prompt token: does the model card list its word? None: the card lists no words
     negative_token_known: list | None
+    # the scheduler set up for these timesteps, handed to the run (not part of any message: a leading _)
+    _scheduler: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -148,7 +150,7 @@ def to_message(value: Any, tensor: Callable[[HostTensor], Any], only: tuple | No
     if isinstance(value, HostTensor):
         return tensor(value)
     if is_dataclass(value):
-        names = only or tuple(f.name for f in fields(value))
+        names = only or tuple(f.name for f in fields(value) if not f.name.startswith("_"))
         return {camel(n): to_message(getattr(value, n), tensor) for n in names}
     if isinstance(value, dict):
         return {str(k): to_message(v, tensor) for k, v in value.items()}

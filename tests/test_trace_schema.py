@@ -24,7 +24,7 @@ def ts_fields(name: str) -> set[str]:
 
 
 def keys(cls, only=None) -> set[str]:
-    return {camel(f.name) for f in fields(cls) if only is None or f.name in only}
+    return {camel(f.name) for f in fields(cls) if (only is None or f.name in only) and not f.name.startswith("_")}
 
 
 def test_typescript_types_match_the_python_schema():
