@@ -52,6 +52,22 @@ def _check_args(bundle_dir: Path, threads, provider, steps, repeats, prompt, see
         raise ValueError(f"timeout_s must be positive, not {timeout_s!r}")
 
 
+def _start_server(bundle_dir: Path, serve, dist: Path | None):
+    """The built page and the bundle on a background server → (server, base URL, dist); one line on failure.
+    serve: (build_web, start_background) from app.serve, handed in by the command line."""
+    if serve is None:
+        raise BenchPageError("the page's server is needed: pass serve=(build_web, start_background) from app.serve")
+    build_web, start_background = serve
+    try:
+        dist = Path(dist) if dist else build_web(log=lambda *_: None)
+    except Exception as e:  # noqa: BLE001 - app.serve.ServeError: one line
+        raise BenchPageError(str(e)) from None
+    if not (dist / "index.html").is_file():
+        raise BenchPageError(f"{dist} holds no built page (index.html); run `cd web && npm run build`")
+    server, base = start_background(bundle_dir, dist=dist)
+    return server, base, dist
+
+
 def run_page(bundle_dir: Path, *, threads: int, provider: str = "wasm", steps: int = 10, repeats: int = 3,
              prompt: str = DEFAULT_PROMPT, seed: int = 0, timeout_s: float = 900, guidance: float = 7.5,
              dist: Path | None = None, screenshot: Path | None = None, serve=None) -> dict:
@@ -75,19 +91,9 @@ def run_page(bundle_dir: Path, *, threads: int, provider: str = "wasm", steps: i
         from playwright.sync_api import sync_playwright
     except ImportError:
         raise BenchPageError("the Python package playwright is not installed (pip install playwright; no browser download is needed)") from None
-    if serve is None:
-        raise BenchPageError("run_page needs the page's server: pass serve=(build_web, start_background) from app.serve")
-    build_web, start_background = serve
-    try:
-        dist = Path(dist) if dist else build_web(log=lambda *_: None)
-    except Exception as e:  # noqa: BLE001 - app.serve.ServeError: one line
-        raise BenchPageError(str(e)) from None
-    if not (dist / "index.html").is_file():
-        raise BenchPageError(f"{dist} holds no built page (index.html); run `cd web && npm run build`")
-
     query = urlencode({"provider": provider, "threads": threads, "steps": steps, "repeats": repeats, "prompt": prompt, "seed": seed,
                        "guidance": guidance})
-    server, base = start_background(bundle_dir, dist=dist)
+    server, base, dist = _start_server(bundle_dir, serve, dist)
     url = f"{base}?bench&{query}"
     counts = {"app": 0, "pyodide": 0, "ort": 0, "bundle": 0}
     requests = {k: 0 for k in counts}
@@ -168,14 +174,9 @@ def run_explainer(bundle_dir: Path, *, threads: int, steps: int = 25, repeats: i
     """The explainer page itself, every view on: open it cold, then warm; run the default-size request
     `repeats` times after a warm-up. Reports open → ready and → first finished image (cold and warm),
     per-step wall time as the page saw the steps arrive, and the main thread's long tasks during runs."""
-    bundle_dir = Path(bundle_dir)
-    if serve is None:
-        raise BenchPageError("run_explainer needs the page's server: pass serve=(build_web, start_background) from app.serve")
     from playwright.sync_api import sync_playwright
 
-    build_web, start_background = serve
-    dist = Path(dist) if dist else build_web(log=lambda *_: None)
-    server, base = start_background(bundle_dir, dist=dist)
+    server, base, _ = _start_server(Path(bundle_dir), serve, dist)
     query = urlencode({"provider": "wasm", "threads": threads, "prompt": prompt, "seed": seed, "scale": guidance, "steps": steps})
     out: dict = {"threads": threads, "steps": steps, "repeats": repeats, "prompt": prompt}
     try:
