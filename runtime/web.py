@@ -125,6 +125,15 @@ class WebBackend:
     def release(self, handle: WebTensor) -> None:
         handle.dispose()
 
+    def close(self) -> None:
+        """Release every session (the page moves to another provider when its GPU device is lost)."""
+        for session in self.sessions.values():
+            try:
+                session.release()
+            except Exception:  # noqa: BLE001 - a session on a lost device may fail to release; it is dropped either way
+                pass
+        self.sessions.clear()
+
 
 # ---- the worker's entry point: messages typed in web/src/lib/protocol.ts, built from runtime/trace.py ----
 
@@ -169,6 +178,9 @@ class Engine:
     async def load(self, progress=None):
         """Create every session; returns {component: ms} as a JS object."""
         return _to_js(await self.pipeline.load(progress))
+
+    def close(self) -> None:
+        self.backend.close()
 
     def describe(self) -> dict:
         """What the page's controls need from the runtime (not copies in TypeScript): the schedulers

@@ -127,3 +127,30 @@ def test_a_cache_that_refuses_writes_still_generates_from_memory(browser, server
         assert_same_image(p.generate(**REQUEST), native(bundle, **REQUEST)[0])
     finally:
         p.close()
+
+
+def test_webgpu_device_lost_mid_run_falls_back_to_wasm(browser, server, bundle):
+    """The GPU device goes away mid-run (here destroyed on SwiftShader's adapter, as a driver reset
+    would): the run stops with one line, the engine moves to WASM from the bytes it holds, and the
+    next run works and equals native."""
+    p = Page(browser, server)
+    try:
+        p.open("?provider=webgpu")
+        assert p.page.evaluate("() => window.__engineInfo.provider") == "webgpu"
+        p.generate(wait=None, **{**REQUEST, "steps": 40})
+        p.page.wait_for_function("() => /step ([2-9]|\\d\\d) of 40/.test(document.querySelector('[data-testid=run-status]')?.textContent ?? '')",
+                                 timeout=RUN_TIMEOUT_MS)
+        engine = next(w for w in p.page.workers if "worker" in w.url)
+        engine.evaluate("() => self.dxGpuDevice.destroy()")
+        p.page.wait_for_function("() => window.__engineInfo.provider === 'wasm'", timeout=RUN_TIMEOUT_MS)
+        p.page.wait_for_selector("[data-testid=run][data-state=stopped]", timeout=RUN_TIMEOUT_MS)
+        p.page.wait_for_selector("main[data-engine=ready]", timeout=RUN_TIMEOUT_MS)
+        body = p.page.inner_text("body")
+        assert "WebGPU device was lost during this run" in body and "press Generate to run it again" in body
+        assert "now running on WASM" in body
+        assert "WASM" in p.page.inner_text("[data-testid=provider]")
+        assert_same_image(p.generate(**REQUEST), native(bundle, **REQUEST)[0])
+        assert not [c for c in p.console if c.startswith("pageerror")], p.console
+        p.screenshot("page-webgpu-device-lost")
+    finally:
+        p.close()

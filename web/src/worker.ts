@@ -154,10 +154,10 @@ async function init(msg: InitMsg) {
   let threads: number;
   let bundle: Awaited<ReturnType<typeof loadBundleFiles>>;
   const isolated = self.crossOriginIsolated;
+  const autoThreads = Math.max(1, Math.min(self.navigator.hardwareConcurrency || 1, 4));
   try {
     precision = [...new Set(Object.values(manifest.components).map((c) => c.precision ?? 'fp32'))];
     choice = await chooseProvider(msg.provider, precision.includes('fp16'));
-    const autoThreads = Math.max(1, Math.min(self.navigator.hardwareConcurrency || 1, 4));
     threads = choice.provider === 'webgpu' ? 1 : isolated ? msg.threads || autoThreads : 1;
     if (!isolated && choice.provider === 'wasm') {
       post({ type: 'notice', level: 'warning', text: 'the page is not cross-origin isolated (no COOP/COEP headers), so WASM runs on one thread' });
@@ -230,6 +230,58 @@ async function init(msg: InitMsg) {
   };
   post({ type: 'status', phase: 'ready', text: 'ready' });
   post({ type: 'ready', info });
+  made = { manifestText: bundle.manifestText, files: bundle.files, bundleUrl, wasmThreads: isolated ? msg.threads || autoThreads : 1, info };
+  if (choice.provider === 'webgpu') void watchGpuDevice(ort);
+}
+
+/** What the engine was made from, so it can be made again on WASM if the GPU device is lost. */
+let made: { manifestText: string; files: unknown; bundleUrl: string; wasmThreads: number; info: EngineInfo } | null = null;
+/** Why the WebGPU device was lost (null while it is not); the engine moves to WASM at once. */
+let gpuLost: string | null = null;
+let onGpuLost: (() => void) | null = null;
+let fallback: Promise<void> | null = null;
+
+type GpuDevice = { lost: Promise<{ reason: string; message: string }>; destroy(): void };
+
+/** A GPU device can be lost at any time (driver reset, GPU process crash, the tab backgrounded on
+ * some systems): ORT's sessions on it are dead, but the bundle's bytes are still here. */
+async function watchGpuDevice(ort: typeof import('onnxruntime-web')) {
+  const device = (await (ort.env.webgpu as unknown as { device: Promise<GpuDevice> }).device) as GpuDevice;
+  (self as unknown as { dxGpuDevice: GpuDevice }).dxGpuDevice = device; // for the console (and the device-loss test)
+  const info = await device.lost;
+  gpuLost = info.message ? `${info.reason}: ${info.message}` : info.reason;
+  onGpuLost?.();
+  if (!busy) void fallBackToWasm().catch((err) => post({ type: 'fatal', text: describeError(err) }));
+}
+
+/** Remake the engine on WASM from the bytes already loaded; the page keeps everything else. */
+function fallBackToWasm(): Promise<void> {
+  fallback ??= (async () => {
+    if (!made || !engine) throw new Error('the engine is not ready yet');
+    post({ type: 'notice', level: 'warning', text: `the WebGPU device was lost (${gpuLost}); moving to WASM on the CPU…` });
+    try {
+      (engine.close as () => void)();
+    } catch {
+      /* sessions on a lost device: dropped either way */
+    }
+    engine.destroy();
+    engine = null;
+    const ort = await loadOrt('wasm', made.wasmThreads, null);
+    ortModule = ort;
+    const create = pyodide!.pyimport('runtime.web').Engine as unknown as (...a: unknown[]) => PyProxy;
+    const next = create(made.manifestText, made.files, ort, 'wasm', made.bundleUrl);
+    await (next.load as (cb: unknown) => Promise<unknown>)((name: string, i: number, n: number) =>
+      post({ type: 'status', phase: 'sessions', text: `creating session ${i + 1}/${n} on WASM: ${name}…` }));
+    engine = next;
+    const info: EngineInfo = {
+      ...made.info, provider: 'wasm', threads: made.wasmThreads, adapter: null, adapterSoftware: null,
+      reason: `WASM on the CPU: the WebGPU device was lost (${gpuLost})`, ortVersion: ort.env.versions.web ?? '?',
+    };
+    post({ type: 'status', phase: 'ready', text: 'ready' });
+    post({ type: 'engine-changed', info });
+    post({ type: 'notice', level: 'warning', text: `now running on WASM on the CPU (${made.wasmThreads} thread${made.wasmThreads > 1 ? 's' : ''}): the WebGPU device was lost` });
+  })();
+  return fallback;
 }
 
 function describeAdapter(a: unknown): string {
@@ -277,6 +329,7 @@ async function clip(prompts: string[]) {
 }
 
 async function generate(runId: number, request: RequestMsg, side = false) {
+  if (gpuLost !== null) await fallBackToWasm().catch(() => {}); // lost while idle or in another task: WASM first
   if (!engine) return post({ type: 'run-error', runId, text: 'the engine is not ready yet' });
   if (busy && decodingAfter) {
     decodingAfter.superseded = true;
@@ -287,18 +340,41 @@ async function generate(runId: number, request: RequestMsg, side = false) {
   stopRequested = false; // the shared flag is cleared by the page before it sends 'generate'
   let finish = () => {};
   const run = { superseded: false, finished: new Promise<void>((r) => (finish = r)) };
+  let finished = false; // all its steps ran
   const postRun = (msg: FromWorker, transfer?: Transferable[]) => {
-    if (msg.type === 'run-done') decodingAfter = run; // the page counts the run as done from here
+    if (msg.type === 'run-done') {
+      decodingAfter = run; // the page counts the run as done from here
+      finished = !msg.cancelled;
+    }
     post(msg, transfer);
   };
+  const onGpu = gpuLost === null && made?.info.provider === 'webgpu';
+  const gpuLostSignal = new Promise<void>((r) => (onGpuLost = r));
   try {
     // runtime/web.py posts run-start / run-step / run-done (or run-invalid), then any run-image, itself.
-    await (engine.generate as (...a: unknown[]) => Promise<void>)(
+    const running = (engine.generate as (...a: unknown[]) => Promise<void>)(
       runId, request, postRun, () => isStopped() || run.superseded, stopView ? undefined : yieldToEvents, undefined, !side,
     );
+    // a lost device can leave a session's run waiting for ever: stop between steps, and stop waiting soon after
+    const lost = gpuLostSignal.then(() => {
+      run.superseded = true;
+      return Promise.race([running, new Promise<void>((r) => setTimeout(r, 3000))]);
+    });
+    await (onGpu ? Promise.race([running, lost]) : running);
   } catch (err) {
-    post({ type: 'run-error', runId, text: describeError(err) });
+    // a run on a lost device usually fails (a mapAsync aborted) a moment before the device says it is lost
+    if (onGpu) await Promise.race([gpuLostSignal, new Promise<void>((r) => setTimeout(r, 1000))]);
+    if (!(onGpu && gpuLost !== null)) post({ type: 'run-error', runId, text: describeError(err) });
   } finally {
+    onGpuLost = null;
+    if (onGpu && gpuLost !== null) {
+      try {
+        await fallBackToWasm();
+        if (!finished) post({ type: 'run-error', runId, text: `the WebGPU device was lost during this run (${gpuLost}); the page now runs on WASM on the CPU: press Generate to run it again` });
+      } catch (err) {
+        post({ type: 'fatal', text: `the WebGPU device was lost and WASM could not take over: ${describeError(err)}` });
+      }
+    }
     if (decodingAfter === run) decodingAfter = null;
     busy = false;
     finish();

@@ -297,6 +297,8 @@ export type FromWorker =
   | { type: 'progress'; file: string; loaded: number; total: number; fromCache: boolean }
   | { type: 'notice'; level: 'info' | 'warning'; text: string }
   | { type: 'ready'; info: EngineInfo }
+  /** The engine moved to another provider while ready (the WebGPU device was lost: now WASM). */
+  | { type: 'engine-changed'; info: EngineInfo }
   | { type: 'fatal'; text: string }
   | ({ type: 'run-start'; runId: number } & PlanMsg)
   | { type: 'run-step'; runId: number; step: StepMsg }

@@ -206,6 +206,10 @@ export class EngineClient {
         for (const w of this.#readyWaiters.splice(0)) w.resolve(msg.info);
         this.#pump();
         break;
+      case 'engine-changed':
+        this.info = msg.info;
+        window.__engineInfo = msg.info;
+        break;
       case 'fatal':
         this.#fail(msg.text);
         break;
@@ -263,7 +267,12 @@ export class EngineClient {
         if (this.#sideIds.has(msg.runId)) {
           const key = this.#sideIds.get(msg.runId)!;
           this.notices = [...this.notices, { level: 'warning', text: `${key}: ${msg.text}` }];
-        } else this.runError = msg.text;
+          this.#side(msg.runId, (t) => (t.done ? t : { ...t, done: true, cancelled: true }));
+        } else {
+          this.runError = msg.text;
+          // a run that failed part-way shows as stopped where it failed, not as running for ever
+          if (this.trace?.runId === msg.runId && !this.trace.done) this.trace = { ...this.trace, done: true, cancelled: true };
+        }
         this.state = 'ready';
         this.#pump();
         break;
