@@ -165,6 +165,8 @@ def _text(page, selector: str) -> str:
         return ""
 
 
+SNAPSHOT_CACHE = "diffusion-explainer-python"  # the worker's Cache API name for Python's memory snapshot
+
 LONGTASKS = """() => { window.__longTasks = []; try { new PerformanceObserver((l) => { for (const e of l.getEntries())
   window.__longTasks.push({ start: e.startTime, ms: e.duration }); }).observe({ type: 'longtask', buffered: true }); } catch (e) {} }"""
 
@@ -186,13 +188,25 @@ def run_explainer(bundle_dir: Path, *, threads: int, steps: int = 25, repeats: i
                 context = browser.new_context(viewport={"width": 1280, "height": 900})
                 page = context.new_page()
                 page.add_init_script(LONGTASKS)
-                for visit in ("cold", "warm"):
+                # warm: the bundle and Python's memory snapshot in the Cache API; warm_fresh_python: the
+                # bundle cached but the snapshot deleted (the start-up lever's effect, side by side)
+                for visit in ("cold", "warm", "warm_fresh_python"):
+                    if visit != "cold":  # the snapshot is saved off the critical path: let it land first
+                        page.wait_for_function(f"async () => (await (await caches.open('{SNAPSHOT_CACHE}')).keys()).length > 0",
+                                               timeout=60_000)
+                    if visit == "warm_fresh_python":
+                        page.evaluate(f"() => caches.delete('{SNAPSHOT_CACHE}')")
                     t0 = time.perf_counter()
                     page.goto(f"{base}?{query}")  # the URL's request runs by itself once the model is ready
                     page.wait_for_selector("main[data-engine=ready], main[data-engine=running]", timeout=timeout_s * 1000)
                     ready = time.perf_counter() - t0
                     page.wait_for_function("() => window.__lastTrace && window.__lastTrace.image", timeout=timeout_s * 1000)
-                    out[visit] = {"ready_s": ready, "first_image_s": time.perf_counter() - t0}
+                    first = time.perf_counter() - t0
+                    info = page.evaluate("() => ({t: window.__engineInfo.timingsMs, s: window.__engineInfo.pythonSnapshot})")
+                    out[visit] = {"ready_s": ready, "first_image_s": first, "python_snapshot": info["s"],
+                                  "startup_ms": {"python": info["t"]["pyodide"], "runtime_zip": info["t"]["runtime"],
+                                                 "bundle": info["t"]["bundle"], "sessions": sum(info["t"]["sessions"].values()),
+                                                 "worker_total": info["t"]["total"]}}
                 per_step, long_tasks = [], []
                 for r in range(repeats + 1):
                     page.evaluate("() => { window.__longTasks = []; window.__stepAt = []; }")

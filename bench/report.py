@@ -108,6 +108,19 @@ def markdown(result: dict) -> str:
             lt = r.get("long_tasks", {})
             out.append(f"| {r['threads']} | {r['cold']['ready_s']:.2f} | {r['cold']['first_image_s']:.2f} | {r['warm']['ready_s']:.2f} | "
                        f"{r['warm']['first_image_s']:.2f} | {_fmt(r.get('page_ms_per_step_run'))} | {lt.get('count', '–')} | {_fmt(lt.get('max_ms'))} |")
+        starts = [r for r in ex if "startup_ms" in r.get("warm", {})]
+        if starts:
+            out += ["", "Where start-up goes (the worker's own clock, ms), per visit: warm restores Python's memory snapshot; "
+                    "warm, fresh Python has the bundle cached but the snapshot deleted (the lever side by side).", "",
+                    "| threads | visit | Python | runtime.zip | bundle | ORT sessions | worker ready | page ready s | first image s |",
+                    "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+            for r in starts:
+                for visit, label in (("cold", "cold"), ("warm", "warm (snapshot)"), ("warm_fresh_python", "warm, fresh Python")):
+                    v = r.get(visit)
+                    if v and "startup_ms" in v:
+                        m = v["startup_ms"]
+                        out.append(f"| {r['threads']} | {label} | {m['python']:.0f} | {m['runtime_zip']:.0f} | {m['bundle']:.0f} | "
+                                   f"{m['sessions']:.0f} | {m['worker_total']:.0f} | {v['ready_s']:.2f} | {v['first_image_s']:.2f} |")
     f = result.get("flops", {})
     if f:
         out += ["", "## Arithmetic", ""]

@@ -98,19 +98,57 @@ async function chooseProvider(choice: InitMsg['provider'], needsF16: boolean) {
   return { provider: 'wasm' as Provider, reason: `WASM on the CPU: ${why}`, adapter: null, software: null };
 }
 
-async function startPython(): Promise<{ py: PyodideAPI; pyodideMs: number; runtimeMs: number; web: PyProxy }> {
+/** Where the worker keeps Python's memory snapshot (the interpreter with runtime/ imported): a warm
+ * visit restores it instead of starting Python (2–3 s of interpreter start-up and imports). */
+const SNAPSHOT_CACHE = 'diffusion-explainer-python';
+
+async function hex(buf: ArrayBuffer): Promise<string> {
+  return [...new Uint8Array(await crypto.subtle.digest('SHA-256', buf))].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+async function startPython(): Promise<{ py: PyodideAPI; pyodideMs: number; runtimeMs: number; web: PyProxy; snapshot: 'restored' | 'made' | 'none' }> {
   post({ type: 'status', phase: 'pyodide', text: 'starting Python (Pyodide)…' });
   let t = performance.now();
-  const { loadPyodide } = (await import(/* @vite-ignore */ `${BASE}pyodide/pyodide.mjs`)) as typeof import('pyodide');
-  const py = await loadPyodide({ indexURL: `${BASE}pyodide/`, stdout: (s) => console.log(s), stderr: (s) => console.warn(s) });
+  const zipFetch = fetch(`${BASE}runtime/runtime.zip`, { cache: 'no-cache' }).then(async (res) => {
+    if (!res.ok) throw new Error(`the page's runtime.zip is missing (HTTP ${res.status}); rebuild the page (npm run build)`);
+    return res.arrayBuffer();
+  });
+  zipFetch.catch(() => {});
+  const { loadPyodide, version } = (await import(/* @vite-ignore */ `${BASE}pyodide/pyodide.mjs`)) as typeof import('pyodide');
+  const options = { indexURL: `${BASE}pyodide/`, stdout: (s: string) => console.log(s), stderr: (s: string) => console.warn(s) };
+  const zip = await zipFetch;
+  // valid only for this Pyodide build and these runtime modules: both are in the key
+  const key = `${BASE}pyodide/memory-snapshot-${version}-${(await hex(zip)).slice(0, 16)}`;
+  const cache = typeof caches === 'undefined' ? null : await caches.open(SNAPSHOT_CACHE).catch(() => null);
+  let py: PyodideAPI | null = null;
+  let snapshot: 'restored' | 'made' | 'none' = 'none';
+  const saved = await cache?.match(key).catch(() => undefined);
+  if (saved) {
+    try {
+      py = await loadPyodide({ ...options, _loadSnapshot: new Uint8Array(await saved.arrayBuffer()) });
+      snapshot = 'restored';
+    } catch (e) {
+      console.warn(`the saved Python snapshot did not load (${(e as Error).message}); starting Python afresh`);
+      await cache?.delete(key).catch(() => {});
+    }
+  }
+  py ??= await loadPyodide({ ...options, _makeSnapshot: !!cache });
   const pyodideMs = performance.now() - t;
   t = performance.now();
-  const res = await fetch(`${BASE}runtime/runtime.zip`, { cache: 'no-cache' });
-  if (!res.ok) throw new Error(`the page's runtime.zip is missing (HTTP ${res.status}); rebuild the page (npm run build)`);
-  py.unpackArchive(await res.arrayBuffer(), 'zip', { extractDir: '/home/pyodide/app' });
-  py.runPython("import sys\nif '/home/pyodide/app' not in sys.path: sys.path.insert(0, '/home/pyodide/app')");
+  // the files too (a snapshot holds the imported modules, not the file system): for any later import
+  py.unpackArchive(zip, 'zip', { extractDir: '/home/pyodide/app' });
+  py.runPython("import sys\nif '/home/pyodide/app' not in sys.path: sys.path.insert(0, '/home/pyodide/app')\nimport runtime.web");
+  if (snapshot === 'none' && cache) {
+    // taken before any JS object is handed to Python (a snapshot cannot hold them); saved off the critical path
+    const image = py.makeMemorySnapshot();
+    snapshot = 'made';
+    void (async () => {
+      for (const old of await cache.keys()) if (old.url !== key) await cache.delete(old);
+      await cache.put(key, new Response(image as Uint8Array<ArrayBuffer>, { headers: { 'Content-Type': 'application/octet-stream' } }));
+    })().catch((e) => console.warn(`the Python snapshot was not saved (${(e as Error).message}); the next visit starts Python afresh`));
+  }
   const web = py.pyimport('runtime.web') as PyProxy;
-  return { py, pyodideMs, runtimeMs: performance.now() - t, web };
+  return { py, pyodideMs, runtimeMs: performance.now() - t, web, snapshot };
 }
 
 async function loadOrt(provider: Provider, threads: number, adapter: unknown) {
@@ -177,7 +215,7 @@ async function init(msg: InitMsg) {
   const bundleMs = performance.now() - tBundle;
   const ort = await loadOrt(choice.provider, threads, choice.adapter);
   ortModule = ort;
-  const { py, pyodideMs, runtimeMs, web } = await python;
+  const { py, pyodideMs, runtimeMs, web, snapshot } = await python;
   setWasmOwner('onnxruntime'); // Pyodide's memory exists by now; ORT instantiates its wasm at the first session
 
   post({ type: 'status', phase: 'sessions', text: 'creating onnxruntime-web sessions…' });
@@ -225,6 +263,7 @@ async function init(msg: InitMsg) {
       examples: manifest.about?.examples ?? [],
       guidance: typeof manifest.about?.guidance === 'number' ? manifest.about.guidance : null,
     },
+    pythonSnapshot: snapshot,
     timingsMs: { pyodide: pyodideMs, runtime: runtimeMs, bundle: bundleMs, sessions, total: performance.now() - t0 },
     downloadedBytes: bundle.downloadedBytes,
   };

@@ -146,6 +146,8 @@ export interface EngineInfo {
   adapterSoftware?: boolean | null;
   ortVersion: string;
   pythonVersion: string;
+  /** How Python started: from the memory snapshot a previous visit saved, or afresh (and saved one). */
+  pythonSnapshot: 'restored' | 'made' | 'none';
   bundle: {
     name: string;
     url: string;
@@ -173,7 +175,7 @@ export interface EngineInfo {
     guidance: number | null;
   };
   timingsMs: {
-    /** loadPyodide() until Python runs. */
+    /** loadPyodide() until Python runs (from the saved snapshot on a warm visit). */
     pyodide: number;
     /** fetch + unpack + import of runtime.zip. */
     runtime: number;
