@@ -3,7 +3,7 @@
 // change (ORT's provider and thread count are fixed once its wasm has started), and runs the bench
 // view's benchmark (`bench()`), so the explainer and the bench load the bundle the same way.
 import type {
-  BenchOptions, EngineInfo, FromWorker, Phase, ProviderChoice, RequestMsg, ToWorker, Trace, WorkerBenchResult,
+  BenchOptions, EngineInfo, FromWorker, Phase, ProviderChoice, RequestMsg, StepMsg, ToWorker, Trace, WorkerBenchResult,
 } from '../lib/protocol';
 
 export interface EngineSettings {
@@ -65,6 +65,7 @@ export class EngineClient {
   start(settings: EngineSettings) {
     this.#worker?.terminate();
     this.#failPending('the engine was restarted');
+    this.#pendingSteps.clear();
     this.settings = settings;
     this.state = 'loading';
     this.fatal = null;
@@ -186,7 +187,39 @@ export class EngineClient {
     this.#bench = null;
   }
 
+  /** Steps that arrived since the views last rendered, by run. Why: every view re-renders per trace
+   * update, and on a 2-core machine that rendering takes the cores the model's WASM threads need
+   * (the page ran at ~3× the controller's time per step); views update at most every RENDER_EVERY_MS. */
+  #pendingSteps = new Map<number, StepMsg[]>();
+  #flushTimer: ReturnType<typeof setTimeout> | null = null;
+  #lastFlush = 0;
+  static RENDER_EVERY_MS = 150;
+
+  #queueStep(runId: number, step: StepMsg) {
+    const list = this.#pendingSteps.get(runId);
+    if (list) list.push(step);
+    else this.#pendingSteps.set(runId, [step]);
+    const wait = EngineClient.RENDER_EVERY_MS - (performance.now() - this.#lastFlush);
+    if (wait <= 0) this.#flush();
+    else this.#flushTimer ??= setTimeout(() => this.#flush(), wait);
+  }
+
+  #flush() {
+    if (this.#flushTimer !== null) clearTimeout(this.#flushTimer);
+    this.#flushTimer = null;
+    this.#lastFlush = performance.now();
+    if (!this.#pendingSteps.size) return;
+    const pending = [...this.#pendingSteps];
+    this.#pendingSteps.clear();
+    for (const [runId, steps] of pending) {
+      if (this.#side(runId, (t) => ({ ...t, steps: [...t.steps, ...steps] }))) continue;
+      if (this.trace?.runId === runId) this.trace = { ...this.trace, steps: [...this.trace.steps, ...steps] };
+    }
+  }
+
   #onMessage(msg: FromWorker) {
+    if (msg.type === 'run-step') return this.#queueStep(msg.runId, msg.step);
+    if (msg.type !== 'progress' && msg.type !== 'status') this.#flush(); // keeps the messages' order
     switch (msg.type) {
       case 'status':
         this.phase = msg.phase;
@@ -221,10 +254,6 @@ export class EngineClient {
         else this.trace = fresh;
         break;
       }
-      case 'run-step':
-        if (this.#side(msg.runId, (t) => ({ ...t, steps: [...t.steps, msg.step] }))) break;
-        if (this.trace?.runId === msg.runId) this.trace = { ...this.trace, steps: [...this.trace.steps, msg.step] };
-        break;
       case 'run-done':
         if (this.#side(msg.runId, (t) => {
           const { type: _type, runId: _runId, ...rest } = msg;
