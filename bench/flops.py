@@ -8,6 +8,7 @@ as 2 FLOPs and ignore bias adds, normalisation and activations; they should agre
 from __future__ import annotations
 
 import math
+import subprocess
 import time
 from pathlib import Path
 
@@ -230,13 +231,14 @@ def matmul_peak(threads: int, n: int = 2048, seconds: float = 2.0) -> dict:
     except ImportError:
         pass
     out["peak"] = max(out.get("torch", 0.0), out["numpy"], out.get("onnxruntime", 0.0))
+    try:  # not part of the peak: the page's own ceiling, beside it
+        out["onnxruntime_web_wasm"] = _wasm_matmul_rate(threads, n, seconds)
+    except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as e:
+        out["onnxruntime_web_wasm_error"] = str(e).splitlines()[0] if str(e) else type(e).__name__
     return out
 
 
-def _ort_matmul_rate(threads: int, n: int, seconds: float) -> float:
-    """The same product through onnxruntime's own GEMM (MLAS): the ceiling the native and WASM runs share."""
-    import numpy as np
-    import onnxruntime as ort
+def _matmul_model(n: int):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -246,10 +248,38 @@ def _ort_matmul_rate(threads: int, n: int, seconds: float) -> float:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = min(model.ir_version, 10)
+    return model
+
+
+def _wasm_matmul_rate(threads: int, n: int, seconds: float) -> float:
+    """The same product in onnxruntime-web's WASM build (bench/wasm_peak.mjs, Node): what limits the
+    page's UNet, since WASM has 128-bit SIMD and no fused multiply-add where native MLAS has AVX-512 FMA."""
+    import shutil
+    import tempfile
+
+    node = shutil.which("node")
+    if node is None:
+        raise RuntimeError("node is not installed")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "matmul.onnx"
+        path.write_bytes(_matmul_model(n).SerializeToString())
+        script = Path(__file__).with_name("wasm_peak.mjs")
+        r = subprocess.run([node, str(script), str(path), str(n), str(threads), str(seconds)],
+                           capture_output=True, text=True, timeout=120 + 10 * seconds)
+    if r.returncode != 0:
+        raise RuntimeError((r.stderr.strip().splitlines() or ["node failed"])[-1][:200])
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def _ort_matmul_rate(threads: int, n: int, seconds: float) -> float:
+    """The same product through onnxruntime's own GEMM (MLAS): the ceiling the native and WASM runs share."""
+    import numpy as np
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(_matmul_model(n).SerializeToString(), opts, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
     feeds = {"a": rng.standard_normal((n, n), dtype=np.float32), "b": rng.standard_normal((n, n), dtype=np.float32)}
     return _best_rate(lambda: sess.run(None, feeds), 2 * n**3, seconds)

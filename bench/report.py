@@ -145,6 +145,13 @@ def markdown(result: dict) -> str:
                 continue
             libs = ", ".join(f"{lib} {p[lib] / 1e9:.1f}" for lib in ("torch", "numpy", "onnxruntime") if p.get(lib))
             out.append(f"- {t} thread(s), {p['n']}×{p['n']}: **{p['peak'] / 1e9:.1f} GFLOP/s** ({libs})")
+            if p.get("onnxruntime_web_wasm") and p.get("onnxruntime"):
+                w = p["onnxruntime_web_wasm"]
+                out.append(f"  - onnxruntime-web's WASM build, same product: {w / 1e9:.1f} GFLOP/s, native onnxruntime / WASM "
+                           f"**{p['onnxruntime'] / w:.1f}×** (128-bit SIMD without fused multiply-add vs native AVX2/AVX-512 FMA): "
+                           "the ceiling on how close the page's GEMM-bound UNet can come to native")
+            elif p.get("onnxruntime_web_wasm_error"):
+                out.append(f"  - onnxruntime-web's WASM build: not measured ({p['onnxruntime_web_wasm_error']})")
     notes = m.get("notes") or []
     if notes:
         out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
