@@ -151,6 +151,18 @@ async function startPython(): Promise<{ py: PyodideAPI; pyodideMs: number; runti
   return { py, pyodideMs, runtimeMs: performance.now() - t, web, snapshot };
 }
 
+/** A one-node ONNX graph (Identity, 91 bytes): creating a session from it starts onnxruntime-web's
+ * wasm and thread pool while Python starts, instead of after it. */
+const WARMUP_MODEL = 'CAgSE2RpZmZ1c2lvbi1leHBsYWluZXI6PAoQCgF4EgF5IghJZGVudGl0eRIGd2FybXVwWg8KAXgSCgoICAESBAoCCAFiDwoBeRIKCggIARIECgIIAUIECgAQEQ==';
+
+async function startOrt(provider: Provider, threads: number, adapter: unknown) {
+  const ort = await loadOrt(provider, threads, adapter);
+  const bytes = Uint8Array.from(atob(WARMUP_MODEL), (c) => c.charCodeAt(0));
+  const session = await ort.InferenceSession.create(bytes, { executionProviders: [provider] });
+  await session.release();
+  return ort;
+}
+
 async function loadOrt(provider: Provider, threads: number, adapter: unknown) {
   // The JSEP build carries the WebGPU kernels (28 MB wasm); the WASM-only build is half that.
   const ort = provider === 'webgpu' ? await import('onnxruntime-web') : await import('onnxruntime-web/wasm');
@@ -191,12 +203,18 @@ async function init(msg: InitMsg) {
   let choice: Awaited<ReturnType<typeof chooseProvider>>;
   let threads: number;
   let bundle: Awaited<ReturnType<typeof loadBundleFiles>>;
+  let ortEarly: ReturnType<typeof startOrt> | null = null;
   const isolated = self.crossOriginIsolated;
   const autoThreads = Math.max(1, Math.min(self.navigator.hardwareConcurrency || 1, 4));
   try {
     precision = [...new Set(Object.values(manifest.components).map((c) => c.precision ?? 'fp32'))];
     choice = await chooseProvider(msg.provider, precision.includes('fp16'));
     threads = choice.provider === 'webgpu' ? 1 : isolated ? msg.threads || autoThreads : 1;
+    // not in the bench: it attributes WebAssembly memories to Pyodide or ORT by the order they start
+    if (!msg.bench) {
+      ortEarly = startOrt(choice.provider, threads, choice.adapter);
+      ortEarly.catch(() => {}); // awaited below; its error is reported there
+    }
     if (!isolated && choice.provider === 'wasm') {
       post({ type: 'notice', level: 'warning', text: 'the page is not cross-origin isolated (no COOP/COEP headers), so WASM runs on one thread' });
     }
@@ -213,7 +231,7 @@ async function init(msg: InitMsg) {
   }
   await validate(); // before any session or run reads the model's facts
   const bundleMs = performance.now() - tBundle;
-  const ort = await loadOrt(choice.provider, threads, choice.adapter);
+  const ort = await (ortEarly ?? loadOrt(choice.provider, threads, choice.adapter));
   ortModule = ort;
   const { py, pyodideMs, runtimeMs, web, snapshot } = await python;
   setWasmOwner('onnxruntime'); // Pyodide's memory exists by now; ORT instantiates its wasm at the first session
