@@ -191,7 +191,7 @@ def run_explainer(bundle_dir: Path, *, threads: int, steps: int = 25, repeats: i
                 # warm: the bundle and Python's memory snapshot in the Cache API; warm_fresh_python: the
                 # bundle cached but the snapshot deleted (the start-up lever's effect, side by side)
                 for visit in ("cold", "warm", "warm_fresh_python"):
-                    if visit != "cold":  # the snapshot is saved off the critical path: let it land first
+                    if visit != "cold" and out["cold"].get("python_snapshot") == "made":  # saved off the critical path: let it land
                         page.wait_for_function(f"async () => (await (await caches.open('{SNAPSHOT_CACHE}')).keys()).length > 0",
                                                timeout=60_000)
                     if visit == "warm_fresh_python":

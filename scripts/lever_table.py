@@ -1,0 +1,48 @@
+"""Side by side: the explainer page as built at different commits (each lever added in turn), on one
+bundle, in one run on one machine: open → ready and → first image, cold and warm, and the page's
+whole-run time per step. Writes JSON and a markdown table.
+
+usage: .venv/bin/python scripts/lever_table.py BUNDLE OUT_STEM LABEL=WEB_DIST [LABEL=WEB_DIST ...]
+(build each commit's page with `git worktree add DIR COMMIT && cd DIR/web && npm run build`)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from app.serve import build_web, start_background  # noqa: E402
+from bench.page import run_explainer  # noqa: E402
+
+
+def main(argv: list[str]) -> int:
+    bundle, stem, builds = Path(argv[0]), Path(argv[1]), [a.split("=", 1) for a in argv[2:]]
+    rows = []
+    load = os.getloadavg()[0]
+    for label, dist in builds:
+        t = time.time()
+        r = run_explainer(bundle, threads=2, steps=25, repeats=2, dist=Path(dist), serve=(build_web, start_background))
+        rows.append({"label": label, "dist": dist, **r, "wall_s": time.time() - t})
+        print(f"{label}: warm ready {r['warm']['ready_s']:.2f} s, first image {r['warm']['first_image_s']:.2f} s", flush=True)
+    out = {"bundle": str(bundle), "load_at_start": load, "threads": 2, "steps": 25, "rows": rows}
+    stem.with_suffix(".json").write_text(json.dumps(out, indent=1))
+    lines = [f"Explainer page, 2 WASM threads, 25 steps, bundle {bundle.name}; 1-minute load {load:.2f} at the start. "
+             "Each row adds one lever to the row above (its build).", "",
+             "| build | cold ready s | cold first image s | warm ready s | warm first image s | warm Python ms | warm sessions ms | ms per step (whole run) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        w = r["warm"]
+        sm = w.get("startup_ms", {})
+        lines.append(f"| {r['label']} | {r['cold']['ready_s']:.2f} | {r['cold']['first_image_s']:.2f} | {w['ready_s']:.2f} | "
+                     f"{w['first_image_s']:.2f} | {sm.get('python', float('nan')):.0f} | {sm.get('sessions', float('nan')):.0f} | "
+                     f"{r['page_ms_per_step_run']:.1f} |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
