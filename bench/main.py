@@ -198,6 +198,9 @@ def normalize_page(raw: dict, *, threads: int, provider: str, steps: int, repeat
         # per step through the controller, the explainer's views off (plain loop) and on (budgeted previews)
         "views_ms": raw.get("views_ms"),
         "downloaded_bytes": _first(raw, "page_bytes.total"),
+        # the same first visit's bodies decoded (the page's Resource Timing: page and worker)
+        "downloaded_decoded_bytes": sum(((raw.get("page_resources") or {}).get("decoded") or {}).values()) or None,
+        "first_image_ms": raw.get("first_image_ms"),
         "memory": {
             "peak_rss_mb": wasm / 1e6 if wasm else None,
             "what": "WebAssembly memories of the engine worker (they never shrink: their peak); not the browser's RSS",

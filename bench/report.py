@@ -85,6 +85,13 @@ def markdown(result: dict) -> str:
     out.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
     out += ["| " + " | ".join(r) + " |" for r in rows]
     out.append("")
+    for run in result.get("runs", []):
+        if run.get("downloaded_bytes") and run.get("downloaded_decoded_bytes"):
+            fi = run.get("first_image_ms")
+            out.append(f"- {run.get('label')}, {run.get('threads')} thread(s): a first visit transferred "
+                       f"{run['downloaded_bytes'] / 1e6:.1f} MB on the wire, {run['downloaded_decoded_bytes'] / 1e6:.1f} MB decompressed"
+                       + (f"; first image (ready + the warm-up generation) after {fi / 1000:.2f} s" if fi else ""))
+    out.append("")
     out.append("Text encoder: one run's text encoding (ONNX: one batch-2 call; diffusers: two batch-1 calls). "
                "UNet step: one batch-2 call (classifier-free guidance), median over all steps; UNet bare: the model alone, "
                "outside the loop. Op graphs: one run's guidance, scheduler and image-conversion work (for diffusers: "

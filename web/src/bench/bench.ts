@@ -111,20 +111,22 @@ export function resourceKind(url: string, base: string, bundleUrl: string): Reso
  * hit or a 304). Files read from the Cache API do not appear here at all. */
 export function resourceBytes(entries: BenchResourceEntry[], base: string, bundleUrl: string): BenchResourceBytes {
   const bytes: Record<string, number> = { app: 0, pyodide: 0, ort: 0, bundle: 0 };
+  const decoded: Record<string, number> = { app: 0, pyodide: 0, ort: 0, bundle: 0 };
   const count: Record<string, number> = { app: 0, pyodide: 0, ort: 0, bundle: 0 };
   for (const e of entries) {
-    const body = e.transferSize === 0 || e.status === 304 ? 0 : e.encodedBodySize;
+    const fromNetwork = !(e.transferSize === 0 || e.status === 304);
     const k = resourceKind(e.url, base, bundleUrl);
-    bytes[k] += body;
+    bytes[k] += fromNetwork ? e.encodedBodySize : 0;
+    decoded[k] += fromNetwork ? (e.decodedBodySize ?? e.encodedBodySize) : 0;
     count[k] += 1;
   }
-  return { bytes, count };
+  return { bytes, decoded, count };
 }
 
 /** This context's own Resource Timing entries (the main thread's; the worker sends its own). */
 export function ownResourceEntries(): BenchResourceEntry[] {
   return (performance.getEntriesByType('resource') as (PerformanceResourceTiming & { responseStatus?: number })[]).map((e) => ({
-    url: e.name, transferSize: e.transferSize, encodedBodySize: e.encodedBodySize, status: e.responseStatus ?? null,
+    url: e.name, transferSize: e.transferSize, encodedBodySize: e.encodedBodySize, decodedBodySize: e.decodedBodySize, status: e.responseStatus ?? null,
   }));
 }
 
@@ -197,6 +199,8 @@ export interface BenchResult {
   memory: Record<string, unknown>;
   page_resources: BenchResourceBytes | null;
   page_ms: { ready: number | null; done: number | null };
+  /** Worker start → ready, plus the first (warm-up) generation: the engine's first finished image. */
+  first_image_ms: number | null;
   /** Every run, warm-ups included (flagged): controller runs' Trace timings and raw session.run times. */
   /** Caveats a reader needs to read the figures right. */
   notes: string[];
@@ -217,7 +221,7 @@ export function emptyResult(params: BenchParams, error: string | null): BenchRes
     scheduler: params.options.scheduler || null, engine: null, bundle: null, startup_ms: null, startup_bytes: null, steps_per_run: 0, timesteps_per_run: 0, calls_per_run: {},
     measured_runs: 0, controller_ms: {}, raw_ms: {}, overhead_ms: {}, session_in_controller_ms: {}, ffi_ms: {},
     views_ms: { step_off: null, step_on: null, ratio: null, wall_off: null, wall_on: null },
-    memory: { notes: ['not measured'] }, notes: [], page_resources: null, page_ms: { ready: null, done: null }, samples: null,
+    memory: { notes: ['not measured'] }, notes: [], page_resources: null, page_ms: { ready: null, done: null }, first_image_ms: null, samples: null,
   };
 }
 
@@ -298,6 +302,7 @@ export function summarize(params: BenchParams, info: EngineInfo, w: WorkerBenchR
       notes,
     },
     page_resources: resources,
+    first_image_ms: w.controller[0] ? info.timingsMs.total + w.controller[0].jsWallMs : null,
     notes: [
       ...(info.provider === 'webgpu'
         ? ['WebGPU: session.run resolves once the work is queued and outputs stay on the GPU, so GPU time shows up where results are read back (the rest of a step); raw passes feed CPU tensors and do not wait for the GPU']

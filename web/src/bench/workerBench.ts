@@ -81,7 +81,7 @@ function wasmMemoryFigures(): BenchWasmMemory[] {
 /** What this worker fetched (Pyodide, ORT's wasm, runtime.zip, bundle files not in the Cache API). */
 function resourceEntries(): BenchResourceEntry[] {
   return (performance.getEntriesByType('resource') as (PerformanceResourceTiming & { responseStatus?: number })[]).map((e) => ({
-    url: e.name, transferSize: e.transferSize, encodedBodySize: e.encodedBodySize, status: e.responseStatus ?? null,
+    url: e.name, transferSize: e.transferSize, encodedBodySize: e.encodedBodySize, decodedBodySize: e.decodedBodySize, status: e.responseStatus ?? null,
   }));
 }
 

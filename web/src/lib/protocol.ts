@@ -246,7 +246,10 @@ export interface BenchWasmMemory {
 export interface BenchResourceEntry {
   url: string;
   transferSize: number;
+  /** Body bytes as they came over the wire (compressed when the server sent Content-Encoding). */
   encodedBodySize: number;
+  /** The same body after decoding. */
+  decodedBodySize: number;
   /** HTTP status where the browser reports it (304: revalidated, no body). */
   status: number | null;
 }
@@ -254,6 +257,8 @@ export interface BenchResourceEntry {
 export interface BenchResourceBytes {
   /** Response body bytes per category, from the Resource Timing entries this context saw. */
   bytes: Record<string, number>;
+  /** The same bodies decoded (what they are once decompressed). */
+  decoded: Record<string, number>;
   count: Record<string, number>;
 }
 
