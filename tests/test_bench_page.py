@@ -100,6 +100,9 @@ def test_bench_view_on_the_tiny_bundle(tiny_bundle, page_dist):
     assert pb["runtime_assets"] == pb["app"] + pb["pyodide"] + pb["ort"] and pb["total"] == pb["runtime_assets"] + pb["bundle"]
     # the page's own Resource Timing view of the worker's downloads agrees on the big files
     assert r["page_resources"]["bytes"]["pyodide"] == pb["pyodide"]
+    # on the wire vs decompressed: Pyodide's wasm is served precompressed (Content-Encoding)
+    assert r["page_resources"]["decoded"]["pyodide"] > 1.5 * r["page_resources"]["bytes"]["pyodide"]
+    assert r["first_image_ms"] > s["ready"]
 
     mem = r["memory"]
     assert mem["wasm_bytes"]["pyodide"] > 0 and mem["wasm_bytes"]["onnxruntime"] > 0
