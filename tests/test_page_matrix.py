@@ -140,7 +140,7 @@ def test_webgpu_device_lost_mid_run_falls_back_to_wasm(browser, server, bundle):
         p.generate(wait=None, **{**REQUEST, "steps": 40})
         p.page.wait_for_function("() => /step ([2-9]|\\d\\d) of 40/.test(document.querySelector('[data-testid=run-status]')?.textContent ?? '')",
                                  timeout=RUN_TIMEOUT_MS)
-        engine = next(w for w in p.page.workers if "worker" in w.url)
+        engine = next(w for w in p.page.workers if "/assets/worker" in w.url)
         engine.evaluate("() => self.dxGpuDevice.destroy()")
         p.page.wait_for_function("() => window.__engineInfo.provider === 'wasm'", timeout=RUN_TIMEOUT_MS)
         p.page.wait_for_selector("[data-testid=run][data-state=stopped]", timeout=RUN_TIMEOUT_MS)

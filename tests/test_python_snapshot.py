@@ -1,10 +1,11 @@
-"""Python's memory snapshot: a first visit starts Pyodide afresh and saves the interpreter (runtime/
-imported) in the Cache API; a warm visit restores it instead of starting Python, and runs the same
+"""Python's memory snapshot: a first visit starts Pyodide afresh and, once idle, a throwaway worker
+saves the interpreter (runtime/ imported) in the Cache API; a warm visit restores it instead of starting Python, and runs the same
 numbers. A damaged snapshot is dropped and Python starts afresh."""
 from __future__ import annotations
 
 import pytest
 
+from bench.page import wait_for_snapshot
 from test_browser import (  # noqa: F401 - pytest fixtures
     Page, assert_same_image, browser, bundle, native, playwright, server,
 )
@@ -23,11 +24,10 @@ def test_warm_visit_restores_python_and_runs_the_same(browser, server, bundle):
     p = Page(browser, server)
     try:
         first = _visit(p)
-        assert first["pythonSnapshot"] == "made"
-        p.page.wait_for_function(  # saved off the critical path
-            "async () => (await (await caches.open('diffusion-explainer-python')).keys()).length === 1", timeout=30_000)
+        assert first["pythonSnapshot"] == "fresh"
+        wait_for_snapshot(p.page)
         second = _visit(p)  # same context: the Cache API persists
-        assert second["pythonSnapshot"] == "restored"
+        assert second["pythonSnapshot"] == "restored", p.console[-8:]
         assert "from the saved snapshot" in p.page.inner_text("body")
         assert_same_image(p.generate(**REQUEST), native(bundle, **REQUEST)[0])
         # the restored interpreter still reads files lazily (runtime.zip is unpacked again)
@@ -40,15 +40,14 @@ def test_a_damaged_snapshot_is_dropped_and_python_starts_afresh(browser, server,
     p = Page(browser, server)
     try:
         _visit(p)
-        p.page.wait_for_function(
-            "async () => (await (await caches.open('diffusion-explainer-python')).keys()).length === 1", timeout=30_000)
+        wait_for_snapshot(p.page)
         p.page.evaluate("""async () => {
             const c = await caches.open('diffusion-explainer-python');
             const [k] = await c.keys();
             await c.put(k, new Response(new Uint8Array(1000).fill(7)));
         }""")
         again = _visit(p)
-        assert again["pythonSnapshot"] == "made"
+        assert again["pythonSnapshot"] == "fresh"
         assert any("did not load" in c for c in p.console), p.console[-5:]
         assert_same_image(p.generate(**REQUEST), native(bundle, **REQUEST)[0])
     finally:

@@ -5,6 +5,7 @@ import type { PyodideAPI } from 'pyodide';
 import type { PyProxy } from 'pyodide/ffi';
 import { runWorkerBench, setWasmOwner, watchWasmMemories, type OrtModule } from './bench/workerBench';
 import { BundleLoadError, fetchManifest, loadBundleFiles, type Manifest } from './lib/bundleLoader';
+import { fetchRuntimeZip, installRuntime, openSnapshotCache, snapshotKey } from './lib/pythonSnapshot';
 import type { BenchOptions, EngineInfo, FromWorker, InitMsg, ModelFacts, Provider, RequestMsg, SchedulerInfo, ToWorker } from './lib/protocol';
 
 declare const self: DedicatedWorkerGlobalScope;
@@ -98,57 +99,52 @@ async function chooseProvider(choice: InitMsg['provider'], needsF16: boolean) {
   return { provider: 'wasm' as Provider, reason: `WASM on the CPU: ${why}`, adapter: null, software: null };
 }
 
-/** Where the worker keeps Python's memory snapshot (the interpreter with runtime/ imported): a warm
- * visit restores it instead of starting Python (2–3 s of interpreter start-up and imports). */
-const SNAPSHOT_CACHE = 'diffusion-explainer-python';
-
-async function hex(buf: ArrayBuffer): Promise<string> {
-  return [...new Uint8Array(await crypto.subtle.digest('SHA-256', buf))].map((b) => b.toString(16).padStart(2, '0')).join('');
-}
-
-async function startPython(): Promise<{ py: PyodideAPI; pyodideMs: number; runtimeMs: number; web: PyProxy; snapshot: 'restored' | 'made' | 'none' }> {
+async function startPython(): Promise<{ py: PyodideAPI; pyodideMs: number; runtimeMs: number; web: PyProxy; snapshot: 'restored' | 'fresh' }> {
   post({ type: 'status', phase: 'pyodide', text: 'starting Python (Pyodide)…' });
   let t = performance.now();
-  const zipFetch = fetch(`${BASE}runtime/runtime.zip`, { cache: 'no-cache' }).then(async (res) => {
-    if (!res.ok) throw new Error(`the page's runtime.zip is missing (HTTP ${res.status}); rebuild the page (npm run build)`);
-    return res.arrayBuffer();
-  });
+  const zipFetch = fetchRuntimeZip(BASE);
   zipFetch.catch(() => {});
   const { loadPyodide, version } = (await import(/* @vite-ignore */ `${BASE}pyodide/pyodide.mjs`)) as typeof import('pyodide');
   const options = { indexURL: `${BASE}pyodide/`, stdout: (s: string) => console.log(s), stderr: (s: string) => console.warn(s) };
   const zip = await zipFetch;
-  // valid only for this Pyodide build and these runtime modules: both are in the key
-  const key = `${BASE}pyodide/memory-snapshot-${version}-${(await hex(zip)).slice(0, 16)}`;
-  const cache = typeof caches === 'undefined' ? null : await caches.open(SNAPSHOT_CACHE).catch(() => null);
+  const key = await snapshotKey(BASE, version, zip);
+  const cache = await openSnapshotCache();
   let py: PyodideAPI | null = null;
-  let snapshot: 'restored' | 'made' | 'none' = 'none';
   const saved = await cache?.match(key).catch(() => undefined);
   if (saved) {
     try {
       py = await loadPyodide({ ...options, _loadSnapshot: new Uint8Array(await saved.arrayBuffer()) });
-      snapshot = 'restored';
     } catch (e) {
       console.warn(`the saved Python snapshot did not load (${(e as Error).message}); starting Python afresh`);
       await cache?.delete(key).catch(() => {});
     }
   }
-  py ??= await loadPyodide({ ...options, _makeSnapshot: !!cache });
+  const snapshot = py ? 'restored' : 'fresh';
+  py ??= await loadPyodide(options);
   const pyodideMs = performance.now() - t;
   t = performance.now();
-  // the files too (a snapshot holds the imported modules, not the file system): for any later import
-  py.unpackArchive(zip, 'zip', { extractDir: '/home/pyodide/app' });
-  py.runPython("import sys\nif '/home/pyodide/app' not in sys.path: sys.path.insert(0, '/home/pyodide/app')\nimport runtime.web");
-  if (snapshot === 'none' && cache) {
-    // taken before any JS object is handed to Python (a snapshot cannot hold them); saved off the critical path
-    const image = py.makeMemorySnapshot();
-    snapshot = 'made';
-    void (async () => {
-      for (const old of await cache.keys()) if (old.url !== key) await cache.delete(old);
-      await cache.put(key, new Response(image as Uint8Array<ArrayBuffer>, { headers: { 'Content-Type': 'application/octet-stream' } }));
-    })().catch((e) => console.warn(`the Python snapshot was not saved (${(e as Error).message}); the next visit starts Python afresh`));
-  }
+  installRuntime(py, zip);
   const web = py.pyimport('runtime.web') as PyProxy;
   return { py, pyodideMs, runtimeMs: performance.now() - t, web, snapshot };
+}
+
+/** After a fresh start, the next visit's snapshot is made in a throwaway worker once this one is
+ * idle (after the first run, or 10 s after ready): it costs a Python start-up's CPU, off the critical path. */
+let snapshotWanted = false;
+let snapshotTimer: ReturnType<typeof setTimeout> | null = null;
+function makeSnapshotSoon(delayMs: number) {
+  if (!snapshotWanted) return;
+  if (snapshotTimer !== null) clearTimeout(snapshotTimer);
+  snapshotTimer = setTimeout(() => {
+    if (busy) return makeSnapshotSoon(2000);
+    snapshotWanted = false;
+    const maker = new Worker(new URL('./snapshotWorker.ts', import.meta.url), { type: 'module', name: 'python-snapshot' });
+    maker.onmessage = (e: MessageEvent<{ ok: boolean; text: string }>) => {
+      if (!e.data.ok) console.warn(`the Python snapshot was not saved (${e.data.text}); the next visit starts Python afresh`);
+      maker.terminate();
+    };
+    maker.onerror = () => maker.terminate();
+  }, delayMs);
 }
 
 /** A one-node ONNX graph (Identity, 91 bytes): creating a session from it starts onnxruntime-web's
@@ -289,6 +285,8 @@ async function init(msg: InitMsg) {
   post({ type: 'ready', info });
   made = { manifestText: bundle.manifestText, files: bundle.files, bundleUrl, wasmThreads: isolated ? msg.threads || autoThreads : 1, info };
   if (choice.provider === 'webgpu') void watchGpuDevice(ort);
+  snapshotWanted = snapshot === 'fresh' && !msg.bench;
+  makeSnapshotSoon(10_000);
 }
 
 /** What the engine was made from, so it can be made again on WASM if the GPU device is lost. */
@@ -435,6 +433,7 @@ async function generate(runId: number, request: RequestMsg, side = false) {
     if (decodingAfter === run) decodingAfter = null;
     busy = false;
     finish();
+    makeSnapshotSoon(1000);
   }
 }
 

@@ -146,8 +146,9 @@ export interface EngineInfo {
   adapterSoftware?: boolean | null;
   ortVersion: string;
   pythonVersion: string;
-  /** How Python started: from the memory snapshot a previous visit saved, or afresh (and saved one). */
-  pythonSnapshot: 'restored' | 'made' | 'none';
+  /** How Python started: from the memory snapshot a previous visit saved, or afresh (a throwaway
+   * worker then saves one for the next visit once the page is idle). */
+  pythonSnapshot: 'restored' | 'fresh';
   bundle: {
     name: string;
     url: string;
