@@ -202,11 +202,10 @@ async function init(msg: InitMsg) {
   let ortEarly: ReturnType<typeof startOrt> | null = null;
   const isolated = self.crossOriginIsolated;
   const autoThreads = Math.max(1, Math.min(self.navigator.hardwareConcurrency || 1, 4));
-  const wasmThreads = isolated ? msg.threads || autoThreads : 1; // WASM's count (also after a GPU is lost)
   try {
     precision = [...new Set(Object.values(manifest.components).map((c) => c.precision ?? 'fp32'))];
     choice = await chooseProvider(msg.provider, precision.includes('fp16'));
-    threads = choice.provider === 'webgpu' ? 1 : wasmThreads;
+    threads = choice.provider === 'webgpu' ? 1 : isolated ? msg.threads || autoThreads : 1;
     // not in the bench: it attributes WebAssembly memories to Pyodide or ORT by the order they start
     if (!msg.bench) {
       ortEarly = startOrt(choice.provider, threads, choice.adapter);
@@ -234,10 +233,12 @@ async function init(msg: InitMsg) {
   setWasmOwner('onnxruntime'); // Pyodide's memory exists by now; ORT instantiates its wasm at the first session
 
   post({ type: 'status', phase: 'sessions', text: 'creating onnxruntime-web sessions…' });
-  const create = web.Engine as unknown as EngineClass;
+  const create = web.Engine as unknown as (...a: unknown[]) => PyProxy;
+  engine = create(bundle.manifestText, bundle.files, ort, choice.provider, bundleUrl);
   pyodide = py;
-  let sessions: Record<string, number>;
-  ({ engine, sessions } = await makeEngine(create, bundle.manifestText, bundle.files, ort, choice.provider, bundleUrl));
+  const sessions = (await (engine.load as (cb: unknown) => Promise<Record<string, number>>)(
+    (name: string, i: number, n: number) => post({ type: 'status', phase: 'sessions', text: `creating session ${i + 1}/${n}: ${name}…` }),
+  )) as Record<string, number>;
   // What the controls need from the runtime: its scheduler list (labels, the bundle's default) and
   // the tokenizer's window. Engine.describe converts to a JS object itself; a PyProxy is converted here.
   type Described = { schedulers: SchedulerInfo[]; maxLength: number; vocabulary: Record<string, string[]>; model: ModelFacts; previewBudget: number; hasClip: boolean };
@@ -282,25 +283,14 @@ async function init(msg: InitMsg) {
   };
   post({ type: 'status', phase: 'ready', text: 'ready' });
   post({ type: 'ready', info });
-  made = { create, manifestText: bundle.manifestText, files: bundle.files, bundleUrl, wasmThreads, info };
+  made = { manifestText: bundle.manifestText, files: bundle.files, bundleUrl, wasmThreads: isolated ? msg.threads || autoThreads : 1, info };
   if (choice.provider === 'webgpu') void watchGpuDevice(ort);
   snapshotWanted = snapshot === 'fresh' && !msg.bench;
   makeSnapshotSoon(10_000);
 }
 
-type EngineClass = (manifestText: string, files: unknown, ort: unknown, provider: Provider, bundleUrl: string) => PyProxy;
-
-/** A runtime.web Engine over the bundle's bytes, with its sessions created (ms per component). */
-async function makeEngine(create: EngineClass, manifestText: string, files: unknown, ort: unknown, provider: Provider, bundleUrl: string) {
-  const created = create(manifestText, files, ort, provider, bundleUrl);
-  const sessions = (await (created.load as (cb: unknown) => Promise<Record<string, number>>)((name: string, i: number, n: number) =>
-    post({ type: 'status', phase: 'sessions', text: `creating session ${i + 1}/${n} (${provider === 'webgpu' ? 'WebGPU' : 'WASM'}): ${name}…` }),
-  )) as Record<string, number>;
-  return { engine: created, sessions };
-}
-
 /** What the engine was made from, so it can be made again on WASM if the GPU device is lost. */
-let made: { create: EngineClass; manifestText: string; files: unknown; bundleUrl: string; wasmThreads: number; info: EngineInfo } | null = null;
+let made: { manifestText: string; files: unknown; bundleUrl: string; wasmThreads: number; info: EngineInfo } | null = null;
 /** Why the WebGPU device was lost (null while it is not); the engine moves to WASM at once. */
 let gpuLost: string | null = null;
 let onGpuLost: (() => void) | null = null;
@@ -333,7 +323,11 @@ function fallBackToWasm(): Promise<void> {
     engine = null;
     const ort = await loadOrt('wasm', made.wasmThreads, null);
     ortModule = ort;
-    ({ engine } = await makeEngine(made.create, made.manifestText, made.files, ort, 'wasm', made.bundleUrl));
+    const create = pyodide!.pyimport('runtime.web').Engine as unknown as (...a: unknown[]) => PyProxy;
+    const next = create(made.manifestText, made.files, ort, 'wasm', made.bundleUrl);
+    await (next.load as (cb: unknown) => Promise<unknown>)((name: string, i: number, n: number) =>
+      post({ type: 'status', phase: 'sessions', text: `creating session ${i + 1}/${n} on WASM: ${name}…` }));
+    engine = next;
     const info: EngineInfo = {
       ...made.info, provider: 'wasm', threads: made.wasmThreads, adapter: null, adapterSoftware: null,
       reason: `WASM on the CPU: the WebGPU device was lost (${gpuLost})`, ortVersion: ort.env.versions.web ?? '?',
