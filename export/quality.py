@@ -67,6 +67,7 @@ def apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, man
     from runtime.native import images
     from runtime.pipeline import Request
 
+    from .freeze import freeze_file
     from .quantize import quantize
 
     optional = [c for c in precision if c not in MODEL_COMPONENTS and c in manifest["components"]]
@@ -79,8 +80,11 @@ def apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, man
     feeds.update({c: _spec_feeds(manifest["components"][c]["inputs"]) for c in optional})
     report = {"components": {}, "image": {}}
     new_files = dict(files)
+    fixed = {}
     for comp in converted:
         new_files[comp] = quantize(fp32_dir / files[comp][0], out_dir / files[comp][0], precision[comp], chunk_bytes)
+        if comp == "unet":  # the runtime calls it at one size only; its shape arithmetic folded (export/freeze.py)
+            new_files[comp], fixed = freeze_file(out_dir, new_files[comp], feeds[comp], chunk_bytes)
 
         def run(d, rels):
             sess = ort.InferenceSession(str(d / rels[0]), providers=["CPUExecutionProvider"])
@@ -95,6 +99,7 @@ def apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, man
             "precision": precision[comp], "bytes": size(out_dir, new_files[comp]), "bytes_fp32": size(fp32_dir, files[comp]),
             "max_abs_error_vs_fp32": float(np.abs(got.astype(np.float32) - ref).max()), "max_abs_fp32": float(np.abs(ref).max()),
             **({"outputs_max_abs_error_vs_fp32": errs} if len(errs) > 1 else {}),
+            **(fixed if comp == "unet" else {}),
         }
 
     new_manifest = json.loads(json.dumps(manifest))

@@ -2,8 +2,9 @@
 bundle, in one run on one machine: open → ready and → first image, cold and warm, and the page's
 whole-run time per step. Writes JSON and a markdown table.
 
-usage: .venv/bin/python scripts/lever_table.py BUNDLE OUT_STEM LABEL=WEB_DIST [LABEL=WEB_DIST ...]
-(build each commit's page with `git worktree add DIR COMMIT && cd DIR/web && npm run build`)."""
+usage: .venv/bin/python scripts/lever_table.py BUNDLE OUT_STEM LABEL=WEB_DIST[,BUNDLE] [LABEL=WEB_DIST[,BUNDLE] ...]
+(build each commit's page with `git worktree add DIR COMMIT && cd DIR/web && npm run build`; a row's own
+BUNDLE, when given, replaces the first argument's: a lever in the bundle rather than the page)."""
 from __future__ import annotations
 
 import json
@@ -22,10 +23,11 @@ def main(argv: list[str]) -> int:
     bundle, stem, builds = Path(argv[0]), Path(argv[1]), [a.split("=", 1) for a in argv[2:]]
     rows = []
     load = os.getloadavg()[0]
-    for label, dist in builds:
+    for label, spec in builds:
+        dist, _, own = spec.partition(",")
         t = time.time()
-        r = run_explainer(bundle, threads=2, steps=25, repeats=2, dist=Path(dist), serve=(build_web, start_background))
-        rows.append({"label": label, "dist": dist, **r, "wall_s": time.time() - t})
+        r = run_explainer(Path(own) if own else bundle, threads=2, steps=25, repeats=2, dist=Path(dist), serve=(build_web, start_background))
+        rows.append({"label": label, "dist": dist, "bundle": own or str(bundle), **r, "wall_s": time.time() - t})
         print(f"{label}: warm ready {r['warm']['ready_s']:.2f} s, first image {r['warm']['first_image_s']:.2f} s", flush=True)
     out = {"bundle": str(bundle), "load_at_start": load, "threads": 2, "steps": 25, "rows": rows}
     stem.with_suffix(".json").write_text(json.dumps(out, indent=1))

@@ -172,7 +172,9 @@ def test_big_weights_are_written_in_bounded_chunks(tiny_pipeline_dir, tiny_bundl
 def test_precision_builds_derive_from_an_fp32_bundle(tiny_bundle, tmp_path):
     m = export_bundle(tiny_bundle, tmp_path / "int8", precision={"text_encoder": "int8"}, quality=(2, 3))
     q = m["quality"]
-    assert q["components"]["text_encoder"]["precision"] == "int8" and q["components"]["unet"]["max_abs_error_vs_fp32"] == 0.0
+    assert q["components"]["text_encoder"]["precision"] == "int8"
+    # the fp32 UNet is the same model at fixed sizes (export/freeze.py): folding reorders a few float operations
+    assert q["components"]["unet"]["max_abs_error_vs_fp32"] <= 1e-4 and q["components"]["unet"]["fixed_sizes"]["batch_size"] == 2
     assert q["components"]["text_encoder"]["bytes"] < q["components"]["text_encoder"]["bytes_fp32"]  # (the embedding stays fp32)
     assert len(q["image"]["runs"]) == 2 and q["image"]["steps"] == 3
     assert Bundle.from_dir(tmp_path / "int8").component("text_encoder")["precision"] == "int8"

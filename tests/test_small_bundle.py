@@ -107,6 +107,47 @@ def test_compact_storage_folds_back_to_the_fp32_graph(precision, tmp_path):
     assert len(casts) == (0 if precision == "fp16w" else 1)  # the int8 rows looked up, per run
 
 
+def test_freezing_sizes_folds_shape_arithmetic_and_keeps_stored_weights():
+    """export/freeze.py on a torch-style graph (Shape → Gather → Concat → Reshape, a filled bias, int8
+    weights behind DequantizeLinear): same outputs, the shape nodes gone, the weights still int8 in
+    the file, the filled tensor stored as ConstantOfShape, the sizes fixed on the inputs and outputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.freeze import fixed_sizes, freeze_shapes
+
+    rng = np.random.default_rng(0)
+    q = rng.integers(-127, 128, (64, 64)).astype(np.int8)
+    inits = [numpy_helper.from_array(q, "w_q"), numpy_helper.from_array(np.float32(0.01), "w_scale"),
+             numpy_helper.from_array(np.array([0], np.int64), "i0"), numpy_helper.from_array(np.array([-1], np.int64), "minus1"),
+             numpy_helper.from_array(np.array([64, 64], np.int64), "bias_shape")]
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale"], ["w"]),
+        helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i0"], ["b"], axis=0),
+        helper.make_node("Concat", ["b", "minus1"], ["flat"], axis=0),
+        helper.make_node("Reshape", ["x", "flat"], ["x2"]),  # [batch, 64]
+        helper.make_node("MatMul", ["x2", "w"], ["y0"]),
+        helper.make_node("ConstantOfShape", ["bias_shape"], ["zeros"], value=numpy_helper.from_array(np.array([0.0], np.float32))),
+        helper.make_node("MatMul", ["y0", "zeros"], ["y1"]),
+        helper.make_node("Add", ["y0", "y1"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "torchy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    feeds = {"x": rng.standard_normal((2, 4, 4, 4)).astype(np.float32)}
+    dims = fixed_sizes(model, feeds)
+    assert dims == {"batch": 2}
+    want = _run(model, feeds)[0]
+    frozen = freeze_shapes(onnx.load_from_string(model.SerializeToString()), dims)
+    np.testing.assert_allclose(_run(frozen, feeds)[0], want, atol=1e-6)
+    ops = [n.op_type for n in frozen.graph.node]
+    assert "Shape" not in ops and "Concat" not in ops and "ConstantOfShape" in ops
+    assert [t.name for t in frozen.graph.initializer if t.data_type == TensorProto.INT8] == ["w_q"]
+    assert all(t.data_type != TensorProto.FLOAT or np.prod(t.dims) < 64 * 64 for t in frozen.graph.initializer)
+    assert len(frozen.SerializeToString()) < len(model.SerializeToString()) + 1024
+    assert [d.dim_value for d in frozen.graph.input[0].type.tensor_type.shape.dim] == [2, 4, 4, 4]
+    assert [d.dim_value for d in frozen.graph.output[0].type.tensor_type.shape.dim] == [2, 64]
+
+
 def test_precision_names_and_targets():
     assert resolve_precision("small") == DEFAULTS["small"]
     assert set(resolve_precision("fp16w")) == set(MODEL_COMPONENTS + OPTIONAL_COMPONENTS)  # storage: optional ones too
@@ -151,6 +192,12 @@ def test_small_build_of_every_component_with_its_report(small_tiny):
         assert r["precision"] == DEFAULTS["small"][comp] == m["components"][comp]["precision"]
         assert r["bytes"] < r["bytes_fp32"] and r["max_abs_error_vs_fp32"] <= 0.05 * max(1.0, r["max_abs_fp32"])
     assert q["components"]["text_encoder"]["bytes"] < 0.4 * q["components"]["text_encoder"]["bytes_fp32"]  # the int8 token table
+    # the UNet at the one size the runtime calls it: batch 2 (guidance), the latent size, the tokenizer's window
+    unet = q["components"]["unet"]
+    h, w = m["model"]["latent_size"]
+    assert unet["fixed_sizes"] == {"batch_size": 2, "height": h, "width": w, "sequence_length": m["tokenizer"]["max_length"]}
+    assert unet["nodes"]["after"] < unet["nodes"]["before"]
+    assert m["components"]["unet"]["inputs"][0]["shape"] == [2, 4, h, w]
     assert q["bundle_bytes"]["this build"] < 0.5 * q["bundle_bytes"]["fp32"]
     assert q["image"]["psnr_db_vs_fp32"]["min"] > 25
     # the judge is asked for four seeds per prompt, for both builds
