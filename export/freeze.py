@@ -42,7 +42,10 @@ def freeze_file(folder: Path, rels: list[str], feeds: dict, chunk_bytes: int) ->
     model = onnx.load(str(folder / rels[0]), load_external_data=True)
     before = len(model.graph.node)
     dims = fixed_sizes(model, feeds)
-    out = freeze_shapes(model, dims) if dims else None
+    try:
+        out = freeze_shapes(model, dims) if dims else None
+    except Exception as e:  # noqa: BLE001 - an op onnxruntime cannot fold here: the build keeps dynamic sizes and says why
+        return rels, {"fixed_sizes": None, "why": f"onnxruntime could not fold it: {str(e).strip().splitlines()[0][:200]}"}
     if out is None:
         return rels, {"fixed_sizes": None, "why": "no named sizes" if not dims else "too large to fold in one protobuf"}
     for rel in rels:
