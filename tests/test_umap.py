@@ -18,6 +18,7 @@ import pytest
 
 np = pytest.importorskip("numpy")
 pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
 pytest.importorskip("umap")
 
 from export.umap import (add_to_manifest, build_umap, fit, format_report, project_numpy,  # noqa: E402
@@ -140,6 +141,9 @@ def test_projection_matches_umap_learn(umap_bundle):
     print(f"\nvs umap-learn's full transform on {len(x)} held-out points: median {np.median(dist):.1%} of the extent, "
           f"max {dist.max():.1%}; vs its initialisation: max {err:.1e}")
     assert np.median(dist) < 0.15  # the SGD refinement moves points only locally
+    # the bisection is one Loop, not 64 unrolled copies: the page optimises this graph at every start-up
+    graph = onnx.load(str(bundle_dir / "umap_project.onnx")).graph
+    assert [n.op_type for n in graph.node].count("Loop") == 1 and len(graph.node) < 60
 
 
 def test_duplicate_of_a_reference_point_lands_on_it(umap_bundle):
