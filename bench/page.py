@@ -176,6 +176,11 @@ def wait_for_snapshot(page, timeout_s: float = 90) -> None:
         time.sleep(0.5)
 
 
+# the page's own clock (from navigation start, as Navigation Timing and web vitals count): when the engine
+# is ready and when the first finished image is there
+MILESTONES = """() => { const ready = () => document.querySelector('main[data-engine=ready], main[data-engine=running]');
+  const t = setInterval(() => { if (!window.__readyAt && ready()) window.__readyAt = performance.now();
+    if (window.__lastTrace && window.__lastTrace.image) { window.__imageAt = performance.now(); clearInterval(t); } }, 5); }"""
 LONGTASKS = """() => { window.__longTasks = []; try { new PerformanceObserver((l) => { for (const e of l.getEntries())
   window.__longTasks.push({ start: e.startTime, ms: e.duration }); }).observe({ type: 'longtask', buffered: true }); } catch (e) {} }"""
 
@@ -184,7 +189,12 @@ def run_explainer(bundle_dir: Path, *, threads: int, steps: int = 25, repeats: i
                   seed: int = 0, guidance: float = 3.0, timeout_s: float = 900, serve=None, dist: Path | None = None) -> dict:
     """The explainer page itself, every view on: open it cold, then warm; run the default-size request
     `repeats` times after a warm-up. Reports open → ready and → first finished image (cold and warm),
-    per-step wall time as the page saw the steps arrive, and the main thread's long tasks during runs."""
+    per-step wall time as the page saw the steps arrive, and the main thread's long tasks during runs.
+
+    Open → X twice: `*_s` from the command that opens the page (the browser's own work before the
+    page's navigation starts included: a new tab's renderer process when cold), `*_nav_s` from the
+    page's navigation start (the page's own clock, as web vitals count). Each visit first leaves the
+    page for about:blank, so the last visit's teardown (its worker's GBs of wasm memory) is not counted."""
     from playwright.sync_api import sync_playwright
 
     server, base, _ = _start_server(Path(bundle_dir), serve, dist)
@@ -197,6 +207,7 @@ def run_explainer(bundle_dir: Path, *, threads: int, steps: int = 25, repeats: i
                 context = browser.new_context(viewport={"width": 1280, "height": 900})
                 page = context.new_page()
                 page.add_init_script(LONGTASKS)
+                page.add_init_script(MILESTONES)
                 # warm: the bundle and Python's memory snapshot in the Cache API; warm_fresh_python: the
                 # bundle cached but the snapshot deleted (the start-up lever's effect, side by side)
                 for visit in ("cold", "warm", "warm_fresh_python"):
@@ -204,14 +215,18 @@ def run_explainer(bundle_dir: Path, *, threads: int, steps: int = 25, repeats: i
                         wait_for_snapshot(page)
                     if visit == "warm_fresh_python":
                         page.evaluate(f"() => caches.delete('{SNAPSHOT_CACHE}')")
+                    page.goto("about:blank")
                     t0 = time.perf_counter()
                     page.goto(f"{base}?{query}")  # the URL's request runs by itself once the model is ready
                     page.wait_for_selector("main[data-engine=ready], main[data-engine=running]", timeout=timeout_s * 1000)
                     ready = time.perf_counter() - t0
                     page.wait_for_function("() => window.__lastTrace && window.__lastTrace.image", timeout=timeout_s * 1000)
                     first = time.perf_counter() - t0
-                    info = page.evaluate("() => ({t: window.__engineInfo.timingsMs, s: window.__engineInfo.pythonSnapshot})")
+                    page.wait_for_function("() => window.__imageAt", timeout=10_000)
+                    info = page.evaluate("() => ({t: window.__engineInfo.timingsMs, s: window.__engineInfo.pythonSnapshot, "
+                                         "r: window.__readyAt, i: window.__imageAt})")
                     out[visit] = {"ready_s": ready, "first_image_s": first, "python_snapshot": info["s"],
+                                  "ready_nav_s": info["r"] / 1000, "first_image_nav_s": info["i"] / 1000,
                                   "startup_ms": {"python": info["t"]["pyodide"], "runtime_zip": info["t"]["runtime"],
                                                  "bundle": info["t"]["bundle"], "sessions": sum(info["t"]["sessions"].values()),
                                                  "worker_total": info["t"]["total"]}}

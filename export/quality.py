@@ -48,6 +48,9 @@ def _call_judge(judge, manifest: dict, bundle_dir: Path, seeds: tuple):
     return judge(manifest, bundle_dir)
 
 
+FIXED_SIZE = ("unet", "vae_decoder")  # batch 2 (guidance) and batch 1 at the latent size; the text encoder's batch varies (CLIP)
+
+
 def apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, manifest: dict, precision: dict,
                     chunk_bytes: int = CHUNK_BYTES, quality: tuple | None = None, judge=None,
                     judge_seeds: tuple = ADHERENCE_SEEDS) -> dict:
@@ -83,8 +86,8 @@ def apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, man
     fixed = {}
     for comp in converted:
         new_files[comp] = quantize(fp32_dir / files[comp][0], out_dir / files[comp][0], precision[comp], chunk_bytes)
-        if comp == "unet":  # the runtime calls it at one size only; its shape arithmetic folded (export/freeze.py)
-            new_files[comp], fixed = freeze_file(out_dir, new_files[comp], feeds[comp], chunk_bytes)
+        if comp in FIXED_SIZE:  # the runtime calls it at one size only; its shape arithmetic folded (export/freeze.py)
+            new_files[comp], fixed[comp] = freeze_file(out_dir, new_files[comp], feeds[comp], chunk_bytes)
 
         def run(d, rels):
             sess = ort.InferenceSession(str(d / rels[0]), providers=["CPUExecutionProvider"])
@@ -99,7 +102,7 @@ def apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, man
             "precision": precision[comp], "bytes": size(out_dir, new_files[comp]), "bytes_fp32": size(fp32_dir, files[comp]),
             "max_abs_error_vs_fp32": float(np.abs(got.astype(np.float32) - ref).max()), "max_abs_fp32": float(np.abs(ref).max()),
             **({"outputs_max_abs_error_vs_fp32": errs} if len(errs) > 1 else {}),
-            **(fixed if comp == "unet" else {}),
+            **fixed.get(comp, {}),
         }
 
     new_manifest = json.loads(json.dumps(manifest))

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.serve import build_web, start_background  # noqa: E402
 from bench.page import run_explainer  # noqa: E402
+from bench.report import two_clocks  # noqa: E402
 
 
 def main(argv: list[str]) -> int:
@@ -28,18 +29,19 @@ def main(argv: list[str]) -> int:
         t = time.time()
         r = run_explainer(Path(own) if own else bundle, threads=2, steps=25, repeats=2, dist=Path(dist), serve=(build_web, start_background))
         rows.append({"label": label, "dist": dist, "bundle": own or str(bundle), **r, "wall_s": time.time() - t})
-        print(f"{label}: warm ready {r['warm']['ready_s']:.2f} s, first image {r['warm']['first_image_s']:.2f} s", flush=True)
+        print(f"{label}: warm ready {two_clocks(r['warm'], 'ready')} s, first image {two_clocks(r['warm'], 'first_image')} s", flush=True)
     out = {"bundle": str(bundle), "load_at_start": load, "threads": 2, "steps": 25, "rows": rows}
     stem.with_suffix(".json").write_text(json.dumps(out, indent=1))
     lines = [f"Explainer page, 2 WASM threads, 25 steps, bundle {bundle.name}; 1-minute load {load:.2f} at the start. "
-             "Each row adds one lever to the row above (its build).", "",
+             "Each row adds one lever to the row above (its build). Seconds from the page's navigation start; in brackets, "
+             "from the command that opened it.", "",
              "| build | cold ready s | cold first image s | warm ready s | warm first image s | warm Python ms | warm sessions ms | ms per step (whole run) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         w = r["warm"]
         sm = w.get("startup_ms", {})
-        lines.append(f"| {r['label']} | {r['cold']['ready_s']:.2f} | {r['cold']['first_image_s']:.2f} | {w['ready_s']:.2f} | "
-                     f"{w['first_image_s']:.2f} | {sm.get('python', float('nan')):.0f} | {sm.get('sessions', float('nan')):.0f} | "
+        lines.append(f"| {r['label']} | {two_clocks(r['cold'], 'ready')} | {two_clocks(r['cold'], 'first_image')} | {two_clocks(w, 'ready')} | "
+                     f"{two_clocks(w, 'first_image')} | {sm.get('python', float('nan')):.0f} | {sm.get('sessions', float('nan')):.0f} | "
                      f"{r['page_ms_per_step_run']:.1f} |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

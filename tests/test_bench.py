@@ -142,3 +142,8 @@ def test_report_shows_the_startup_levers_per_visit():
     md = markdown(result)
     assert "| 2 | warm (snapshot) | 350 | 40 | 300 | 900 | 1600 | 1.60 | 3.90 |" in md
     assert "| 2 | warm, fresh Python | 2300 |" in md and "| 2 | cold | 2400 |" in md
+    # with the page's own clock (from navigation start): it first, the command's wall clock in brackets
+    result["explainer"][0]["warm"].update(ready_nav_s=1.2, first_image_nav_s=3.5)
+    md = markdown(result)
+    assert "| 2 | warm (snapshot) | 350 | 40 | 300 | 900 | 1600 | 1.20 (1.60) | 3.50 (3.90) |" in md
+    assert "| 2 | 5.00 | 8.00 | 1.20 (1.60) | 3.50 (3.90) | 90.0 |" in md

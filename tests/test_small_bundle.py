@@ -198,6 +198,8 @@ def test_small_build_of_every_component_with_its_report(small_tiny):
     assert unet["fixed_sizes"] == {"batch_size": 2, "height": h, "width": w, "sequence_length": m["tokenizer"]["max_length"]}
     assert unet["nodes"]["after"] < unet["nodes"]["before"]
     assert m["components"]["unet"]["inputs"][0]["shape"] == [2, 4, h, w]
+    assert q["components"]["vae_decoder"]["fixed_sizes"] == {"batch_size": 1, "latent_height": h, "latent_width": w}
+    assert "fixed_sizes" not in q["components"]["text_encoder"]  # its batch is the number of prompts CLIP scores
     assert q["bundle_bytes"]["this build"] < 0.5 * q["bundle_bytes"]["fp32"]
     assert q["image"]["psnr_db_vs_fp32"]["min"] > 25
     # the judge is asked for four seeds per prompt, for both builds
