@@ -178,9 +178,11 @@ def wait_for_snapshot(page, timeout_s: float = 90) -> None:
 
 # the page's own clock (from navigation start, as Navigation Timing and web vitals count): when the engine
 # is ready and when the first finished image is there
-MILESTONES = """() => { const ready = () => document.querySelector('main[data-engine=ready], main[data-engine=running]');
-  const t = setInterval(() => { if (!window.__readyAt && ready()) window.__readyAt = performance.now();
-    if (window.__lastTrace && window.__lastTrace.image) { window.__imageAt = performance.now(); clearInterval(t); } }, 5); }"""
+MILESTONES = """() => { let trace; Object.defineProperty(window, '__lastTrace', { configurable: true, get: () => trace,
+    set: (t) => { trace = t; if (t && t.image && !window.__imageAt) window.__imageAt = performance.now(); } });
+  const seen = new MutationObserver(() => { if (document.querySelector('main[data-engine=ready], main[data-engine=running]')) {
+    window.__readyAt = performance.now(); seen.disconnect(); } });
+  seen.observe(document, { subtree: true, childList: true, attributes: true, attributeFilter: ['data-engine'] }); }"""
 LONGTASKS = """() => { window.__longTasks = []; try { new PerformanceObserver((l) => { for (const e of l.getEntries())
   window.__longTasks.push({ start: e.startTime, ms: e.duration }); }).observe({ type: 'longtask', buffered: true }); } catch (e) {} }"""
 
@@ -193,8 +195,12 @@ def run_explainer(bundle_dir: Path, *, threads: int, steps: int = 25, repeats: i
 
     Open → X twice: `*_s` from the command that opens the page (the browser's own work before the
     page's navigation starts included: a new tab's renderer process when cold), `*_nav_s` from the
-    page's navigation start (the page's own clock, as web vitals count). Each visit first leaves the
-    page for about:blank, so the last visit's teardown (its worker's GBs of wasm memory) is not counted."""
+    page's navigation start (the page's own clock, as web vitals count).
+
+    Visits: cold (a fresh profile); warm (the page opened again in the same tab, like a reload: the
+    bundle and Python's snapshot in the Cache API, and the renderer still holds the compiled
+    WebAssembly); warm_fresh_python (the same, the snapshot deleted: that lever side by side);
+    warm_new_tab (a new tab of the same profile: caches warm, WebAssembly compiled again)."""
     from playwright.sync_api import sync_playwright
 
     server, base, _ = _start_server(Path(bundle_dir), serve, dist)
@@ -206,16 +212,18 @@ def run_explainer(bundle_dir: Path, *, threads: int, steps: int = 25, repeats: i
             try:
                 context = browser.new_context(viewport={"width": 1280, "height": 900})
                 page = context.new_page()
-                page.add_init_script(LONGTASKS)
-                page.add_init_script(MILESTONES)
-                # warm: the bundle and Python's memory snapshot in the Cache API; warm_fresh_python: the
-                # bundle cached but the snapshot deleted (the start-up lever's effect, side by side)
-                for visit in ("cold", "warm", "warm_fresh_python"):
-                    if visit != "cold" and out["cold"].get("python_snapshot") in ("made", "fresh"):  # made once idle: let it land
+                # an init script runs as a script: a function expression must be called (it was not, before
+                # 2026-12-02, so the long-task counts of earlier reports were always 0)
+                context.add_init_script(f"({LONGTASKS})()")
+                context.add_init_script(f"({MILESTONES})()")
+                for visit in ("cold", "warm", "warm_fresh_python", "warm_new_tab"):
+                    if visit != "cold" and page.evaluate("() => window.__engineInfo.pythonSnapshot") == "fresh":  # made once idle: let it land
                         wait_for_snapshot(page)
                     if visit == "warm_fresh_python":
                         page.evaluate(f"() => caches.delete('{SNAPSHOT_CACHE}')")
-                    page.goto("about:blank")
+                    if visit == "warm_new_tab":
+                        page.close()
+                        page = context.new_page()
                     t0 = time.perf_counter()
                     page.goto(f"{base}?{query}")  # the URL's request runs by itself once the model is ready
                     page.wait_for_selector("main[data-engine=ready], main[data-engine=running]", timeout=timeout_s * 1000)
@@ -230,7 +238,7 @@ def run_explainer(bundle_dir: Path, *, threads: int, steps: int = 25, repeats: i
                                   "startup_ms": {"python": info["t"]["pyodide"], "runtime_zip": info["t"]["runtime"],
                                                  "bundle": info["t"]["bundle"], "sessions": sum(info["t"]["sessions"].values()),
                                                  "worker_total": info["t"]["total"]}}
-                if out["cold"].get("python_snapshot") in ("made", "fresh"):  # the fresh visit's snapshot-maker: not during the runs
+                if out["warm_new_tab"].get("python_snapshot") == "fresh":  # a fresh visit's snapshot-maker: not during the runs
                     wait_for_snapshot(page)
                 per_step, long_tasks = [], []
                 for r in range(repeats + 1):

@@ -125,12 +125,15 @@ def markdown(result: dict) -> str:
                        f"{two_clocks(r['warm'], 'first_image')} | {_fmt(r.get('page_ms_per_step_run'))} | {lt.get('count', '–')} | {_fmt(lt.get('max_ms'))} |")
         starts = [r for r in ex if "startup_ms" in r.get("warm", {})]
         if starts:
-            out += ["", "Where start-up goes (the worker's own clock, ms), per visit: warm restores Python's memory snapshot; "
-                    "warm, fresh Python has the bundle cached but the snapshot deleted (the lever side by side).", "",
+            out += ["", "Where start-up goes (the worker's own clock, ms), per visit: warm opens the page again in the same tab "
+                    "(like a reload: the bundle and Python's memory snapshot in the Cache API, the compiled WebAssembly still in "
+                    "the renderer); warm, fresh Python has the snapshot deleted (the lever side by side); warm, new tab opens it "
+                    "in a new tab of the same profile (caches warm, WebAssembly compiled again).", "",
                     "| threads | visit | Python | runtime.zip | bundle | ORT sessions | worker ready | page ready s | first image s |",
                     "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
             for r in starts:
-                for visit, label in (("cold", "cold"), ("warm", "warm (snapshot)"), ("warm_fresh_python", "warm, fresh Python")):
+                for visit, label in (("cold", "cold"), ("warm", "warm (snapshot)"), ("warm_fresh_python", "warm, fresh Python"),
+                                     ("warm_new_tab", "warm, new tab")):
                     v = r.get(visit)
                     if v and "startup_ms" in v:
                         m = v["startup_ms"]
