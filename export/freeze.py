@@ -1,11 +1,11 @@
-"""Fixed input sizes for a component the page always runs at one size (the UNet: batch 2, the
-bundle's latent size, the tokenizer's window).
+"""Fixed input sizes for the models the runtime always calls at one size (the UNet: batch 2, the
+bundle's latent size, the tokenizer's window; the VAE decoder: batch 1).
 
-A torch export computes every reshape from `Shape` at run time: the default UNet carries ~3,900
-nodes, 2,800 of them shape arithmetic, which onnxruntime folds again at every session creation
+A torch export computes every reshape from `Shape` at run time: the default UNet carries 3,878
+nodes, most of them shape arithmetic, which onnxruntime folds again at every session creation
 (the page's largest start-up cost) and partly runs at every step. Folding it once here, with
 onnxruntime's own basic (ONNX-level, provider-neutral) optimisations and the sizes fixed, leaves
-~900 nodes. The stored weights (int8 or fp16 with their DequantizeLinear/Cast) must not be folded
+1,163. The stored weights (int8 or fp16 with their DequantizeLinear/Cast) must not be folded
 into fp32, or the file would grow 4×: they are hidden from constant folding as graph inputs
 during the pass and put back after it. Folding also materialises filled tensors (attention's zero
 bias, [16, 64, 77]): those go back to ConstantOfShape."""
@@ -16,8 +16,6 @@ import tempfile
 from pathlib import Path
 
 WEIGHT_ELEMENTS = 256  # initializers this large are weights, not shape constants
-
-
 FOLD_LIMIT_BYTES = 1 << 30  # one protobuf holds < 2 GB; a larger UNet (SD 1.5 in fp32/fp16) keeps dynamic shapes
 
 

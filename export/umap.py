@@ -180,8 +180,8 @@ def projection_graph(ref: np.ndarray, emb: np.ndarray, latent_shape: tuple, k: i
     ki = node("Squeeze", ["knn_i_row", "ax0"], "knn_i")
     tail = node("Slice", [kd, "tail_start", "tail_end", "ax0"], "tail")  # smooth_knn_dist sums from the 2nd neighbour
     tail_pos = node("Greater", [tail, "zero"], "tail_pos")
-    # the bisection as a Loop (≤ N_ITER trips, leaving when close like smooth_knn_dist's break): 30 nodes,
-    # where unrolled it was 1,500 that every session creation optimised again
+    # the bisection as a Loop (≤ N_ITER trips, leaving when close like smooth_knn_dist's break): the graph
+    # has 34 nodes, where unrolled it had 1,506 that every session creation optimised again
     body = []
 
     def bnode(op, ins, out, **attrs):
