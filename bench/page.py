@@ -167,6 +167,7 @@ def _text(page, selector: str) -> str:
 
 SNAPSHOT_CACHE = "diffusion-explainer-python"  # the worker's Cache API name for Python's memory snapshot
 
+
 def wait_for_snapshot(page, timeout_s: float = 90) -> None:
     """Until the page's Cache API holds Python's memory snapshot (a throwaway worker makes it once the engine is idle)."""
     end = time.perf_counter() + timeout_s

@@ -149,8 +149,8 @@ def projection_graph(ref: np.ndarray, emb: np.ndarray, latent_shape: tuple, k: i
         inits.append(nh.from_array(np.asarray(value, dtype), name))
         return name
 
-    def node(op, ins, out, **attrs):
-        nodes.append(h.make_node(op, ins, [out], **attrs))
+    def node(op, ins, out, into=nodes, **attrs):
+        into.append(h.make_node(op, ins, [out], **attrs))
         return out
 
     const("flat_shape", [1, dim], np.int64)
@@ -183,10 +183,7 @@ def projection_graph(ref: np.ndarray, emb: np.ndarray, latent_shape: tuple, k: i
     # the bisection as a Loop (≤ N_ITER trips, leaving when close like smooth_knn_dist's break): the graph
     # has 34 nodes, where unrolled it had 1,506 that every session creation optimised again
     body = []
-
-    def bnode(op, ins, out, **attrs):
-        body.append(h.make_node(op, ins, [out], **attrs))
-        return out
+    bnode = lambda op, ins, out, **attrs: node(op, ins, out, into=body, **attrs)  # noqa: E731 - the Loop's body
 
     q = bnode("Div", [tail, "mid_in"], "q")
     e = bnode("Exp", [bnode("Neg", [q], "nq")], "e")
