@@ -1,4 +1,5 @@
 """The evaluation's image metrics give the ceiling on real scenes and chance (or worse) on scrambled ones."""
+
 import random
 from pathlib import Path
 
@@ -82,7 +83,9 @@ def test_word_prompts_are_phrased_as_training_captions_and_real_scenes_obey_them
         asked = [a for *_, a in wp[kind] for _ in range(4)]
         assert X.obedience(found, asked, kind) >= 0.9
         # the same images judged against other words: far lower
-        other = asked[4:] + asked[:4] if kind == "size" else [X.POSITION_NAMES[(X.POSITION_NAMES.index(a) + 1) % 9] for a in asked]
+        other = (
+            asked[4:] + asked[:4] if kind == "size" else [X.POSITION_NAMES[(X.POSITION_NAMES.index(a) + 1) % 9] for a in asked]
+        )
         assert X.obedience(found, other, kind) <= 0.3
 
 
@@ -125,7 +128,7 @@ def test_clip_score_real_captions_beat_shuffled_ones(real_sets):
     imgs = real_sets[0]
     prompts = [p for p, _, _ in HELD]
     right = X.clip_score(clip, imgs, prompts)
-    wrong = X.clip_score(clip, imgs, prompts[len(prompts) // 2:] + prompts[: len(prompts) // 2])
+    wrong = X.clip_score(clip, imgs, prompts[len(prompts) // 2 :] + prompts[: len(prompts) // 2])
     assert right > wrong + 20, (right, wrong)
     # one image per prompt works too, and equals the [P, 1, ...] form
     assert X.clip_score(clip, imgs[:, 0], prompts) == pytest.approx(X.clip_score(clip, imgs[:, :1], prompts), abs=1e-4)
@@ -134,11 +137,112 @@ def test_clip_score_real_captions_beat_shuffled_ones(real_sets):
 def test_quick_settings_and_cli_namespace_defaults():
     import argparse
 
-    cli = argparse.Namespace(model=str(DEFAULT), seeds=8, steps=25, scheduler=None, out="x")  # what app/cli.py passes
-    o = E._settings(cli)
-    assert o["guidances"] == E.GUIDANCES and o["seeds_for"] == {g: 8 for g in E.GUIDANCES}
-    assert o["diversity_seeds"] == 16 and o["word_seeds"] == 8 and not o["quick"]
+    # the defaults: 8 seeds per prompt at guidance 3 and 7.5, 4 at 1; 12 diversity prompts × 16 seeds; 9 word prompts × 8
+    want = {1.0: 4, 3.0: 8, 7.5: 8}
+    cli = argparse.Namespace(model=str(DEFAULT), seeds=8, steps=25, scheduler=None, out="x")  # the fewest app/cli.py passes
+    for o in (E._settings(cli), E._settings(E._parser().parse_args([]))):
+        assert o["guidances"] == E.GUIDANCES == (1.0, 3.0, 7.5) and o["seeds_for"] == want, o["seeds_for"]
+        assert o["diversity_seeds"] == 16 and o["diversity_prompts"] == 12 and not o["quick"]
+        assert o["word_prompts"] == 9 and o["word_seeds"] == 8
     q = E._settings(E._parser().parse_args(["--quick", "--model", "m", "--out", "o"]))
     assert q["quick"] and q["seeds"] == 2 and q["steps"] == 10 and q["model"] == "m" and q["out"] == "o"
-    p = E._settings(E._parser().parse_args(["--guidance-seeds", "0=1,7.5=4"]))
-    assert p["seeds_for"][0.0] == 1 and p["seeds_for"][7.5] == 4 and p["seeds_for"][3.0] == 8
+    assert set(q["seeds_for"].values()) == {2}
+    p = E._settings(E._parser().parse_args(["--guidances", "0,1,3,7.5,12", "--guidance-seeds", "0=1,7.5=4"]))
+    assert p["seeds_for"] == {0.0: 1, 1.0: 8, 3.0: 8, 7.5: 4, 12.0: 8}
+    r2 = E._settings(E._parser().parse_args(["--seeds", "4", "--guidance-seeds", "1=2"]))  # round 2's
+    assert r2["seeds_for"] == {1.0: 2, 3.0: 4, 7.5: 4}
+
+
+# ---------------------------------------------------------------- inside the frame
+
+
+def _sprite_scene(bg: int, obj: int, x: int, y: int, side: int = 28) -> np.ndarray:
+    """A plain background with one emoji pasted at (x, y), partly outside the image when x or y is out of range."""
+    from PIL import Image
+
+    img = Image.new("RGB", (S.SIZE, S.SIZE), S.BACKGROUNDS[bg][2])
+    sprite = S.emoji_image(S.OBJECTS[obj][0]).resize((side, side), Image.LANCZOS)
+    img.paste(sprite, (x, y), sprite)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def test_inside_the_frame_on_synthetic_images():
+    bg, obj = 4, 0  # a cat face on blue
+    whole = _sprite_scene(bg, obj, 18, 18)
+    assert X.locate(whole, bg, obj)["edge"] is False
+    for x, y in ((-10, 18), (18, -8), (50, 18), (18, 46), (-6, -6), (60, 60)):  # cut off by each side and corner
+        f = X.locate(_sprite_scene(bg, obj, x, y), bg, obj)
+        assert f["area"] and f["edge"] is True, (x, y)
+    flush = np.full_like(whole, S.BACKGROUNDS[bg][2])
+    flush[20:40, 0:20] = (240, 200, 40)  # a whole square flush against the left edge: touches it
+    assert X.locate(flush, bg, obj)["edge"] is True
+    specks = whole.copy()
+    specks[0, 10:13] = 255  # 3 px on the top row: a speck under MIN_BLOB, not the object
+    assert X.locate(specks, bg, obj)["edge"] is False
+    assert X.locate(_sprite_scene(bg, obj, 200, 200), bg, obj)["edge"] is None  # nothing located
+    groups = [
+        [X.locate(im, bg, obj) for im in (whole, flush, whole, whole)],
+        [X.locate(im, bg, obj) for im in (whole, _sprite_scene(bg, obj, 200, 200))],
+    ]
+    fr = X.inside_frame(groups)
+    assert (
+        fr["located"] == 5 and fr["touching_edge"] == 1 and fr["inside"] == pytest.approx(0.8) and fr["min_prompt_inside"] == 0.75
+    )
+    assert X.position_coverage(groups)["inside"] == pytest.approx(0.8)
+    assert np.isnan(X.inside_frame([[X.locate(_sprite_scene(bg, obj, 200, 200), bg, obj)]])["inside"])
+
+
+def test_real_renders_are_inside_the_frame_and_flush_ones_are_not():
+    held = [h for h in HELD if len(h[1]) == 1][::4]  # the 12 diversity prompts
+
+    def inside(**kw):
+        groups = [X.locate_all(im, h[2], h[1][0]) for im, h in zip(X.real_scenes(held, 16, seed=303, **kw), held)]
+        return X.inside_frame(groups)
+
+    now = inside()
+    assert now["inside"] >= 0.95 and now["located"] >= 150, now  # objects drawn whole, scenes.MARGIN px clear of the edge
+    flush = inside(edge_margin=0)  # rounds 1 and 2's generator: clamped flush, so big ones at the sides touch
+    assert flush["inside"] < now["inside"] - 0.05, (flush, now)
+    before = getattr(S, "MARGIN", 0)  # margin() sets scenes.MARGIN and restores it
+    with X.margin(0):
+        assert S.MARGIN == 0
+    assert getattr(S, "MARGIN", 0) == before
+    for kind, items in X.word_prompts(9).items():  # real renders of the word prompts too
+        imgs = X.real_word_scenes(items, kind, 4, seed=9)
+        assert X.inside_frame([[f for (_, o, b, _), im in zip(items, imgs) for f in X.locate_all(im, b, o)]])["inside"] >= 0.95
+
+
+def test_grid_tiles_read_back_what_grid_wrote(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (5, 16, 64, 64, 3), dtype=np.uint8)
+    E._grid({"guidance 3": imgs}, [f"p{i}" for i in range(5)], tmp_path / "g.png", n_seeds=16)
+    np.testing.assert_array_equal(E.grid_tiles(tmp_path / "g.png", 5, 16), imgs)
+    E._grid({"words": imgs[:, :8]}, [f"p{i}" for i in range(5)], tmp_path / "w.png", n_seeds=8)
+    np.testing.assert_array_equal(E.grid_tiles(tmp_path / "w.png", 5, 8), imgs[:, :8])
+    assert E.grid_tiles(tmp_path / "w.png", 5, 16) is None  # another layout
+
+
+def test_judge_on_real_renders_per_prompt(judge):
+    held = [h for h in HELD if len(h[1]) == 1][:8] + [h for h in HELD if len(h[1]) == 2][:2]
+    r = E.judge_on_real_renders(judge, held, n=8)
+    assert len(r["per_prompt"]) == 10 and r["renders"] == 8
+    assert r["single_right"] >= 0.9, r
+    assert all(0 <= p["right"] <= min(p["objects"], p["background"]) for p in r["per_prompt"])
+    assert set(r["failing"]) == {p["prompt"] for p in r["per_prompt"] if p["right"] < E.JUDGE_FAILS_BELOW}
+    assert len(E.judge_on_real_renders(judge, held[:4], n=4, threshold=1.01)["failing"]) == 4
+
+
+def test_index_puts_the_shipped_round_first_with_every_figure_side_by_side(tmp_path):
+    import shutil
+
+    for r in ("round1", "round2"):
+        (tmp_path / r).mkdir()
+        for f in ("table.md", "results.json"):
+            shutil.copy(ROOT / "evaluation" / r / f, tmp_path / r / f)
+    text = E.write_index(tmp_path, "round1").read_text()
+    assert text.index("## Shipped: round1") < text.index("### round2 (newer, not shipped)")
+    text = E.write_index(tmp_path).read_text()  # default: the highest round
+    assert text.index("## Shipped: round2") < text.index("## Every figure") < text.index("### round1")
+    row = next(line for line in text.splitlines() if line.startswith("| object accuracy, guidance 7.5 |"))
+    assert row == "| object accuracy, guidance 7.5 | 0.891 | **0.906** | +0.016 |", row
+    assert "| seed diversity: positions covered (mean of 9) | 3.83 | **6.00** | +2.17 |" in text

@@ -88,8 +88,36 @@ def reconstruction_ceiling(vae, judge, n: int = 1000) -> dict:
             "background": float((lb.argmax(1).numpy() == bgs[single]).mean()), "scenes": int(single.sum())}
 
 
+REAL_RENDERS = 16  # real renders per held-out prompt for the judge's own per-prompt accuracy
+JUDGE_FAILS_BELOW = 0.9  # a prompt the judge gets right on fewer real renders than this is one it cannot score
+
+
+@torch.no_grad()
+def judge_on_real_renders(judge, held, n: int = REAL_RENDERS, seed: int = 505, threshold: float = JUDGE_FAILS_BELOW) -> dict:
+    """The judge on n real renders of every held-out prompt (placed and sized as the data generator draws captions
+    without position words): per prompt, the share it gets right (single: object top-1 and background; pair: both
+    objects as its top 2). A prompt right on under `threshold` is one where the judge itself fails, not the model."""
+    from . import metrics as X
+
+    imgs = X.real_scenes(held, n, seed=seed)
+    top, bg = judge_images(judge, imgs)
+    top, bg = top.reshape(len(held), n, -1), bg.reshape(len(held), n)
+    per = []
+    for i, (prompt, objs, b) in enumerate(held):
+        obj = top[:, :, 0][i] == objs[0] if len(objs) == 1 else np.array([set(t[:2]) == set(objs) for t in top[i]])
+        back = bg[i] == b
+        per.append({"prompt": prompt, "pair": len(objs) == 2, "right": float((obj & back).mean()),
+                    "objects": float(obj.mean()), "background": float(back.mean())})
+    single = [p for p in per if not p["pair"]]
+    pairs = [p for p in per if p["pair"]]
+    return {"renders": n, "seed": seed, "threshold": threshold, "per_prompt": per,
+            "single_right": float(np.mean([p["right"] for p in single])) if single else float("nan"),
+            "pairs_right": float(np.mean([p["right"] for p in pairs])) if pairs else float("nan"),
+            "failing": [p["prompt"] for p in per if p["right"] < threshold]}
+
+
 DIVERSITY_GUIDANCE = 3.0  # seeds should move and resize an object whose prompt names no position or size
-QUICK = {"guidances": (1.0, 3.0, 7.5), "seeds": 2, "steps": 10, "diversity_seeds": 4, "diversity_prompts": 4,
+QUICK = {"guidances": (1.0, 3.0, 7.5), "seeds": 2, "guidance_seeds": "", "steps": 10, "diversity_seeds": 4, "diversity_prompts": 4,
          "word_prompts": 3, "word_seeds": 2, "singles": 6, "pairs": 2}
 
 
@@ -168,6 +196,8 @@ def main(args) -> int:
         real_dist["clip_real"] = X.clip_score(clip, real_a, prompts)
         shuffled = [prompts[(i + len(prompts) // 2) % len(prompts)] for i in range(len(prompts))]  # every image with another prompt
         real_dist["clip_real_shuffled"] = X.clip_score(clip, real_a, shuffled)
+    judge_real = judge_on_real_renders(judge, held)
+    real_rate = {p["prompt"]: p["right"] for p in judge_real["per_prompt"]}
     timing["ceilings"] = time.time() - t
 
     div_idx = single[:: max(1, len(single) // o["diversity_prompts"])][: o["diversity_prompts"]]
@@ -194,12 +224,14 @@ def main(args) -> int:
         pair_bg = np.mean([bg[i, s] == held[i][2] for i in pairs for s in range(n)]) if pairs else float("nan")
         hits = _per_prompt(top, bg, held, single)
         below = [(prompts[i], h) for i, h in zip(single, hits) if 2 * h < n]
+        judge_fails = [p for p, _ in below if real_rate[p] < JUDGE_FAILS_BELOW]
         f = X.features(judge, images)
         fid = X.fid(f, fa[:, :n].reshape(-1, fa.shape[-1]))
         cs = X.clip_score(clip, images, prompts) if clip else float("nan")
         rows.append({"guidance": g, "seeds": n, "object_accuracy": float(obj), "background_accuracy": float(back),
                      "pair_both_objects": float(pair), "pair_background": float(pair_bg),
                      "single_min_hits": int(min(hits)), "single_prompts_below_half": below, "single_hits": hits,
+                     "below_half_judge_fails_on_real": judge_fails,
                      "fid": fid, "fid_real_vs_real": real_dist["fid_real_vs_real"][n], "clip_score": cs,
                      "seconds": time.time() - t})
         timing[f"guidance {g:g}"] = time.time() - t
@@ -214,9 +246,13 @@ def main(args) -> int:
     nd = div_images.shape[1]
     diversity = {"guidance": DIVERSITY_GUIDANCE, "model": X.position_coverage(groups(div_images)),
                  "real_current": X.position_coverage(groups(X.real_scenes(div_held, nd, seed=303))),
-                 "real_round1": X.position_coverage(groups(X.real_scenes(div_held, nd, seed=303, old=True)))}
+                 # rounds 1 and 2 trained on objects clamped flush to the edge (no scenes.MARGIN)
+                 "real_round2": X.position_coverage(groups(X.real_scenes(div_held, nd, seed=303, edge_margin=0))),
+                 "real_round1": X.position_coverage(groups(X.real_scenes(div_held, nd, seed=303, old=True, edge_margin=0))),
+                 "margin_px": getattr(S, "MARGIN", 0)}
     print(f"seed diversity at guidance {DIVERSITY_GUIDANCE:g}: {diversity['model']['mean_positions']:.2f} of 9 positions "
-          f"(real data: {diversity['real_current']['mean_positions']:.2f}), {diversity['model']['mean_sizes']:.2f} of 3 sizes", flush=True)
+          f"(real data: {diversity['real_current']['mean_positions']:.2f}), {diversity['model']['mean_sizes']:.2f} of 3 sizes, "
+          f"{diversity['model']['inside']:.3f} inside the frame (real data: {diversity['real_current']['inside']:.3f})", flush=True)
     timing["diversity (locate, real)"] = time.time() - t
 
     # position and size words on held-out (object, background) pairs
@@ -230,7 +266,9 @@ def main(args) -> int:
         located = [f for (_, ob, b, _), im in zip(items, imgs) for f in X.locate_all(im, b, ob)]
         real_imgs = X.real_word_scenes(items, key, o["word_seeds"], seed=404)
         real_loc = [f for (_, ob, b, _), im in zip(items, real_imgs) for f in X.locate_all(im, b, ob)]
+        frame, real_frame = X.inside_frame([located]), X.inside_frame([real_loc])
         words[key] = {"model": X.obedience(located, asked, key), "real": X.obedience(real_loc, asked, key),
+                      "inside": frame["inside"], "touching_edge": frame["touching_edge"], "real_inside": real_frame["inside"],
                       "not_found": sum(1 for f in located if not f["area"]), "prompts": [p for p, *_ in items],
                       "per_prompt": [X.obedience(located[k * o["word_seeds"]:(k + 1) * o["word_seeds"]],
                                                  asked[k * o["word_seeds"]:(k + 1) * o["word_seeds"]], key) for k in range(len(items))]}
@@ -246,18 +284,27 @@ def main(args) -> int:
         f"Chance: object {1 / len(S.OBJECTS):.3f}, background {1 / len(S.BACKGROUNDS):.3f}.",
         "",
         "| guidance | seeds | object accuracy | background accuracy | pairs: both objects | pairs: background "
-        "| single prompts: fewest seeds right | prompts under half | FID (judge features) | CLIP score |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| single prompts: fewest seeds right | prompts under half | of them, judge fails on real renders "
+        "| FID (judge features) | CLIP score |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         table.append(f"| {r['guidance']:g} | {r['seeds']} | {r['object_accuracy']:.3f} | {r['background_accuracy']:.3f} "
                      f"| {r['pair_both_objects']:.3f} | {r['pair_background']:.3f} | {r['single_min_hits']}/{r['seeds']} "
-                     f"| {len(r['single_prompts_below_half'])} | {r['fid']:.2f} | {r['clip_score']:.2f} |")
+                     f"| {len(r['single_prompts_below_half'])} | {len(r['below_half_judge_fails_on_real'])} | {r['fid']:.2f} | {r['clip_score']:.2f} |")
     table += ["", "A single-object seed is right when the judge names both its object (top-1) and its background."]
     for r in rows:
-        if r["guidance"] in (3.0, 7.5):
-            lst = ", ".join(f"{p} ({h}/{r['seeds']})" for p, h in r["single_prompts_below_half"]) or "none"
-            table.append(f"Under half the seeds right at guidance {r['guidance']:g}: {lst}.")
+        lst = ", ".join(f"{p} ({h}/{r['seeds']}; judge on real renders {real_rate[p]:.2f})"
+                        for p, h in r["single_prompts_below_half"]) or "none"
+        table.append(f"Under half the seeds right at guidance {r['guidance']:g}: {lst}.")
+    jr = judge_real
+    fails = [p for p in jr["per_prompt"] if p["right"] < JUDGE_FAILS_BELOW]
+    table += ["", f"The judge itself on {jr['renders']} real renders of every held-out prompt (placed and sized as the "
+              f"data generator draws captions without position words): right on {jr['single_right']:.3f} of the single-object "
+              f"renders (object and background), {jr['pairs_right']:.3f} of the pairs' (both objects). Prompts it gets right "
+              f"on under {JUDGE_FAILS_BELOW:.0%} of their real renders (where a low score measures the judge, not the model): "
+              + (", ".join(f"{p['prompt']} ({p['right']:.2f}: object {p['objects']:.2f}, background {p['background']:.2f})"
+                           for p in fails) or "none") + "."]
     rr = ", ".join(f"{v:.2f} (N = {n * len(held)})" for n, v in sorted(real_dist["fid_real_vs_real"].items()))
     table += ["", f"Real data beside it: FID of real held-out scenes vs a second, disjoint real set of the same size: {rr} "
               f"(generated sets are compared with the first real set at the same N: {len(held)} prompts × the row's seeds). "
@@ -266,28 +313,35 @@ def main(args) -> int:
                  if clip else f"No CLIP score: {clip_note}.")]
     table += ["", f"Seed diversity: {len(div_held)} held-out single-object prompts without a position or size word, {nd} seeds each, "
               f"guidance {DIVERSITY_GUIDANCE:g}; the object located by background subtraction (centroid → nearest of the 9 "
-              "positions; mask area → size class, calibrated on real renders).", "",
-              "| images | positions covered (mean of 9) | fewest | size classes (mean of 3) | side std (px) | no object found |",
-              "|---|---:|---:|---:|---:|---:|"]
-    for name, key in (("model", "model"), ("real scenes, current generator (uniform over 9)", "real_current"),
-                      ("real scenes, round-1 generator (70% centred)", "real_round1")):
+              "positions; mask area → size class, calibrated on real renders). Inside the frame: the share of located "
+              "objects whose mask touches no image edge (an object cut off by the frame touches it; the current generator "
+              f"keeps every object {diversity['margin_px']} px inside, the generators of rounds 1 and 2 clamped it flush to the edge).", "",
+              "| images | positions covered (mean of 9) | fewest | inside the frame | size classes (mean of 3) | side std (px) "
+              "| no object found |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, key in (("model", "model"), (f"real scenes, current generator (uniform over 9, {diversity['margin_px']} px margin)", "real_current"),
+                      ("real scenes, round-2 generator (uniform over 9, flush to the edge)", "real_round2"),
+                      ("real scenes, round-1 generator (70% centred, flush to the edge)", "real_round1")):
         d = diversity[key]
-        table.append(f"| {name} | {d['mean_positions']:.2f} | {d['min_positions']} | {d['mean_sizes']:.2f} | {d['mean_side_std']:.1f} | {d['not_found']} |")
+        table.append(f"| {name} | {d['mean_positions']:.2f} | {d['min_positions']} | {d['inside']:.3f} ({d['touching_edge']} of {d['located']} touch) "
+                     f"| {d['mean_sizes']:.2f} | {d['mean_side_std']:.1f} | {d['not_found']} |")
     table += ["", f"Position and size words on held-out (object, background) pairs, guidance {o['word_guidance']:g}, "
               f"{o['word_seeds']} seeds each: share of images whose located object is at the asked position / of the asked size.", "",
-              "| words | prompts | model | real scenes (locator ceiling) | no object found |", "|---|---:|---:|---:|---:|"]
+              "| words | prompts | model | real scenes (locator ceiling) | inside the frame: model | real scenes | no object found |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for key, w in words.items():
-        table.append(f"| {key} | {len(w['prompts'])} | {w['model']:.3f} | {w['real']:.3f} | {w['not_found']} |")
+        table.append(f"| {key} | {len(w['prompts'])} | {w['model']:.3f} | {w['real']:.3f} | {w['inside']:.3f} | {w['real_inside']:.3f} "
+                     f"| {w['not_found']} |")
+    table.append("")
     if real:
-        table += ["", f"The judge itself on 2,000 fresh real scenes: objects {real['objects']:.3f}, background {real['background']:.3f}."]
-    table += ["" if not real else None, f"The judge on the VAE's reconstructions of {ceiling['scenes']} fresh real single-object scenes "
+        table.append(f"The judge itself on 2,000 fresh real scenes: objects {real['objects']:.3f}, background {real['background']:.3f}.")
+    table += [f"The judge on the VAE's reconstructions of {ceiling['scenes']} fresh real single-object scenes "
               f"(a ceiling for any UNet): objects {ceiling['objects']:.3f}, background {ceiling['background']:.3f}.",
               "", "Run time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timing.items()) + "."]
-    table = [line for line in table if line is not None]
     (out / "table.md").write_text("\n".join(table) + "\n")
     (out / "results.json").write_text(json.dumps({
         "rows": rows, "prompts": prompts, "seeds": o["seeds_for"], "steps": steps, "scheduler": scheduler, "quick": o["quick"],
-        "judge_on_real": real, "judge_on_vae_reconstructions": ceiling, "real_distribution": real_dist, "clip_note": clip_note,
+        "judge_on_real": real, "judge_on_real_renders": judge_real, "judge_on_vae_reconstructions": ceiling, "real_distribution": real_dist, "clip_note": clip_note,
         "diversity": {**diversity, "prompts": [p for p, _, _ in div_held], "seeds": nd}, "words": words,
         "word_guidance": o["word_guidance"], "timing_seconds": timing}, indent=1, default=str))
     _grid(grids, prompts, out / "grid.png")
@@ -298,11 +352,14 @@ def main(args) -> int:
     return 0
 
 
+GRID_LABEL_W, GRID_PAD, GRID_HEAD = 250, 4, 18  # _grid's layout (grid_tiles reads it back)
+
+
 def _grid(grids, prompts, path, n_prompts=16, n_seeds=3):
     """Rows: the first prompts; columns: each grid (guidance scale) × up to n_seeds of its seeds."""
     g0 = next(iter(grids.values()))
     h, w = g0.shape[2:4]
-    label_w, pad, head = 250, 4, 18
+    label_w, pad, head = GRID_LABEL_W, GRID_PAD, GRID_HEAD
     widths = [max(min(n_seeds, imgs.shape[1]), 1) * (w + 2) for imgs in grids.values()]
     widths = [max(wd, 80) for wd in widths]  # room for the heading
     n = min(n_prompts, len(prompts))
@@ -319,6 +376,197 @@ def _grid(grids, prompts, path, n_prompts=16, n_seeds=3):
         draw.text((4, head + r * (h + 2) + h // 2 - 6), prompts[r][:40], fill="black")
     canvas.save(path)
 
+
+def grid_tiles(path, n_prompts: int, n_seeds: int, size: int = S.SIZE) -> np.ndarray | None:
+    """The images of a one-column-group grid that _grid wrote (grid_diversity.png, grid_words.png), read back
+    exactly (PNG is lossless) → uint8 [n_prompts, n_seeds, H, W, 3]; None when the file's size says another layout."""
+    im = np.asarray(Image.open(path).convert("RGB"))
+    width = GRID_LABEL_W + max(n_seeds * (size + 2), 80) + GRID_PAD
+    if im.shape[:2] != (GRID_HEAD + n_prompts * (size + 2), width):
+        return None
+    return np.stack([np.stack([im[GRID_HEAD + r * (size + 2):GRID_HEAD + r * (size + 2) + size,
+                                  GRID_LABEL_W + k * (size + 2):GRID_LABEL_W + k * (size + 2) + size] for k in range(n_seeds)])
+                     for r in range(n_prompts)])
+
+
+def frame_from_grids(folder) -> dict:
+    """The inside-the-frame figure for an evaluation folder written before it existed (rounds 1 and 2), measured
+    on the images its grids hold: grid_diversity.png (every diversity prompt × 16 seeds, all of them) and
+    grid_words.png (the position-word prompts × up to 8 seeds). {} for what a folder does not allow."""
+    from . import metrics as X
+
+    folder = Path(folder)
+    res = json.loads((folder / "results.json").read_text())
+    held = {p: (o, b) for p, o, b in S.held_out_prompts()}
+    out = {}
+    div = res.get("diversity") or {}
+    if (folder / "grid_diversity.png").is_file() and div.get("prompts") and div.get("seeds", 0) <= 16:
+        tiles = grid_tiles(folder / "grid_diversity.png", min(16, len(div["prompts"])), div["seeds"])
+        if tiles is not None and len(div["prompts"]) <= 16:
+            out["diversity"] = X.inside_frame([X.locate_all(t, held[p][1], held[p][0][0]) for p, t in zip(div["prompts"], tiles)])
+    pos = (res.get("words") or {}).get("position")
+    if pos and (folder / "grid_words.png").is_file() and len(pos["prompts"]) <= 16:
+        n = min(8, int(res.get("word_seeds") or 8))
+        tiles = grid_tiles(folder / "grid_words.png", len(pos["prompts"]), n)
+        items = {p: (o, b) for p, o, b, _ in X.word_prompts(len(pos["prompts"]))["position"]}  # deterministic
+        found = [X.locate_all(t, items[p][1], items[p][0]) for p, t in zip(pos["prompts"], tiles if tiles is not None else [])
+                 if p in items]
+        if found and len(found) == len(pos["prompts"]):
+            out["position words"] = X.inside_frame(found)
+    return out
+
+
+# ---------------------------------------------------------------- evaluation/README.md: the shipped round first, history below
+
+def _rounds(root: Path) -> list[tuple[int, Path]]:
+    import re
+
+    return sorted((int(m.group(1)), d) for d in root.iterdir()
+                  if d.is_dir() and (m := re.fullmatch(r"round(\d+)", d.name)) and (d / "results.json").is_file())
+
+
+def _figures(folder: Path, later_real: dict | None = None) -> dict:
+    """One round's results.json → {figure: (text, number, format)}, in the order the comparison lists them.
+    Figures a round did not measure are absent; the inside-the-frame figure of older rounds comes from their grids (†),
+    and that of their generator's real scenes from a later evaluation's diversity["real_roundN"] (later_real, ‡)."""
+    res = json.loads((folder / "results.json").read_text())
+    f = {}
+
+    def put(name, value, fmt="{:.3f}", extra=""):
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return
+        f[name] = (fmt.format(value) + extra, float(value), fmt)
+
+    for r in res["rows"]:
+        g, n = f"{r['guidance']:g}", r.get("seeds", len(res.get("seeds") or []) or None)
+        put(f"seeds per prompt, guidance {g}", n, "{}")
+        put(f"object accuracy, guidance {g}", r["object_accuracy"])
+        put(f"background accuracy, guidance {g}", r["background_accuracy"])
+        put(f"pairs: both objects named, guidance {g}", r["pair_both_objects"])
+        put(f"pairs: background, guidance {g}", r["pair_background"])
+        if "single_min_hits" in r:
+            put(f"single prompts: fewest seeds right, guidance {g}", r["single_min_hits"], "{}", f"/{n}")
+            below = r["single_prompts_below_half"]
+            fails = r.get("below_half_judge_fails_on_real")
+            put(f"prompts under half their seeds, guidance {g}", len(below), "{}",
+                f" ({len(fails)} where the judge fails on real renders)" if fails is not None and below else "")
+        if "fid" in r:
+            put(f"FID (judge features), guidance {g}", r["fid"], "{:.2f}", f" (real vs real {r['fid_real_vs_real']:.2f})")
+        put(f"CLIP score, guidance {g}", r.get("clip_score"), "{:.2f}")
+    rd = res.get("real_distribution") or {}
+    put("CLIP score of real scenes (reference)", rd.get("clip_real"), "{:.2f}")
+    div = res.get("diversity") or {}
+    m = div.get("model") or {}
+    if div.get("prompts"):
+        f["seed diversity: prompts × seeds"] = (f"{len(div['prompts'])} × {div['seeds']}", None, "")
+    put("seed diversity: positions covered (mean of 9)", m.get("mean_positions"), "{:.2f}")
+    put("seed diversity: fewest positions of one prompt", m.get("min_positions"), "{}")
+    grids = frame_from_grids(folder) if "inside" not in m else {}
+    inside = m.get("inside", (grids.get("diversity") or {}).get("inside"))
+    put("inside the frame: located objects touching no edge, seed-diversity images", inside, extra="" if "inside" in m else " †")
+    real_inside, mark = (div.get("real_current") or {}).get("inside"), ""
+    if real_inside is None and later_real and (later_real.get(f"real_{folder.name}") or {}).get("inside") is not None:
+        real_inside, mark = later_real[f"real_{folder.name}"]["inside"], " ‡"
+    put("inside the frame, real scenes of the round's training generator", real_inside, extra=mark)
+    put("seed diversity: size classes (mean of 3)", m.get("mean_sizes"), "{:.2f}")
+    put("seed diversity: side std (px)", m.get("mean_side_std"), "{:.1f}")
+    put("seed diversity: no object found", m.get("not_found"), "{}")
+    for key, w in (res.get("words") or {}).items():
+        put(f"{key} words obeyed", w["model"])
+        ins = w.get("inside", (grids.get("position words") or {}).get("inside") if key == "position" else None)
+        put(f"inside the frame, {key}-word prompts", ins, extra="" if "inside" in w else " †")
+    jr = res.get("judge_on_real_renders")
+    if jr:
+        put("judge on real renders of the held-out prompts: single right", jr["single_right"])
+        put("judge on real renders: pairs both named", jr["pairs_right"])
+        put(f"prompts the judge gets right on under {jr['threshold']:.0%} of real renders", len(jr["failing"]), "{}",
+            f" ({', '.join(jr['failing'])})" if jr["failing"] else "")
+    c = res.get("judge_on_vae_reconstructions") or {}
+    put("judge on the VAE's reconstructions (ceiling): objects", c.get("objects"))
+    put("steps", res.get("steps"), "{}")
+    t = (res.get("timing_seconds") or {}).get("total")
+    put("evaluation run time (min)", t / 60 if t else None, "{:.1f}")
+    return f
+
+
+def write_index(root="evaluation", shipped: str | None = None) -> Path:
+    """evaluation/README.md: the shipped round's table and grids first, then every figure of every round side by
+    side, then the earlier (and any newer, unshipped) rounds' tables as history. shipped: a folder name such as
+    "round3" (default: the highest round). Numbers are only copied from each round's results.json and table.md,
+    or measured on its grids (†)."""
+    root = Path(root)
+    rounds = _rounds(root)
+    if not rounds:
+        raise SystemExit(f"no round*/results.json under {root}")
+    names = [d.name for _, d in rounds]
+    ship = shipped or names[-1]
+    if ship not in names:
+        raise SystemExit(f"{root / ship}/results.json not found (rounds: {', '.join(names)})")
+    ship_n = dict((d.name, n) for n, d in rounds)[ship]
+    newest = json.loads((rounds[-1][1] / "results.json").read_text()).get("diversity")
+    figs = {d.name: _figures(d, newest) for _, d in rounds}
+    quick = {d.name for _, d in rounds if json.loads((d / "results.json").read_text()).get("quick")}
+    prev = [d.name for n, d in rounds if n < ship_n]
+    lines = ["# Evaluation of the default model", "",
+             f"The page ships **{ship}** (`models/default`). Each round's folder holds what `diffusion-explainer evaluate "
+             f"--out evaluation/roundN` wrote: `table.md`, `results.json` and the grids. This page is written by "
+             f"`python -m train.evaluate index --shipped {ship}` from those files; do not edit it by hand.", "",
+             f"## Shipped: {ship}", "",
+             f"[table.md]({ship}/table.md) · [results.json]({ship}/results.json) · grids: "
+             + " · ".join(f"[{g}]({ship}/{g})" for g in ("grid.png", "grid_diversity.png", "grid_words.png") if (root / ship / g).is_file()),
+             "", (root / ship / "table.md").read_text().strip(), ""]
+    if (root / ship / "grid.png").is_file():
+        lines += [f"![held-out prompts, {ship}]({ship}/grid.png)", ""]
+    cols = names
+    lines += ["## Every figure, round by round" + (f" ({ship} against {prev[-1]})" if prev else ""), "",
+              "| figure | " + " | ".join((f"**{c}** (shipped)" if c == ship else c) + (" (--quick)" if c in quick else "") for c in cols)
+              + (f" | {ship} − {prev[-1]} |" if prev else " |"),
+              "|---|" + "---:|" * len(cols) + ("---:|" if prev else "")]
+    keys = list(dict.fromkeys(k for c in [ship] + cols for k in figs[c]))
+    by_guidance = [k for k in keys if ", guidance " in k]
+    first = {k: i for i, k in enumerate(by_guidance)}  # each figure's place within a guidance's rows
+    kind = {k: min(first[j] for j in by_guidance if j.split(", guidance ")[0] == k.split(", guidance ")[0]) for k in by_guidance}
+    order = sorted(by_guidance, key=lambda k: (float(k.rsplit(" ", 1)[1]), kind[k])) + [k for k in keys if k not in first]
+    for k in order:
+        cells = [figs[c][k][0] if k in figs[c] else "—" for c in cols]
+        row = f"| {k} | " + " | ".join(f"**{v}**" if c == ship and v != "—" else v for c, v in zip(cols, cells)) + " |"
+        if prev:
+            a, b = figs[prev[-1]].get(k), figs[ship].get(k)
+            same = a is not None and b is not None and b[1] is not None and a[1] is not None and not any(w in k for w in ("seeds per prompt", "fewest seeds", "steps"))
+            if same:
+                whole = b[2] == "{}"
+                row += " " + ("{:+d}" if whole else b[2].replace("{:", "{:+")).format(int(b[1] - a[1]) if whole else b[1] - a[1]) + " |"
+            else:
+                row += " |"
+        lines.append(row)
+    lines += ["", "Seeds differ between rounds (see the seeds rows): a figure over more seeds is the firmer one. "
+              "† measured on the images the round's grid holds (grid_diversity.png: every diversity prompt × 16 seeds; "
+              "grid_words.png: the position-word prompts × 8 seeds), with the same locator, since the figure is newer than "
+              "the round's evaluation. ‡ real scenes of that round's training generator, measured by the newest evaluation "
+              "(its seed-diversity table: rounds 1 and 2 trained on objects clamped flush to the edge).", "", "## History", ""]
+    for n, d in sorted(rounds, reverse=True):
+        if d.name == ship:
+            continue
+        note = " (newer, not shipped)" if n > ship_n else ""
+        lines += [f"### {d.name}{note}", "",
+                  f"[table.md]({d.name}/table.md) · [results.json]({d.name}/results.json) · grids: "
+                  + " · ".join(f"[{g}]({d.name}/{g})" for g in ("grid.png", "grid_diversity.png", "grid_words.png") if (d / g).is_file()),
+                  "", (d / "table.md").read_text().strip(), ""]
+        for sub in sorted(p for p in d.iterdir() if p.is_dir() and (p / "table.md").is_file()):
+            about = (sub / "README.md").read_text().strip() if (sub / "README.md").is_file() else ""
+            lines += [f"Also in {d.name}: [{sub.name}/]({d.name}/{sub.name}/table.md)" + (f" — {about}" if about else ""), ""]
+    others = [d for d in sorted(root.iterdir()) if d.is_dir() and d.name not in names and (d / "table.md").is_file()]
+    if others:
+        lines += ["## Other evaluations", ""]
+        for d in others:
+            about = (d / "README.md").read_text().strip() if (d / "README.md").is_file() else ""
+            lines.append(f"- [{d.name}/]({d.name}/table.md)" + (f": {about}" if about else ""))
+        lines.append("")
+    path = root / "README.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
+
+
 def _parser():
     import argparse
 
@@ -327,5 +575,20 @@ def _parser():
     return ap
 
 
+def _index_main(argv) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m train.evaluate index", description=write_index.__doc__.splitlines()[0])
+    ap.add_argument("--root", default=str(Path(__file__).resolve().parent.parent / "evaluation"))
+    ap.add_argument("--shipped", help="the round the page ships, e.g. round3 (default: the highest round)")
+    a = ap.parse_args(argv)
+    print(f"wrote {write_index(a.root, a.shipped)}")
+    return 0
+
+
 if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["index"]:
+        raise SystemExit(_index_main(sys.argv[2:]))
     raise SystemExit(main(_parser().parse_args()))

@@ -1,8 +1,10 @@
-"""Image metrics for evaluation: object location by background subtraction, seed diversity, word obedience, judge-feature FID, CLIP score."""
+"""Image metrics for evaluation: object location by background subtraction, seed diversity, objects kept inside the
+frame, word obedience, judge-feature FID, CLIP score."""
 from __future__ import annotations
 
 import json
 import random
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -45,6 +47,12 @@ def object_mask(image: np.ndarray, bg: int, threshold: float = THRESHOLD) -> np.
         keep[0] = False
         mask = keep[labels]
     return mask
+
+
+def touches_edge(mask: np.ndarray) -> bool:
+    """Whether a located mask reaches the image's outermost row or column: the object runs into the frame's edge
+    (is cut off by it). Real renders never do: scenes.render keeps scenes.MARGIN px between every object and the edge."""
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
 
 
 def nearest_position(x: float, y: float) -> str:
@@ -93,19 +101,19 @@ def side_px(area: float, obj: int | None, bg: int) -> float:
 
 
 def locate(image: np.ndarray, bg: int, obj: int | None = None) -> dict:
-    """One object on background `bg`: centre (fractions), nearest position, mask area, size class and side.
-    position/size are None when nothing stands out from the background."""
+    """One object on background `bg`: centre (fractions), nearest position, mask area, size class, side, and
+    whether the mask touches the image's edge (`edge`). position/size/edge are None when nothing stands out."""
     mask = object_mask(image, bg)
     area = int(mask.sum())
     if area == 0:
-        return {"x": None, "y": None, "area": 0, "position": None, "size": None, "side": 0.0}
+        return {"x": None, "y": None, "area": 0, "position": None, "size": None, "side": 0.0, "edge": None}
     ys, xs = np.nonzero(mask)
     h, w = mask.shape
     size = size_class(area, obj, bg)
     dx, dy = calibration(obj, bg)[1][SIZE_NAMES.index(size)]
     x, y = (xs.mean() + 0.5) / w - dx, (ys.mean() + 0.5) / h - dy
     return {"x": float(x), "y": float(y), "area": area, "position": nearest_position(x, y),
-            "size": size, "side": side_px(area, obj, bg)}
+            "size": size, "side": side_px(area, obj, bg), "edge": touches_edge(mask)}
 
 
 def locate_all(images: np.ndarray, bg, obj=None) -> list[dict]:
@@ -127,15 +135,29 @@ def coverage(found: list[dict]) -> dict:
             "not_found": sum(1 for f in found if not f["area"])}
 
 
+def inside_frame(groups: list[list[dict]]) -> dict:
+    """Prompts × seeds of located objects → the share of located objects whose mask touches no image edge
+    (`inside`; nan when none was located), how many were located and touched, and the lowest share of one prompt."""
+    per = [[not f["edge"] for f in g if f["area"]] for g in groups]
+    flat = [v for p in per for v in p]
+    return {"inside": float(np.mean(flat)) if flat else float("nan"), "located": len(flat),
+            "touching_edge": int(len(flat) - sum(flat)),
+            "min_prompt_inside": float(min(np.mean(p) for p in per if p)) if flat else float("nan")}
+
+
 def position_coverage(groups: list[list[dict]]) -> dict:
-    """Prompts × seeds of located objects → mean positions covered of 9, mean size classes of 3, mean side std."""
+    """Prompts × seeds of located objects → mean positions covered of 9, mean size classes of 3, mean side std,
+    and inside_frame's share of objects clear of the image's edge."""
     per = [coverage(g) for g in groups]
+    frame = inside_frame(groups)
     return {"mean_positions": float(np.mean([p["positions"] for p in per])),
             "min_positions": int(min(p["positions"] for p in per)),
             "mean_sizes": float(np.mean([p["sizes"] for p in per])),
             "mean_side_std": float(np.mean([p["side_std"] for p in per])),
             "not_found": int(sum(p["not_found"] for p in per)), "prompts": len(per),
-            "seeds": len(groups[0]) if groups else 0}
+            "seeds": len(groups[0]) if groups else 0,
+            "inside": frame["inside"], "located": frame["located"], "touching_edge": frame["touching_edge"],
+            "min_prompt_inside": frame["min_prompt_inside"]}
 
 
 def obedience(found: list[dict], asked: list[str], key: str) -> float:
@@ -178,31 +200,47 @@ def _unspecified_rng_scene(rng: random.Random, pair: bool) -> S.Scene:
             return sc
 
 
-def real_scenes(held: list, n: int, seed: int = 0, old: bool = False) -> np.ndarray:
+@contextmanager
+def margin(px: int | None):
+    """Render with scenes.MARGIN set to px (None: as it is): px=0 is the round-1 and round-2 generators, which
+    clamped an object flush to the image's edge (so a big one at a corner touched it) instead of 2 px inside."""
+    old = getattr(S, "MARGIN", 0)
+    if px is not None:
+        S.MARGIN = px
+    try:
+        yield
+    finally:
+        S.MARGIN = old
+
+
+def real_scenes(held: list, n: int, seed: int = 0, old: bool = False, edge_margin: int | None = None) -> np.ndarray:
     """n real renders per held-out prompt (prompt, objects, background), placed as the data generator places
     captions without position words → uint8 [P, n, 64, 64, 3]. old=True: round 1's generator (unspecified
-    positions centred 2 times in 3, else any of the nine)."""
+    positions centred 2 times in 3, else any of the nine). edge_margin: see margin() (0 for the generators of
+    rounds 1 and 2)."""
     rng = random.Random(seed)
     out = np.empty((len(held), n, S.SIZE, S.SIZE, 3), np.uint8)
-    for i, (_, objs, bg) in enumerate(held):
-        for k in range(n):
-            sc = _unspecified_rng_scene(rng, len(objs) == 2)
-            sc.objects, sc.background = list(objs), bg
-            if old and len(objs) == 1:
-                sc.positions = [rng.choice(["center", "center", sc.positions[0]])]
-            out[i, k] = S.render(sc)
+    with margin(edge_margin):
+        for i, (_, objs, bg) in enumerate(held):
+            for k in range(n):
+                sc = _unspecified_rng_scene(rng, len(objs) == 2)
+                sc.objects, sc.background = list(objs), bg
+                if old and len(objs) == 1:
+                    sc.positions = [rng.choice(["center", "center", sc.positions[0]])]
+                out[i, k] = S.render(sc)
     return out
 
 
-def real_word_scenes(items: list, key: str, n: int, seed: int = 0) -> np.ndarray:
+def real_word_scenes(items: list, key: str, n: int, seed: int = 0, edge_margin: int | None = None) -> np.ndarray:
     """Real renders of word prompts (prompt, obj, bg, asked): the asked position (or size), the other drawn uniformly."""
     rng = random.Random(seed)
     out = np.empty((len(items), n, S.SIZE, S.SIZE, 3), np.uint8)
-    for i, (_, obj, bg, asked) in enumerate(items):
-        for k in range(n):
-            pos = asked if key == "position" else rng.choice(POSITION_NAMES)
-            size = asked if key == "size" else rng.choice(SIZE_NAMES)
-            out[i, k] = S.render(S.Scene([obj], bg, [pos], [size], "", rng.getrandbits(32)))
+    with margin(edge_margin):
+        for i, (_, obj, bg, asked) in enumerate(items):
+            for k in range(n):
+                pos = asked if key == "position" else rng.choice(POSITION_NAMES)
+                size = asked if key == "size" else rng.choice(SIZE_NAMES)
+                out[i, k] = S.render(S.Scene([obj], bg, [pos], [size], "", rng.getrandbits(32)))
     return out
 
 

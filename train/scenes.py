@@ -95,6 +95,7 @@ POSITIONS = {  # name → (x, y) centre as a fraction of the image
     "bottom left": (0.28, 0.72), "bottom": (0.5, 0.72), "bottom right": (0.72, 0.72),
 }
 SIZES = {"small": 20, "medium": 28, "big": 38}
+MARGIN = 2  # px kept free between every object and the image edge
 
 
 def held_out_background(obj: int) -> int:
@@ -150,7 +151,9 @@ def render(scene: Scene) -> np.ndarray:
         cx, cy = POSITIONS[pos]
         x = int(round(cx * SIZE - s / 2)) + rng.randint(-2, 2)
         y = int(round(cy * SIZE - s / 2)) + rng.randint(-2, 2)
-        x, y = max(0, min(SIZE - s, x)), max(0, min(SIZE - s, y))
+        # whole and clear of the edge: an object clamped flush to the border taught the model that
+        # objects may touch it, and at the corners it then drew them cut off (round 3)
+        x, y = max(MARGIN, min(SIZE - s - MARGIN, x)), max(MARGIN, min(SIZE - s - MARGIN, y))
         sprite = emoji_image(OBJECTS[obj][0]).resize((s, s), Image.LANCZOS)
         img.paste(sprite, (x, y), sprite)
     return np.asarray(img, dtype=np.uint8)
