@@ -3,6 +3,7 @@
 Heavy imports (torch, onnxruntime, numpy) happen inside the subcommand that needs them, so
 `--help` is instant.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 from runtime.schedulers import SCHEDULERS
+from runtime.trace import Request
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "models" / "default"
@@ -29,8 +31,14 @@ class _StageProgress:
     def __init__(self, total: int):
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                                 TextColumn("{task.completed}/{task.total} stages"), TimeElapsedColumn(), transient=False)
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} stages"),
+            TimeElapsedColumn(),
+            transient=False,
+        )
         self.task = self.progress.add_task("export", total=total)
 
     def __call__(self, stage: str, state: str) -> None:
@@ -73,20 +81,41 @@ def cmd_export(a) -> int:
         src = Path(a.checkpoint)
         attention = a.attention or (a.attention is None and (src / "explainer.json").is_file())
         umap = a.umap or (a.umap is None and (src / "explainer.json").is_file())
-        stages = 1 if (src / "manifest.json").is_file() else 5 + (a.precision != "fp32") + src.is_file() + bool(attention) + bool(umap)
+        stages = (
+            1 if (src / "manifest.json").is_file() else 5 + (a.precision != "fp32") + src.is_file() + bool(attention) + bool(umap)
+        )
         with _StageProgress(total=stages) as progress:
-            m = export_bundle(a.checkpoint, a.out, precision=precision, overwrite=a.overwrite, progress=progress, name=a.name,
-                              chunk_bytes=int(a.chunk_mb * 2**20), arch=a.arch, prediction_type=a.prediction_type,
-                              config_dir=a.config, judge=scene_judge(), attention=a.attention, umap=a.umap)
+            m = export_bundle(
+                a.checkpoint,
+                a.out,
+                precision=precision,
+                overwrite=a.overwrite,
+                progress=progress,
+                name=a.name,
+                chunk_bytes=int(a.chunk_mb * 2**20),
+                arch=a.arch,
+                prediction_type=a.prediction_type,
+                config_dir=a.config,
+                judge=scene_judge(),
+                attention=a.attention,
+                umap=a.umap,
+            )
     except ExportError as e:
         return _fail(str(e))
     except OSError as e:  # a read-only or full disk, a vanished folder: one line, the work folder is gone
         return _fail(f"export to {a.out} failed: {e.strerror or e}{f' ({e.filename})' if e.filename else ''}")
     size = sum(f["bytes"] for f in m["files"].values())
     print(f"bundle written to {a.out} ({size / 1e6:.1f} MB, {m['export_seconds']:.1f} s)")
+    if m.get("export_log", {}).get("warnings"):
+        print(
+            f"  {m['export_log']['warnings']} warnings from the exporting libraries (torch's tracer and others): "
+            f"{Path(a.out) / m['export_log']['file']}"
+        )
     over = [(rel, f["bytes"]) for rel, f in m["files"].items() if f["bytes"] > a.chunk_mb * 2**20]
     for rel, n in over:  # chunks split between tensors: one tensor bigger than a chunk stays whole
-        print(f"  note: {rel} is {n / 2**20:.1f} MiB, over --chunk-mb {a.chunk_mb:g}: it holds one tensor that is bigger than a chunk")
+        print(
+            f"  note: {rel} is {n / 2**20:.1f} MiB, over --chunk-mb {a.chunk_mb:g}: it holds one tensor that is bigger than a chunk"
+        )
     for comp in ("text_encoder", "unet", "vae_decoder"):
         v = m["components"][comp].get("verification")
         if v:
@@ -97,16 +126,20 @@ def cmd_export(a) -> int:
         print(format_report(m["umap_report"]))
     if "quality" in m:
         for comp, q in m["quality"]["components"].items():
-            print(f"  {comp:13s} {q['precision']}: {q['bytes'] / 1e6:.1f} MB (fp32 {q['bytes_fp32'] / 1e6:.1f} MB), "
-                  f"max abs error vs fp32 {q['max_abs_error_vs_fp32']:.2e}")
+            print(
+                f"  {comp:13s} {q['precision']}: {q['bytes'] / 1e6:.1f} MB (fp32 {q['bytes_fp32'] / 1e6:.1f} MB), "
+                f"max abs error vs fp32 {q['max_abs_error_vs_fp32']:.2e}"
+            )
         psnr = m["quality"]["image"]["psnr_db_vs_fp32"]
         print(f"  final image PSNR vs fp32 bundle: min {psnr['min']:.1f} dB, mean {psnr['mean']:.1f} dB")
         adh = m["quality"].get("adherence")
         if adh:
             f, b = adh["fp32"], adh["this build"]
-            print(f"  judge at guidance {b['guidance']:g} ({b['prompts']} held-out prompts × {len(b['seeds'])} seeds): "
-                  f"object {b['object_accuracy']:.3f} (fp32 {f['object_accuracy']:.3f}), "
-                  f"background {b['background_accuracy']:.3f} (fp32 {f['background_accuracy']:.3f})")
+            print(
+                f"  judge at guidance {b['guidance']:g} ({b['prompts']} held-out prompts × {len(b['seeds'])} seeds): "
+                f"object {b['object_accuracy']:.3f} (fp32 {f['object_accuracy']:.3f}), "
+                f"background {b['background_accuracy']:.3f} (fp32 {f['background_accuracy']:.3f})"
+            )
     return 0
 
 
@@ -160,7 +193,9 @@ def cmd_generate(a) -> int:
     from runtime.pipeline import Pipeline, Request, run_sync
 
     if a.threads is not None and not 1 <= a.threads <= max_threads():
-        return _fail(f"--threads must be a whole number from 1 to {max_threads()} (twice this machine's {max_threads() // 2} CPUs)")
+        return _fail(
+            f"--threads must be a whole number from 1 to {max_threads()} (twice this machine's {max_threads() // 2} CPUs)"
+        )
     problem = check_outputs(Path(a.out), Path(a.trace) if a.trace else None)
     if problem:
         return _fail(problem)
@@ -168,8 +203,15 @@ def cmd_generate(a) -> int:
         bundle = Bundle.from_dir(a.bundle)
     except BundleError as e:
         return _fail(str(e))
-    req = Request(a.prompt, a.negative_prompt, a.seed, a.guidance, a.steps, a.scheduler or "",
-                  preview_every=1 if a.trace else 0)
+    req = Request(
+        prompt=a.prompt,
+        negative_prompt=a.negative_prompt,
+        seed=a.seed,
+        guidance=a.guidance,
+        steps=a.steps,
+        scheduler=a.scheduler or "",
+        preview_every=1 if a.trace else 0,
+    )
     try:
         req.validate(bundle.manifest["scheduler"]["default"])
     except ValueError as e:
@@ -190,9 +232,13 @@ def cmd_generate(a) -> int:
     except OSError as e:
         return _fail(f"cannot write {out}: {e.strerror or e}")
     if trace.tokens.dropped_words:
-        print(f"note: the prompt is longer than CLIP's 77 tokens; dropped: {' '.join(trace.tokens.dropped_words)}", file=sys.stderr)
+        print(
+            f"note: the prompt is longer than CLIP's 77 tokens; dropped: {' '.join(trace.tokens.dropped_words)}", file=sys.stderr
+        )
     t = trace.timings_ms
-    print(f"{out}  ({len(trace.steps)} steps, {t['total']:.0f} ms total, {t.get('unet', 0) / max(1, len(trace.steps)):.1f} ms per UNet step)")
+    print(
+        f"{out}  ({len(trace.steps)} steps, {t['total']:.0f} ms total, {t.get('unet', 0) / max(1, len(trace.steps)):.1f} ms per UNet step)"
+    )
     if a.trace:
         try:
             write_trace(trace, Path(a.trace))
@@ -219,6 +265,7 @@ def write_trace(trace, folder: Path) -> None:
                 return {"file": f"{name}.png", "dtype": t.dtype, "shape": list(t.shape)}
             (folder / f"{name}.{t.dtype}").write_bytes(t.data.tobytes())
             return {"file": f"{name}.{t.dtype}", "dtype": t.dtype, "shape": list(t.shape)}
+
         return write
 
     doc = to_message(trace.plan, tensor("plan"))
@@ -241,8 +288,10 @@ def cmd_build_site(a) -> int:
     except SiteError as e:
         return _fail(str(e))
     b = site_bytes(out)
-    print(f"wrote {out}: a first visit downloads {b['gzip_bytes'] / 1e6:.1f} MB gzip ({b['plain_bytes'] / 1e6:.1f} MB decoded); "
-          "publish the folder as it is on any static host (see README: Publish the page as a static site)")
+    print(
+        f"wrote {out}: a first visit downloads {b['gzip_bytes'] / 1e6:.1f} MB gzip ({b['plain_bytes'] / 1e6:.1f} MB decoded); "
+        "publish the folder as it is on any static host (see README: Publish the page as a static site)"
+    )
     return 0
 
 
@@ -254,8 +303,11 @@ def cmd_train(a) -> int:
     stages.RUN_DIR.mkdir(parents=True, exist_ok=True)
     if a.continue_from:
         stages.continue_from(Path(a.continue_from))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        handlers=[logging.StreamHandler(), logging.FileHandler(stages.RUN_DIR / "train.log")])
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(message)s",
+        handlers=[logging.StreamHandler(), logging.FileHandler(stages.RUN_DIR / "train.log")],
+    )
     from train.clip_image import train_clip_image
 
     table = {**stages.STAGES, "clip_image": train_clip_image}
@@ -275,56 +327,96 @@ def cmd_evaluate(a) -> int:
     if a.attention:
         from train.attention_eval import evaluate_attention
 
-        res = evaluate_attention(a.attention, seeds=tuple(range(min(a.seeds, 2) if a.quick else a.seeds)),
-                                 steps=10 if a.quick else a.steps, prompts=6 if a.quick else None)
+        res = evaluate_attention(
+            a.attention,
+            seeds=tuple(range(min(a.seeds, 2) if a.quick else a.seeds)),
+            steps=10 if a.quick else a.steps,
+            prompts=6 if a.quick else None,
+        )
         Path(a.out).mkdir(parents=True, exist_ok=True)
         (Path(a.out) / "attention.json").write_text(json.dumps(res, indent=1))
-        print(f"attention maps ({res['prompts']} held-out prompts × {len(res['seeds'])} seeds, guidance {res['guidance']:g}): "
-              f"mIoU object word {res['miou_object']:.3f}, background word {res['miou_background_word']:.3f} "
-              f"(DAAM's fixed τ=0.4: {res['daam_tau']['object']:.3f} / {res['daam_tau']['background_word']:.3f})")
+        print(
+            f"attention maps ({res['prompts']} held-out prompts × {len(res['seeds'])} seeds, guidance {res['guidance']:g}): "
+            f"mIoU object word {res['miou_object']:.3f}, background word {res['miou_background_word']:.3f} "
+            f"(DAAM's fixed τ=0.4: {res['daam_tau']['object']:.3f} / {res['daam_tau']['background_word']:.3f})"
+        )
     return rc
 
 
 def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        return a.fn(a)
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="diffusion-explainer", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("serve", help="build the page if needed and serve it with a bundle on 127.0.0.1")
-    p.add_argument("--bundle", help=f"bundle folder (default: {DEFAULT_BUNDLE.relative_to(ROOT)}, exported from models/default on first use)")
+    p.add_argument(
+        "--bundle", help=f"bundle folder (default: {DEFAULT_BUNDLE.relative_to(ROOT)}, exported from models/default on first use)"
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--rebuild", action="store_true", help="rebuild the web app even if a build exists")
     p.set_defaults(fn=cmd_serve)
 
-    p = sub.add_parser("build-site", help="write the page and a bundle as a folder any static host can serve (no special headers)")
+    p = sub.add_parser(
+        "build-site", help="write the page and a bundle as a folder any static host can serve (no special headers)"
+    )
     p.add_argument("out", help="the folder to write (new, empty, or a site built here before)")
-    p.add_argument("--bundle", help=f"bundle folder (default: {DEFAULT_BUNDLE.relative_to(ROOT)}, exported from models/default on first use)")
+    p.add_argument(
+        "--bundle", help=f"bundle folder (default: {DEFAULT_BUNDLE.relative_to(ROOT)}, exported from models/default on first use)"
+    )
     p.add_argument("--rebuild", action="store_true", help="rebuild the web app even if a build exists")
     p.set_defaults(fn=cmd_build_site)
 
     p = sub.add_parser("export", help="export a diffusers SD checkpoint to a web bundle")
-    p.add_argument("checkpoint", help="a diffusers SD folder, a single .safetensors/.ckpt file, "
-                                      "or an fp32 bundle (to derive another precision from it)")
+    p.add_argument(
+        "checkpoint",
+        help="a diffusers SD folder, a single .safetensors/.ckpt file, or an fp32 bundle (to derive another precision from it)",
+    )
     p.add_argument("out")
     p.add_argument("--name")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--precision", default="fp32",
-                   help="fp32 | fp16 | int8 | int4 for every component, a target's defaults (wasm, webgpu), "
-                        "or per component: unet=fp16,text_encoder=int8,vae_decoder=fp32")
-    p.add_argument("--chunk-mb", type=float, default=512, help="largest bundle file in MiB: bigger weights go to chunks (default 512)")
-    p.add_argument("--arch", help="single file only: sd1, sd2 (768-v), sd2-base or sd-turbo, when the file's name and header do not say")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        help="fp32 | fp16 | int8 | int4 for every component, a target's defaults (wasm, webgpu), "
+        "or per component: unet=fp16,text_encoder=int8,vae_decoder=fp32",
+    )
+    p.add_argument(
+        "--chunk-mb", type=float, default=512, help="largest bundle file in MiB: bigger weights go to chunks (default 512)"
+    )
+    p.add_argument(
+        "--arch", help="single file only: sd1, sd2 (768-v), sd2-base or sd-turbo, when the file's name and header do not say"
+    )
     p.add_argument("--prediction-type", help="single file only: epsilon or v_prediction (the weights cannot tell)")
     p.add_argument("--config", help="single file only: a diffusers folder whose configs describe a custom architecture")
-    p.add_argument("--attention", action=argparse.BooleanOptionalAction, default=None,
-                   help="export the UNet with per-token cross-attention maps for the page's attention view "
-                        "(default: on for models with an explainer.json model card, such as the default model)")
-    p.add_argument("--umap", action=argparse.BooleanOptionalAction, default=None,
-                   help="generate reference trajectories and store a fitted UMAP for the page's umap view "
-                        "(default: on for models with an explainer.json model card; minutes for the default model)")
+    p.add_argument(
+        "--attention",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="export the UNet with per-token cross-attention maps for the page's attention view "
+        "(default: on for models with an explainer.json model card, such as the default model)",
+    )
+    p.add_argument(
+        "--umap",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="generate reference trajectories and store a fitted UMAP for the page's umap view "
+        "(default: on for models with an explainer.json model card; minutes for the default model)",
+    )
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("prove-scale", help="export SD 1.5's real architecture (random weights) to fp32 and fp16 bundles "
-                                           "and run one native UNet step on each (minutes, ~15 GB disk)")
+    p = sub.add_parser(
+        "prove-scale",
+        help="export SD 1.5's real architecture (random weights) to fp32 and fp16 bundles "
+        "and run one native UNet step on each (minutes, ~15 GB disk)",
+    )
     p.add_argument("--arch", default="sd15")
     p.add_argument("--work", default="bundles/scale-proof")
     p.add_argument("--chunk-mb", type=int, default=512)
@@ -333,22 +425,45 @@ def main(argv=None) -> int:
     p = sub.add_parser("generate", help="generate an image natively (onnxruntime) from a bundle")
     p.add_argument("prompt")
     p.add_argument("--bundle", default=str(DEFAULT_BUNDLE))
-    p.add_argument("--negative-prompt", default="")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--scheduler", choices=list(SCHEDULERS))
+    limits = Request.describe()["limits"]
+    p.add_argument("--negative-prompt", default=Request.default("negative_prompt"))
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=Request.default("seed"),
+        help=f"initial noise seed, {limits['seed']['min']}–{limits['seed']['max']} (default %(default)s)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=Request.default("guidance"),
+        help=f"classifier-free guidance scale, {limits['guidance']['min']:g}–{limits['guidance']['max']:g} (default %(default)s)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=Request.default("steps"),
+        help=f"denoising steps, {limits['steps']['min']}–{limits['steps']['max']} (default %(default)s)",
+    )
+    p.add_argument("--scheduler", choices=list(SCHEDULERS), help="default: the bundle's own")
     p.add_argument("--threads", type=int)
     p.add_argument("--out", default="out.png")
     p.add_argument("--trace", metavar="DIR", help="also write the per-step trace to DIR")
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("train", help="train the default model (resumable stages)")
-    p.add_argument("stages", nargs="*", help="default: clip vae encode decoder unet package; the evaluation's judge: judge; the CLIP view's image tower: clip_image")
+    p.add_argument(
+        "stages",
+        nargs="*",
+        help="default: clip vae encode decoder unet package; the evaluation's judge: judge; the CLIP view's image tower: clip_image",
+    )
     p.add_argument("--minutes", action="append", default=[], help="STAGE=MINUTES, e.g. unet=85")
-    p.add_argument("--continue-from", metavar="MODEL_DIR",
-                   help="seed train/runs from a packaged model (e.g. models/default) and train its UNet further: "
-                        "run with the stages encode unet package")
+    p.add_argument(
+        "--continue-from",
+        metavar="MODEL_DIR",
+        help="seed train/runs from a packaged model (e.g. models/default) and train its UNet further: "
+        "run with the stages encode unet package",
+    )
     p.set_defaults(fn=cmd_train)
 
     from train.options import add_arguments as add_evaluate_arguments  # (no torch: a light import)
@@ -362,11 +477,7 @@ def main(argv=None) -> int:
     from .serve import build_web, start_background
 
     add_bench_parser(sub, serve=(build_web, start_background))
-    a = ap.parse_args(argv)
-    try:
-        return a.fn(a)
-    except KeyboardInterrupt:
-        return 130
+    return ap
 
 
 if __name__ == "__main__":

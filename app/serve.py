@@ -5,12 +5,13 @@ Why our own small server instead of `vite preview`: the page needs the bundle be
 shared memory) and exact MIME types for .wasm/.mjs; http.server does all of that with the
 standard library, so serving needs no Node once the page is built.
 """
+
 from __future__ import annotations
 
 import functools
 import gzip
-import json
 import http.server
+import json
 import os
 import shutil
 import subprocess
@@ -35,9 +36,17 @@ HEADERS = {
     "Cache-Control": "no-cache",
 }
 MIME = {
-    ".wasm": "application/wasm", ".mjs": "text/javascript", ".js": "text/javascript", ".onnx": "application/octet-stream",
-    ".data": "application/octet-stream", ".json": "application/json", ".txt": "text/plain; charset=utf-8",
-    ".zip": "application/zip", ".html": "text/html; charset=utf-8", ".css": "text/css", ".svg": "image/svg+xml",
+    ".wasm": "application/wasm",
+    ".mjs": "text/javascript",
+    ".js": "text/javascript",
+    ".onnx": "application/octet-stream",
+    ".data": "application/octet-stream",
+    ".json": "application/json",
+    ".txt": "text/plain; charset=utf-8",
+    ".zip": "application/zip",
+    ".html": "text/html; charset=utf-8",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
 }
 
 
@@ -95,14 +104,16 @@ def default_bundle(log=print) -> Path:
     if (small / "manifest.json").is_file():
         have = json.loads((small / "manifest.json").read_text(encoding="utf-8"))
         same = all(have.get(k) == source.get(k) for k in ("created", "source_fingerprint"))
-        same = same and "fixed_sizes" in have.get("quality", {}).get("components", {}).get("vae_decoder", {})  # derived before export/freeze.py
+        same = same and "fixed_sizes" in have.get("quality", {}).get("components", {}).get(
+            "vae_decoder", {}
+        )  # derived before export/freeze.py
         if same and all(have.get("components", {}).get(c, {}).get("precision") == p for c, p in want.items()):
             return small
         log(f"{fp32.name} or the {SMALL_TARGET!r} recipe changed since {small.name} was derived; deriving it again…")
     else:
         log(f"deriving the page's {SMALL_TARGET!r} build {small.name} from {fp32.name} (first use)…")
     try:
-        derive_bundle(fp32, small, precision=SMALL_TARGET, overwrite=True, quality=(2, 10))
+        derive_bundle(fp32, small, precision=SMALL_TARGET, overwrite=True, quality=(2, 10), progress=stage_lines(log))
     except ExportError as e:
         log(f"note: deriving {small.name} failed ({e}); serving the fp32 bundle {fp32.name}")
         return fp32
@@ -120,22 +131,38 @@ def _default_fp32_bundle(log=print) -> Path:
         recorded = json.loads(manifest.read_text(encoding="utf-8")).get("source_fingerprint")
         if not (DEFAULT_MODEL / "model_index.json").is_file() or recorded == source_fingerprint(DEFAULT_MODEL):
             return DEFAULT_BUNDLE
-        log(f"{DEFAULT_MODEL.relative_to(ROOT)} changed since {DEFAULT_BUNDLE.relative_to(ROOT)} was exported; exporting it again…")
+        log(
+            f"{DEFAULT_MODEL.relative_to(ROOT)} changed since {DEFAULT_BUNDLE.relative_to(ROOT)} was exported; exporting it again…"
+        )
     elif not (DEFAULT_MODEL / "model_index.json").is_file():
-        raise ServeError(f"no bundle to serve: {DEFAULT_BUNDLE.relative_to(ROOT)} does not exist and there is no trained default model in "
-                         f"{DEFAULT_MODEL.relative_to(ROOT)} yet (train it with `diffusion-explainer train`), or pass --bundle DIR "
-                         "(e.g. a bundle made with `diffusion-explainer export CHECKPOINT DIR`)")
+        raise ServeError(
+            f"no bundle to serve: {DEFAULT_BUNDLE.relative_to(ROOT)} does not exist and there is no trained default model in "
+            f"{DEFAULT_MODEL.relative_to(ROOT)} yet (train it with `diffusion-explainer train`), or pass --bundle DIR "
+            "(e.g. a bundle made with `diffusion-explainer export CHECKPOINT DIR`)"
+        )
     else:
         log(f"exporting {DEFAULT_MODEL.relative_to(ROOT)} to {DEFAULT_BUNDLE.relative_to(ROOT)} (first use)…")
     try:
         from export.exporter import ExportError, export_bundle
     except ImportError as e:
-        raise ServeError(f"exporting the default model needs the export extras ({e}); pip install -e '.[export]' or pass --bundle DIR") from None
+        raise ServeError(
+            f"exporting the default model needs the export extras ({e}); pip install -e '.[export]' or pass --bundle DIR"
+        ) from None
     try:
-        export_bundle(DEFAULT_MODEL, DEFAULT_BUNDLE, overwrite=True)
+        export_bundle(DEFAULT_MODEL, DEFAULT_BUNDLE, overwrite=True, progress=stage_lines(log))
     except ExportError as e:
         raise ServeError(f"exporting the default model failed: {e}") from None
     return DEFAULT_BUNDLE
+
+
+def stage_lines(log=print):
+    """An export's progress as one line per finished stage (the libraries' own output goes to the bundle's export.log)."""
+
+    def progress(stage: str, state: str) -> None:
+        if state != "start":
+            log(f"  {stage} ({state})")
+
+    return progress
 
 
 def gzip_file(src: Path, level: int = 6) -> bool:
@@ -263,7 +290,7 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
     def translate_path(self, path: str) -> str:
         path = urllib.parse.unquote(urllib.parse.urlsplit(path).path)
-        root, rel = (self.bundle, path[len(BUNDLE_PREFIX):]) if path.startswith(BUNDLE_PREFIX) else (self.dist, path.lstrip("/"))
+        root, rel = (self.bundle, path[len(BUNDLE_PREFIX) :]) if path.startswith(BUNDLE_PREFIX) else (self.dist, path.lstrip("/"))
         parts = [p for p in rel.split("/") if p and p not in (".", "..")]
         return str(root.joinpath(*parts)) if parts else str(root) + os.sep
 
@@ -283,7 +310,9 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             super().log_message(format, *args)
 
 
-def make_server(dist: Path, bundle: Path, host: str = "127.0.0.1", port: int = 0, quiet: bool = False) -> http.server.ThreadingHTTPServer:
+def make_server(
+    dist: Path, bundle: Path, host: str = "127.0.0.1", port: int = 0, quiet: bool = False
+) -> http.server.ThreadingHTTPServer:
     handler = functools.partial(Handler, dist=Path(dist), bundle=Path(bundle), quiet=quiet)
     server = http.server.ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
@@ -307,8 +336,13 @@ def serve(bundle: Path | None, host: str = "127.0.0.1", port: int = 8765, rebuil
         dist = build_web(rebuild)
         bundle = Path(bundle) if bundle else default_bundle()
         if not (bundle / "manifest.json").is_file():
-            raise ServeError(f"{bundle} is not a bundle (no manifest.json); export one with `diffusion-explainer export CHECKPOINT DIR`")
-        if bundle.resolve() in (DEFAULT_BUNDLE.resolve(), DEFAULT_BUNDLE.resolve().with_name(f"{DEFAULT_BUNDLE.name}-{SMALL_TARGET}")):  # ours: keep X.gz beside its files (only new or changed ones are compressed)
+            raise ServeError(
+                f"{bundle} is not a bundle (no manifest.json); export one with `diffusion-explainer export CHECKPOINT DIR`"
+            )
+        if bundle.resolve() in (
+            DEFAULT_BUNDLE.resolve(),
+            DEFAULT_BUNDLE.resolve().with_name(f"{DEFAULT_BUNDLE.name}-{SMALL_TARGET}"),
+        ):  # ours: keep X.gz beside its files (only new or changed ones are compressed)
             try:
                 files = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["files"]
                 precompress(bundle, ["manifest.json", *files])

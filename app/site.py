@@ -11,6 +11,7 @@ What makes it work without special headers:
   that negotiates nothing (`python -m http.server`), and a host that does (nginx gzip_static,
   `diffusion-explainer serve --bundle OUT/bundle`) can send the same files itself.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,9 @@ def bundle_files(bundle: Path) -> list[str]:
     """manifest.json and every file it lists, checked to stay inside the bundle folder."""
     manifest = bundle / "manifest.json"
     if not manifest.is_file():
-        raise SiteError(f"{bundle} is not a bundle (no manifest.json); export one with `diffusion-explainer export CHECKPOINT DIR`")
+        raise SiteError(
+            f"{bundle} is not a bundle (no manifest.json); export one with `diffusion-explainer export CHECKPOINT DIR`"
+        )
     try:
         listed = list(json.loads(manifest.read_text(encoding="utf-8"))["files"])
     except (ValueError, KeyError, TypeError) as e:
@@ -46,7 +49,12 @@ def bundle_files(bundle: Path) -> list[str]:
 
 def _relative_build(dist: Path) -> bool:
     html = (dist / "index.html").read_text(encoding="utf-8")
-    return (dist / "coi-sw.js").is_file() and (dist / "precompressed.json").is_file() and 'src="/' not in html and 'href="/' not in html
+    return (
+        (dist / "coi-sw.js").is_file()
+        and (dist / "precompressed.json").is_file()
+        and 'src="/' not in html
+        and 'href="/' not in html
+    )
 
 
 def build_site(out: Path, bundle: Path | None = None, rebuild: bool = False, log=print) -> Path:
@@ -81,7 +89,9 @@ def build_site(out: Path, bundle: Path | None = None, rebuild: bool = False, log
         gz += ["bundle/" + rel for rel in precompress(tmp / "bundle", files)]
         (tmp / "precompressed.json").write_text(json.dumps({"gzip": sorted(gz)}, indent=1) + "\n", encoding="utf-8")
         (tmp / ".nojekyll").write_text("")  # GitHub Pages: serve the folder as it is
-        (tmp / MARKER).write_text(f"built by `diffusion-explainer build-site` with the bundle {bundle.resolve()}\n", encoding="utf-8")
+        (tmp / MARKER).write_text(
+            f"built by `diffusion-explainer build-site` with the bundle {bundle.resolve()}\n", encoding="utf-8"
+        )
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -5,6 +5,7 @@ once by PyTorch's own FlopCounterMode on the diffusers model and once from the e
 (Conv, ConvTranspose, MatMul, Gemm with shapes from onnx shape inference). Both count a multiply-add
 as 2 FLOPs and ignore bias adds, normalisation and activations; they should agree closely.
 """
+
 from __future__ import annotations
 
 import math
@@ -128,7 +129,11 @@ def bundle_flops(bundle_dir) -> dict:
     seq = m.get("text_max_length", 77)
     comps = {
         "text_encoder": {"input_ids": [2, seq]},
-        "unet": {"sample": [2, m["latent_channels"], *lat], "timestep": [], "encoder_hidden_states": [2, seq, m["text_hidden_size"]]},
+        "unet": {
+            "sample": [2, m["latent_channels"], *lat],
+            "timestep": [],
+            "encoder_hidden_states": [2, seq, m["text_hidden_size"]],
+        },
         "vae_decoder": {"latent_sample": [1, m["latent_channels"], *lat]},
     }
     out = {}
@@ -242,8 +247,12 @@ def _matmul_model(n: int):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("MatMul", ["a", "b"], ["y"])], "matmul",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]), helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])],
+        [helper.make_node("MatMul", ["a", "b"], ["y"])],
+        "matmul",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n]),
+        ],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -264,8 +273,12 @@ def _wasm_matmul_rate(threads: int, n: int, seconds: float) -> float:
         path = Path(tmp) / "matmul.onnx"
         path.write_bytes(_matmul_model(n).SerializeToString())
         script = Path(__file__).with_name("wasm_peak.mjs")
-        r = subprocess.run([node, str(script), str(path), str(n), str(threads), str(seconds)],
-                           capture_output=True, text=True, timeout=120 + 10 * seconds)
+        r = subprocess.run(
+            [node, str(script), str(path), str(n), str(threads), str(seconds)],
+            capture_output=True,
+            text=True,
+            timeout=120 + 10 * seconds,
+        )
     if r.returncode != 0:
         raise RuntimeError((r.stderr.strip().splitlines() or ["node failed"])[-1][:200])
     return float(r.stdout.strip().splitlines()[-1])

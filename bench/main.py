@@ -6,6 +6,7 @@ back, each in its own process (so peak memory is each one's own and no runtime w
 caches), next to this machine's matmul peak and the UNet's FLOP count, and writes JSON, markdown and
 a chart.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -28,17 +29,21 @@ class BenchError(Exception):
 
 def add_parser(sub, serve=None) -> None:
     """Register `bench` on the CLI's subparsers; serve: (build_web, start_background) for the page rows."""
+    from runtime.trace import Request
+
     from .native import DEFAULT_PROMPT
 
     p = sub.add_parser("bench", help="time native onnxruntime, diffusers PyTorch and the page on one bundle and prompt")
     p.add_argument("bundle", nargs="?", default=str(DEFAULT_BUNDLE), help="bundle folder (default: bundles/default)")
-    p.add_argument("--checkpoint", help="diffusers folder for the PyTorch reference (default: the manifest's model.source, if it exists)")
+    p.add_argument(
+        "--checkpoint", help="diffusers folder for the PyTorch reference (default: the manifest's model.source, if it exists)"
+    )
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3, help="timed runs per runtime, after one warm-up run (medians are reported)")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts, e.g. 1,2")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--guidance", type=float, default=Request.default("guidance"))
     p.add_argument("--no-browser", action="store_true", help="skip the page in headless Chromium")
     p.add_argument("--no-torch", action="store_true", help="skip the diffusers PyTorch reference")
     p.add_argument("--webgpu", action="store_true", help="also run the page on WebGPU even if the only adapter is a software one")
@@ -62,9 +67,10 @@ def _threads(text: str) -> list[int]:
 def _check(a) -> tuple[dict, list[int], str | None, list[str]]:
     """Validate the arguments; returns the manifest, thread counts, checkpoint (or None) and notes."""
     from runtime.bundle import Bundle, BundleError
+    from runtime.trace import MAX_STEPS, MIN_STEPS
 
-    if not 1 <= a.steps <= 100:
-        raise BenchError("--steps must be from 1 to 100")
+    if not MIN_STEPS <= a.steps <= MAX_STEPS:
+        raise BenchError(f"--steps must be from {MIN_STEPS} to {MAX_STEPS}")
     if not 1 <= a.repeats <= 100:
         raise BenchError("--repeats must be from 1 to 100")
     if not 64 <= a.peak_size <= 16384 or not a.peak_seconds > 0:
@@ -85,7 +91,9 @@ def _check(a) -> tuple[dict, list[int], str | None, list[str]]:
         if src and (Path(src) / "model_index.json").is_file():
             checkpoint = str(src)
         else:
-            notes.append(f"no PyTorch reference and no torch FLOP count: the bundle's source {src!r} is not a diffusers folder here (pass --checkpoint)")
+            notes.append(
+                f"no PyTorch reference and no torch FLOP count: the bundle's source {src!r} is not a diffusers folder here (pass --checkpoint)"
+            )
     if a.no_torch and checkpoint:
         notes.append("PyTorch reference skipped (--no-torch)")
     return manifest, threads, checkpoint, notes
@@ -111,7 +119,7 @@ def run_isolated(target: str, kwargs: dict, *, threads: int, timeout: float) -> 
         return {"error": f"timed out after {timeout:.0f} s"}
     for line in reversed(p.stdout.splitlines()):
         if line.startswith(MARK):
-            return json.loads(line[len(MARK):])
+            return json.loads(line[len(MARK) :])
     tail = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
     return {"error": (tail[-1] if tail else f"exit status {p.returncode}")[:300]}
 
@@ -139,9 +147,18 @@ def _page_run(bundle: str, *, threads: int, provider: str, a) -> dict:
     """The page in headless Chromium through bench.page.run_page, normalised to the native runs' keys."""
     from . import page
 
-    raw = page.run_page(Path(bundle), threads=threads, provider=provider, steps=a.steps, repeats=a.repeats,
-                        prompt=a.prompt, seed=a.seed, guidance=a.guidance, timeout_s=a.timeout,
-                        serve=a.serve)
+    raw = page.run_page(
+        Path(bundle),
+        threads=threads,
+        provider=provider,
+        steps=a.steps,
+        repeats=a.repeats,
+        prompt=a.prompt,
+        seed=a.seed,
+        guidance=a.guidance,
+        timeout_s=a.timeout,
+        serve=a.serve,
+    )
     return normalize_page(raw, threads=threads, provider=provider, steps=a.steps, repeats=a.repeats)
 
 
@@ -162,9 +179,20 @@ def normalize_page(raw: dict, *, threads: int, provider: str, steps: int, repeat
     """Map bench.page's result (the page's window.__dxBench, see web/src/bench/bench.ts) onto the keys of
     the native runs; the original stays under `page`. Lookups are tolerant: a missing key gives None."""
     if not isinstance(raw, dict):
-        return {"runtime": "page", "label": f"page {provider}", "threads": threads, "error": f"bench.page returned {type(raw).__name__}, not a dict"}
+        return {
+            "runtime": "page",
+            "label": f"page {provider}",
+            "threads": threads,
+            "error": f"bench.page returned {type(raw).__name__}, not a dict",
+        }
     if raw.get("error") or raw.get("ok") is False:
-        return {"runtime": "page", "label": f"page {provider}", "threads": threads, "error": str(raw.get("error") or "failed")[:300], "page": raw}
+        return {
+            "runtime": "page",
+            "label": f"page {provider}",
+            "threads": threads,
+            "error": str(raw.get("error") or "failed")[:300],
+            "page": raw,
+        }
     ctrl = raw.get("controller_ms") or {}
     engine = raw.get("engine") or {}
     measured = [s for s in ((raw.get("samples") or {}).get("controller") or []) if not s.get("warmup")]
@@ -183,7 +211,9 @@ def normalize_page(raw: dict, *, threads: int, provider: str, steps: int, repeat
         "provider": prov,
         "threads": engine.get("threads") or threads,
         "steps": raw.get("steps_per_run") or steps,
-        "unet_calls_per_run": (raw.get("calls_per_run") or {}).get("unet") or raw.get("timesteps_per_run") or raw.get("steps_per_run"),
+        "unet_calls_per_run": (raw.get("calls_per_run") or {}).get("unet")
+        or raw.get("timesteps_per_run")
+        or raw.get("steps_per_run"),
         "repeats": raw.get("measured_runs") or repeats,
         "startup_ms": _first(raw, "startup_ms.ready"),
         "components_ms": {
@@ -204,7 +234,8 @@ def normalize_page(raw: dict, *, threads: int, provider: str, steps: int, repeat
         "memory": {
             "peak_rss_mb": wasm / 1e6 if wasm else None,
             "what": "WebAssembly memories of the engine worker (they never shrink: their peak); not the browser's RSS",
-            "user_agent_specific_mb": (raw.get("memory") or {}).get("user_agent_specific_bytes") and raw["memory"]["user_agent_specific_bytes"] / 1e6,
+            "user_agent_specific_mb": (raw.get("memory") or {}).get("user_agent_specific_bytes")
+            and raw["memory"]["user_agent_specific_bytes"] / 1e6,
         },
         "page": {k: v for k, v in raw.items() if k != "samples"},
         "samples_ms": raw.get("samples"),
@@ -227,19 +258,34 @@ def main(a) -> int:
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     cores = os.cpu_count()
     if load_start is not None and load_start > 0.5:
-        notes.append(f"the machine was busy (1-minute load average {load_start:.2f} on {cores} cores at the start): "
-                     "timings are noisy, and the matmul peak is what was available, not the hardware's")
+        notes.append(
+            f"the machine was busy (1-minute load average {load_start:.2f} on {cores} cores at the start): "
+            "timings are noisy, and the matmul peak is what was available, not the hardware's"
+        )
     m = manifest["model"]
     result = {
         "meta": {
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "bundle": str(a.bundle), "bundle_name": manifest.get("name"), "checkpoint": checkpoint,
+            "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "bundle": str(a.bundle),
+            "bundle_name": manifest.get("name"),
+            "checkpoint": checkpoint,
             "model": {k: m.get(k) for k in ("architecture", "image_size", "latent_size", "text_hidden_size")},
-            "prompt": a.prompt, "steps": a.steps, "repeats": a.repeats, "warmup": 1, "seed": a.seed, "guidance": a.guidance,
-            "threads": threads, "cpu": _cpu_name(), "cores": cores, "python": platform.python_version(),
-            "load_average_start": load_start, "notes": notes,
+            "prompt": a.prompt,
+            "steps": a.steps,
+            "repeats": a.repeats,
+            "warmup": 1,
+            "seed": a.seed,
+            "guidance": a.guidance,
+            "threads": threads,
+            "cpu": _cpu_name(),
+            "cores": cores,
+            "python": platform.python_version(),
+            "load_average_start": load_start,
+            "notes": notes,
         },
-        "flops": {}, "peak": {}, "runs": [],
+        "flops": {},
+        "peak": {},
+        "runs": [],
     }
     to = a.timeout
 
@@ -259,18 +305,32 @@ def main(a) -> int:
     for n in flops.get("notes", []):
         notes.append(n)
     for t in threads:
-        result["peak"][str(t)] = step(f"matmul peak, {t} thread(s)", lambda t=t: run_isolated(
-            "bench.flops:matmul_peak", {"threads": t, "n": a.peak_size, "seconds": a.peak_seconds}, threads=t, timeout=to))
+        result["peak"][str(t)] = step(
+            f"matmul peak, {t} thread(s)",
+            lambda t=t: run_isolated(
+                "bench.flops:matmul_peak", {"threads": t, "n": a.peak_size, "seconds": a.peak_seconds}, threads=t, timeout=to
+            ),
+        )
     common = {"steps": a.steps, "repeats": a.repeats, "prompt": a.prompt, "seed": a.seed, "guidance": a.guidance}
     for t in threads:
-        r = step(f"native onnxruntime, {t} thread(s)", lambda t=t: run_isolated(
-            "bench.native:bench_native", {"bundle_dir": str(a.bundle), "threads": t, **common}, threads=t, timeout=to))
+        r = step(
+            f"native onnxruntime, {t} thread(s)",
+            lambda t=t: run_isolated(
+                "bench.native:bench_native", {"bundle_dir": str(a.bundle), "threads": t, **common}, threads=t, timeout=to
+            ),
+        )
         result["runs"].append(_tag(r, "native", "onnxruntime native (our loop)", t))
     if checkpoint and not a.no_torch:
         for t in threads:
-            r = step(f"diffusers PyTorch, {t} thread(s)", lambda t=t: run_isolated(
-                "bench.reference:bench_reference",
-                {"checkpoint": checkpoint, "threads": t, "image_size": m.get("image_size"), **common}, threads=t, timeout=to))
+            r = step(
+                f"diffusers PyTorch, {t} thread(s)",
+                lambda t=t: run_isolated(
+                    "bench.reference:bench_reference",
+                    {"checkpoint": checkpoint, "threads": t, "image_size": m.get("image_size"), **common},
+                    threads=t,
+                    timeout=to,
+                ),
+            )
             result["runs"].append(_tag(r, "torch", "diffusers PyTorch", t))
     if not a.no_browser:
         _browser_runs(a, threads, result, step)
@@ -291,13 +351,19 @@ def _fairness_notes(result: dict) -> None:
     result["meta"]["nice"] = nice
     ok = [r for r in result["runs"] if not r.get("error")]
     if nice > 0 and any(r["runtime"] == "page" for r in ok):
-        notes.append(f"this benchmark ran at nice {nice} and so did its native and PyTorch processes, but Chromium sets its own "
-                     "process priorities (its renderer and GPU processes run at nice ≤ 0 when it may), so on a busy machine "
-                     "the page rows got more CPU than the others: compare runtimes only on an idle machine")
-    over = [f"{r.get('label')} ({r.get('threads')} thr)" for r in ok if (r.get("achieved") or {}).get("unet_fraction_of_peak", 0) > 1]
+        notes.append(
+            f"this benchmark ran at nice {nice} and so did its native and PyTorch processes, but Chromium sets its own "
+            "process priorities (its renderer and GPU processes run at nice ≤ 0 when it may), so on a busy machine "
+            "the page rows got more CPU than the others: compare runtimes only on an idle machine"
+        )
+    over = [
+        f"{r.get('label')} ({r.get('threads')} thr)" for r in ok if (r.get("achieved") or {}).get("unet_fraction_of_peak", 0) > 1
+    ]
     if over:
-        notes.append("above 100% of peak: " + ", ".join(over) + " — the matmul peak was measured while the machine was busier "
-                     "(or the process less favoured) than during that run; the fraction is then no bound")
+        notes.append(
+            "above 100% of peak: " + ", ".join(over) + " — the matmul peak was measured while the machine was busier "
+            "(or the process less favoured) than during that run; the fraction is then no bound"
+        )
 
 
 def _browser_runs(a, threads, result, step) -> None:
@@ -308,19 +374,42 @@ def _browser_runs(a, threads, result, step) -> None:
         notes.append(f"page not benchmarked: bench.page is not available ({e})")
         return
     for t in threads:
-        result["runs"].append(step(f"page in Chromium, WASM, {t} thread(s)",
-                                   lambda t=t: _safe(lambda: _page_run(a.bundle, threads=t, provider="wasm", a=a), "page", t)))
+        result["runs"].append(
+            step(
+                f"page in Chromium, WASM, {t} thread(s)",
+                lambda t=t: _safe(lambda: _page_run(a.bundle, threads=t, provider="wasm", a=a), "page", t),
+            )
+        )
     from . import page as page_mod
 
     explainer = []
     for t in threads:
-        explainer.append(step(f"explainer page, all views, WASM {t} thread(s)", lambda t=t: _safe(
-            lambda: page_mod.run_explainer(Path(a.bundle), threads=t, steps=a.steps, repeats=a.repeats, prompt=a.prompt,
-                                           seed=a.seed, guidance=a.guidance, timeout_s=a.timeout, serve=a.serve), "explainer", t)))
+        explainer.append(
+            step(
+                f"explainer page, all views, WASM {t} thread(s)",
+                lambda t=t: _safe(
+                    lambda: page_mod.run_explainer(
+                        Path(a.bundle),
+                        threads=t,
+                        steps=a.steps,
+                        repeats=a.repeats,
+                        prompt=a.prompt,
+                        seed=a.seed,
+                        guidance=a.guidance,
+                        timeout_s=a.timeout,
+                        serve=a.serve,
+                    ),
+                    "explainer",
+                    t,
+                ),
+            )
+        )
     result["explainer"] = explainer
-    notes.append("page rows: startup is a first visit (fresh browser context, empty Cache API) until the engine is ready; "
-                 "peak memory is the engine worker's WebAssembly memory (it never shrinks, so it is its peak), not the "
-                 "browser's RSS; download is the body bytes of every request (runtime assets and bundle)")
+    notes.append(
+        "page rows: startup is a first visit (fresh browser context, empty Cache API) until the engine is ready; "
+        "peak memory is the engine worker's WebAssembly memory (it never shrinks, so it is its peak), not the "
+        "browser's RSS; download is the body bytes of every request (runtime assets and bundle)"
+    )
     # WebGPU: a real adapter when one exists; the software (SwiftShader) adapter only with --webgpu
     try:
         adapter = webgpu_adapter()
@@ -330,10 +419,15 @@ def _browser_runs(a, threads, result, step) -> None:
     result["meta"]["webgpu_adapter"] = adapter
     has_real = bool(adapter) and not adapter["software"]
     if has_real or a.webgpu:
-        r = step("page in Chromium, WebGPU", lambda: _safe(lambda: _page_run(a.bundle, threads=max(threads), provider="webgpu", a=a), "page", max(threads)))
+        r = step(
+            "page in Chromium, WebGPU",
+            lambda: _safe(lambda: _page_run(a.bundle, threads=max(threads), provider="webgpu", a=a), "page", max(threads)),
+        )
         result["runs"].append(r)
-        notes.append("WebGPU row: no fraction of peak (the CPU's matmul peak is no ceiling for a GPU)"
-                     + ("; it ran on the software (SwiftShader) adapter, which says nothing about GPU speed" if not has_real else ""))
+        notes.append(
+            "WebGPU row: no fraction of peak (the CPU's matmul peak is no ceiling for a GPU)"
+            + ("; it ran on the software (SwiftShader) adapter, which says nothing about GPU speed" if not has_real else "")
+        )
     else:
         notes.append("page on WebGPU not benchmarked: no hardware WebGPU adapter here (--webgpu runs it on the software adapter)")
 
@@ -365,13 +459,18 @@ def webgpu_adapter() -> dict | None:
         try:
             pg = browser.new_page()
             # a secure origin (navigator.gpu needs one) without a server: Playwright answers the request
-            pg.route("http://localhost/webgpu-probe", lambda r: r.fulfill(status=200, content_type="text/html", body="<!doctype html><title>probe</title>"))
+            pg.route(
+                "http://localhost/webgpu-probe",
+                lambda r: r.fulfill(status=200, content_type="text/html", body="<!doctype html><title>probe</title>"),
+            )
             pg.goto("http://localhost/webgpu-probe")
             info = pg.evaluate(WEBGPU_PROBE)
         finally:
             browser.close()
     if info:
-        info["software"] = bool(info.get("fallback")) or "swiftshader" in (info.get("architecture", "") + info.get("description", "")).lower()
+        info["software"] = (
+            bool(info.get("fallback")) or "swiftshader" in (info.get("architecture", "") + info.get("description", "")).lower()
+        )
     return info
 
 
@@ -379,7 +478,12 @@ def _safe(fn, runtime, threads) -> dict:
     try:
         return fn()
     except Exception as e:  # noqa: BLE001 - one runtime failing must not lose the others' numbers
-        return {"runtime": runtime, "label": runtime, "threads": threads, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
+        return {
+            "runtime": runtime,
+            "label": runtime,
+            "threads": threads,
+            "error": f"{type(e).__name__}: {e}".splitlines()[0][:300],
+        }
 
 
 def _tag(r: dict, runtime: str, label: str, threads: int) -> dict:

@@ -5,6 +5,7 @@ what a user of the CLI waits for, the bare UNet call says what onnxruntime itsel
 difference is the controller's overhead (op graphs, host copies for the Trace).
 Meant to run in its own process (bench.main does this) so its peak RSS is its own.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -67,8 +68,17 @@ def median(xs) -> float | None:
     return statistics.median(xs) if xs else None
 
 
-def bench_native(bundle_dir, *, threads: int, steps: int = 10, repeats: int = 3, prompt: str = DEFAULT_PROMPT,
-                 seed: int = 0, guidance: float = 7.5, warmup: int = 1) -> dict:
+def bench_native(
+    bundle_dir,
+    *,
+    threads: int,
+    steps: int = 10,
+    repeats: int = 3,
+    prompt: str = DEFAULT_PROMPT,
+    seed: int = 0,
+    guidance: float = 7.5,
+    warmup: int = 1,
+) -> dict:
     """Medians over `repeats` full generations (after `warmup` untimed ones), per component and end to end.
 
     Components: text_encoder (one batch-2 call), unet_step (one batch-2 call, median over every step of
@@ -99,10 +109,15 @@ def bench_native(bundle_dir, *, threads: int, steps: int = 10, repeats: int = 3,
     for _ in range(repeats):
         trace = run_sync(pipe.generate(Request(**req)))
         t = trace.timings_ms
-        runs.append({
-            "text_encoder": t.get("text_encoder"), "unet_total": t.get("unet"), "ops": t.get("ops"),
-            "vae_decode": t.get("vae_decoder"), "end_to_end": t.get("total"),
-        })
+        runs.append(
+            {
+                "text_encoder": t.get("text_encoder"),
+                "unet_total": t.get("unet"),
+                "ops": t.get("ops"),
+                "vae_decode": t.get("vae_decoder"),
+                "end_to_end": t.get("total"),
+            }
+        )
         unet_steps += [s.timings_ms["unet"] for s in trace.steps]
         op_steps += [s.timings_ms.get("ops", 0.0) for s in trace.steps]
 

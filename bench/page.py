@@ -9,6 +9,7 @@ request downloaded, split into runtime assets and the bundle.
 
 Each call uses a fresh browser context (empty Cache API), so start-up figures are a first visit's.
 """
+
 from __future__ import annotations
 
 import time
@@ -18,8 +19,16 @@ from urllib.parse import urlencode, urlsplit
 CHROMIUM = Path("/usr/bin/chromium")
 # RECIPES: flags for a closed network. ForceEagerMeasureMemory makes measureUserAgentSpecificMemory()
 # answer at once instead of at the next garbage collection (up to 20 s later).
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--disable-quic", "--enable-blink-features=ForceEagerMeasureMemory"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--enable-blink-features=ForceEagerMeasureMemory",
+]
 PROVIDERS = ("wasm", "webgpu", "auto")
 DEFAULT_PROMPT = "a cat on a blue background"
 
@@ -38,16 +47,25 @@ def _kind(url: str) -> str:
 
 def _check_args(bundle_dir: Path, threads, provider, steps, repeats, prompt, seed, guidance, timeout_s) -> None:
     if not (Path(bundle_dir) / "manifest.json").is_file():
-        raise ValueError(f"{bundle_dir} is not a bundle (no manifest.json); export one with `diffusion-explainer export CHECKPOINT DIR`")
+        raise ValueError(
+            f"{bundle_dir} is not a bundle (no manifest.json); export one with `diffusion-explainer export CHECKPOINT DIR`"
+        )
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, not {provider!r}")
-    for name, v, lo, hi in (("threads", threads, 0, 16), ("steps", steps, 1, 100), ("repeats", repeats, 1, 50), ("seed", seed, 0, 2**32 - 1)):
+    from runtime.trace import MAX_GUIDANCE, MAX_PROMPT_CHARS, MAX_SEED, MAX_STEPS, MIN_GUIDANCE, MIN_STEPS
+
+    for name, v, lo, hi in (
+        ("threads", threads, 0, 16),
+        ("steps", steps, MIN_STEPS, MAX_STEPS),
+        ("repeats", repeats, 1, 50),
+        ("seed", seed, 0, MAX_SEED),
+    ):
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise ValueError(f"{name} must be a whole number from {lo} to {hi}, not {v!r}")
-    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance <= 20:
-        raise ValueError(f"guidance must be a number from 0 to 20, not {guidance!r}")
-    if not isinstance(prompt, str) or len(prompt) > 5000:
-        raise ValueError("prompt must be text of at most 5000 characters")
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not MIN_GUIDANCE <= guidance <= MAX_GUIDANCE:
+        raise ValueError(f"guidance must be a number from {MIN_GUIDANCE:g} to {MAX_GUIDANCE:g}, not {guidance!r}")
+    if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
+        raise ValueError(f"prompt must be text of at most {MAX_PROMPT_CHARS} characters")
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be positive, not {timeout_s!r}")
 
@@ -68,9 +86,21 @@ def _start_server(bundle_dir: Path, serve, dist: Path | None):
     return server, base, dist
 
 
-def run_page(bundle_dir: Path, *, threads: int, provider: str = "wasm", steps: int = 10, repeats: int = 3,
-             prompt: str = DEFAULT_PROMPT, seed: int = 0, timeout_s: float = 900, guidance: float = 7.5,
-             dist: Path | None = None, screenshot: Path | None = None, serve=None) -> dict:
+def run_page(
+    bundle_dir: Path,
+    *,
+    threads: int,
+    provider: str = "wasm",
+    steps: int = 10,
+    repeats: int = 3,
+    prompt: str = DEFAULT_PROMPT,
+    seed: int = 0,
+    timeout_s: float = 900,
+    guidance: float = 7.5,
+    dist: Path | None = None,
+    screenshot: Path | None = None,
+    serve=None,
+) -> dict:
     """Serve `bundle_dir` with the built page, run the bench view in headless Chromium, return its result.
 
     threads: WASM threads (0: the page's automatic choice). dist: the built page (default web/dist,
@@ -90,9 +120,20 @@ def run_page(bundle_dir: Path, *, threads: int, provider: str = "wasm", steps: i
         from playwright.sync_api import Error as PlaywrightError
         from playwright.sync_api import sync_playwright
     except ImportError:
-        raise BenchPageError("the Python package playwright is not installed (pip install playwright; no browser download is needed)") from None
-    query = urlencode({"provider": provider, "threads": threads, "steps": steps, "repeats": repeats, "prompt": prompt, "seed": seed,
-                       "guidance": guidance})
+        raise BenchPageError(
+            "the Python package playwright is not installed (pip install playwright; no browser download is needed)"
+        ) from None
+    query = urlencode(
+        {
+            "provider": provider,
+            "threads": threads,
+            "steps": steps,
+            "repeats": repeats,
+            "prompt": prompt,
+            "seed": seed,
+            "guidance": guidance,
+        }
+    )
     server, base, dist = _start_server(bundle_dir, serve, dist)
     url = f"{base}?bench&{query}"
     counts = {"app": 0, "pyodide": 0, "ort": 0, "bundle": 0}
@@ -125,15 +166,21 @@ def run_page(bundle_dir: Path, *, threads: int, provider: str = "wasm", steps: i
                     # the explainer's root instead of the bench view: a page built before the bench view existed
                     page.wait_for_selector("[data-testid=bench], main[data-engine]", state="attached", timeout=timeout_s * 1000)
                     if page.locator("[data-testid=bench]").count() == 0:
-                        raise BenchPageError(f"the page in {dist} has no bench view (it was built before the view existed); "
-                                             "rebuild it: `cd web && npm run build` or `diffusion-explainer serve --rebuild`")
-                    page.wait_for_selector("[data-bench-done]", state="attached", timeout=max(1.0, deadline - time.perf_counter()) * 1000)
+                        raise BenchPageError(
+                            f"the page in {dist} has no bench view (it was built before the view existed); "
+                            "rebuild it: `cd web && npm run build` or `diffusion-explainer serve --rebuild`"
+                        )
+                    page.wait_for_selector(
+                        "[data-bench-done]", state="attached", timeout=max(1.0, deadline - time.perf_counter()) * 1000
+                    )
                 except PlaywrightError as e:
                     status = _text(page, "[data-testid=bench-status]")
                     tail = " | ".join(console[-5:])
                     reason = "did not finish" if "Timeout" in str(e) else f"failed ({str(e).splitlines()[0]})"
-                    raise BenchPageError(f"the bench page {reason} within {timeout_s:.0f} s; last status: {status or '?'}"
-                                         + (f"; console: {tail}" if tail else "")) from None
+                    raise BenchPageError(
+                        f"the bench page {reason} within {timeout_s:.0f} s; last status: {status or '?'}"
+                        + (f"; console: {tail}" if tail else "")
+                    ) from None
                 result = page.evaluate("() => window.__dxBench")
                 if screenshot:
                     Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +197,12 @@ def run_page(bundle_dir: Path, *, threads: int, provider: str = "wasm", steps: i
     if not result.get("ok"):
         raise BenchPageError(f"the bench page reported an error: {result.get('error') or 'unknown error'}")
     runtime_assets = counts["app"] + counts["pyodide"] + counts["ort"]
-    result["page_bytes"] = {**counts, "runtime_assets": runtime_assets, "total": runtime_assets + counts["bundle"], "requests": requests}
+    result["page_bytes"] = {
+        **counts,
+        "runtime_assets": runtime_assets,
+        "total": runtime_assets + counts["bundle"],
+        "requests": requests,
+    }
     result["driver"] = {"browser": f"chromium {version}", "url": url, "args": args, "wall_s": time.perf_counter() - t0}
     engine = result.get("engine") or {}
     result["webgpu_adapter_software"] = engine.get("adapter_software") if engine.get("provider") == "webgpu" else None
@@ -188,8 +240,19 @@ LONGTASKS = """() => { window.__longTasks = []; try { new PerformanceObserver((l
   window.__longTasks.push({ start: e.startTime, ms: e.duration }); }).observe({ type: 'longtask', buffered: true }); } catch (e) {} }"""
 
 
-def run_explainer(bundle_dir: Path, *, threads: int, steps: int = 25, repeats: int = 2, prompt: str = DEFAULT_PROMPT,
-                  seed: int = 0, guidance: float = 3.0, timeout_s: float = 900, serve=None, dist: Path | None = None) -> dict:
+def run_explainer(
+    bundle_dir: Path,
+    *,
+    threads: int,
+    steps: int = 25,
+    repeats: int = 2,
+    prompt: str = DEFAULT_PROMPT,
+    seed: int = 0,
+    guidance: float = 3.0,
+    timeout_s: float = 900,
+    serve=None,
+    dist: Path | None = None,
+) -> dict:
     """The explainer page itself, every view on: open it cold, then warm; run the default-size request
     `repeats` times after a warm-up. Reports open → ready and → first finished image (cold and warm),
     per-step wall time as the page saw the steps arrive, and the main thread's long tasks during runs.
@@ -218,7 +281,9 @@ def run_explainer(bundle_dir: Path, *, threads: int, steps: int = 25, repeats: i
                 context.add_init_script(f"({LONGTASKS})()")
                 context.add_init_script(f"({MILESTONES})()")
                 for visit in ("cold", "warm", "warm_fresh_python", "warm_new_tab"):
-                    if visit != "cold" and page.evaluate("() => window.__engineInfo.pythonSnapshot") == "fresh":  # made once idle: let it land
+                    if (
+                        visit != "cold" and page.evaluate("() => window.__engineInfo.pythonSnapshot") == "fresh"
+                    ):  # made once idle: let it land
                         wait_for_snapshot(page)
                     if visit == "warm_fresh_python":
                         page.evaluate(f"() => caches.delete('{SNAPSHOT_CACHE}')")
@@ -232,13 +297,24 @@ def run_explainer(bundle_dir: Path, *, threads: int, steps: int = 25, repeats: i
                     page.wait_for_function("() => window.__lastTrace && window.__lastTrace.image", timeout=timeout_s * 1000)
                     first = time.perf_counter() - t0
                     page.wait_for_function("() => window.__imageAt", timeout=10_000)
-                    info = page.evaluate("() => ({t: window.__engineInfo.timingsMs, s: window.__engineInfo.pythonSnapshot, "
-                                         "r: window.__readyAt, i: window.__imageAt})")
-                    out[visit] = {"ready_s": ready, "first_image_s": first, "python_snapshot": info["s"],
-                                  "ready_nav_s": info["r"] / 1000, "first_image_nav_s": info["i"] / 1000,
-                                  "startup_ms": {"python": info["t"]["pyodide"], "runtime_zip": info["t"]["runtime"],
-                                                 "bundle": info["t"]["bundle"], "sessions": sum(info["t"]["sessions"].values()),
-                                                 "worker_total": info["t"]["total"]}}
+                    info = page.evaluate(
+                        "() => ({t: window.__engineInfo.timingsMs, s: window.__engineInfo.pythonSnapshot, "
+                        "r: window.__readyAt, i: window.__imageAt})"
+                    )
+                    out[visit] = {
+                        "ready_s": ready,
+                        "first_image_s": first,
+                        "python_snapshot": info["s"],
+                        "ready_nav_s": info["r"] / 1000,
+                        "first_image_nav_s": info["i"] / 1000,
+                        "startup_ms": {
+                            "python": info["t"]["pyodide"],
+                            "runtime_zip": info["t"]["runtime"],
+                            "bundle": info["t"]["bundle"],
+                            "sessions": sum(info["t"]["sessions"].values()),
+                            "worker_total": info["t"]["total"],
+                        },
+                    }
                 if out["warm_new_tab"].get("python_snapshot") == "fresh":  # a fresh visit's snapshot-maker: not during the runs
                     wait_for_snapshot(page)
                 per_step, long_tasks = [], []
@@ -255,8 +331,11 @@ def run_explainer(bundle_dir: Path, *, threads: int, steps: int = 25, repeats: i
                         per_step.append(ms / steps)
                         long_tasks += [t["ms"] for t in tasks]
                 out["page_ms_per_step_run"] = sorted(per_step)[len(per_step) // 2]
-                out["long_tasks"] = {"count": len(long_tasks), "max_ms": max(long_tasks) if long_tasks else 0.0,
-                                     "note": "main-thread tasks over 50 ms during measured runs (PerformanceObserver 'longtask')"}
+                out["long_tasks"] = {
+                    "count": len(long_tasks),
+                    "max_ms": max(long_tasks) if long_tasks else 0.0,
+                    "note": "main-thread tasks over 50 ms during measured runs (PerformanceObserver 'longtask')",
+                }
                 out["browser"] = f"chromium {browser.version}"
                 context.close()
             finally:

@@ -5,6 +5,7 @@ guidance shows what exporting to ONNX and running our own loop costs or saves. C
 by forward hooks on the text encoder and UNet and by wrapping vae.decode, so the pipeline itself runs
 unmodified. Meant to run in its own process (bench.main does this) so its peak RSS is its own.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -13,8 +14,18 @@ import time
 from .native import DEFAULT_PROMPT, rss_mb, summarize
 
 
-def bench_reference(checkpoint, *, threads: int, steps: int = 10, repeats: int = 3, prompt: str = DEFAULT_PROMPT,
-                    seed: int = 0, guidance: float = 7.5, image_size: list | None = None, warmup: int = 1) -> dict:
+def bench_reference(
+    checkpoint,
+    *,
+    threads: int,
+    steps: int = 10,
+    repeats: int = 3,
+    prompt: str = DEFAULT_PROMPT,
+    seed: int = 0,
+    guidance: float = 7.5,
+    image_size: list | None = None,
+    warmup: int = 1,
+) -> dict:
     """Medians over `repeats` calls of the pipeline (after `warmup` untimed ones), per component and end to end.
 
     Components match bench.native's: text_encoder (all text-encoder calls of one run: diffusers encodes
@@ -60,8 +71,11 @@ def bench_reference(checkpoint, *, threads: int, steps: int = 10, repeats: int =
         pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=g, output_type="np", **size)
         total = (time.perf_counter() - t) * 1000
         return {
-            "text_encoder": sum(calls["text_encoder"]), "unet_total": sum(calls["unet"]),
-            "vae_decode": sum(calls["vae_decode"]), "end_to_end": total, "unet_calls": list(calls["unet"]),
+            "text_encoder": sum(calls["text_encoder"]),
+            "unet_total": sum(calls["unet"]),
+            "vae_decode": sum(calls["vae_decode"]),
+            "end_to_end": total,
+            "unet_calls": list(calls["unet"]),
         }
 
     for _ in range(warmup):

@@ -4,6 +4,7 @@ Why three forms: JSON keeps every sample for later analysis, the markdown table 
 issues, and the chart shows at a glance where each runtime spends its time and how far it is from
 this machine's matrix-multiply peak.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,35 +59,63 @@ def _fmt(v, unit="", digits=1):
 
 def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     """The rows shared by the markdown and terminal tables."""
-    head = ["runtime", "threads", "startup s", "text enc ms", "UNet step ms", "UNet bare ms", "op graphs ms",
-            "VAE ms", "end to end ms", "peak RSS MB", "download MB", "UNet GFLOP/s", "of peak"]
+    head = [
+        "runtime",
+        "threads",
+        "startup s",
+        "text enc ms",
+        "UNet step ms",
+        "UNet bare ms",
+        "op graphs ms",
+        "VAE ms",
+        "end to end ms",
+        "peak RSS MB",
+        "download MB",
+        "UNet GFLOP/s",
+        "of peak",
+    ]
     rows = []
     for run in result.get("runs", []):
         if run.get("error"):
-            rows.append([run.get("label", run.get("runtime", "?")), str(run.get("threads", "")), f"error: {run['error'][:60]}"] + [""] * (len(head) - 3))
+            rows.append(
+                [run.get("label", run.get("runtime", "?")), str(run.get("threads", "")), f"error: {run['error'][:60]}"]
+                + [""] * (len(head) - 3)
+            )
             continue
         c = run.get("components_ms", {})
         a = run.get("achieved", {})
         mem = run.get("memory", {}).get("peak_rss_mb")
         dl = run.get("downloaded_bytes")
-        rows.append([
-            run.get("label", run["runtime"]), str(run.get("threads", "")),
-            _fmt(run["startup_ms"] / 1000 if run.get("startup_ms") is not None else None, digits=2),
-            _fmt(c.get("text_encoder"), "ms"), _fmt(c.get("unet_step"), "ms"), _fmt(run.get("unet_raw_ms"), "ms"),
-            _fmt(c.get("ops"), "ms"), _fmt(c.get("vae_decode"), "ms"), _fmt(run.get("end_to_end_ms"), "ms", 0),
-            _fmt(mem, digits=0), _fmt(dl / 1e6 if dl is not None else None),
-            _fmt(a["unet_flop_per_s"] / 1e9 if "unet_flop_per_s" in a else None),
-            f"{100 * a['unet_fraction_of_peak']:.0f}%" if "unet_fraction_of_peak" in a else "–",
-        ])
+        rows.append(
+            [
+                run.get("label", run["runtime"]),
+                str(run.get("threads", "")),
+                _fmt(run["startup_ms"] / 1000 if run.get("startup_ms") is not None else None, digits=2),
+                _fmt(c.get("text_encoder"), "ms"),
+                _fmt(c.get("unet_step"), "ms"),
+                _fmt(run.get("unet_raw_ms"), "ms"),
+                _fmt(c.get("ops"), "ms"),
+                _fmt(c.get("vae_decode"), "ms"),
+                _fmt(run.get("end_to_end_ms"), "ms", 0),
+                _fmt(mem, digits=0),
+                _fmt(dl / 1e6 if dl is not None else None),
+                _fmt(a["unet_flop_per_s"] / 1e9 if "unet_flop_per_s" in a else None),
+                f"{100 * a['unet_fraction_of_peak']:.0f}%" if "unet_fraction_of_peak" in a else "–",
+            ]
+        )
     return head, rows
 
 
 def markdown(result: dict) -> str:
     m = result["meta"]
     head, rows = table_rows(result)
-    out = [f"# Benchmark — {m.get('bundle_name') or m['bundle']}", "",
-           f"{m['date']} · {m.get('cpu', '?')} · {m.get('cores', '?')} cores · prompt “{m['prompt']}” · "
-           f"{m['steps']} steps · guidance {m['guidance']} · medians of {m['repeats']} runs after {m.get('warmup', 1)} warm-up", ""]
+    out = [
+        f"# Benchmark — {m.get('bundle_name') or m['bundle']}",
+        "",
+        f"{m['date']} · {m.get('cpu', '?')} · {m.get('cores', '?')} cores · prompt “{m['prompt']}” · "
+        f"{m['steps']} steps · guidance {m['guidance']} · medians of {m['repeats']} runs after {m.get('warmup', 1)} warm-up",
+        "",
+    ]
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -94,62 +123,99 @@ def markdown(result: dict) -> str:
     for run in result.get("runs", []):
         if run.get("downloaded_bytes") and run.get("downloaded_decoded_bytes"):
             fi = run.get("first_image_ms")
-            out.append(f"- {run.get('label')}, {run.get('threads')} thread(s): a first visit transferred "
-                       f"{run['downloaded_bytes'] / 1e6:.1f} MB on the wire, {run['downloaded_decoded_bytes'] / 1e6:.1f} MB decompressed"
-                       + (f"; first image (ready + the warm-up generation) after {fi / 1000:.2f} s" if fi else ""))
+            out.append(
+                f"- {run.get('label')}, {run.get('threads')} thread(s): a first visit transferred "
+                f"{run['downloaded_bytes'] / 1e6:.1f} MB on the wire, {run['downloaded_decoded_bytes'] / 1e6:.1f} MB decompressed"
+                + (f"; first image (ready + the warm-up generation) after {fi / 1000:.2f} s" if fi else "")
+            )
     out.append("")
-    out.append("Text encoder: one run's text encoding (ONNX: one batch-2 call; diffusers: two batch-1 calls). "
-               "UNet step: one batch-2 call (classifier-free guidance), median over all steps; UNet bare: the model alone, "
-               "outside the loop. Op graphs: one run's guidance, scheduler and image-conversion work (for diffusers: "
-               "everything outside the three models).")
+    out.append(
+        "Text encoder: one run's text encoding (ONNX: one batch-2 call; diffusers: two batch-1 calls). "
+        "UNet step: one batch-2 call (classifier-free guidance), median over all steps; UNet bare: the model alone, "
+        "outside the loop. Op graphs: one run's guidance, scheduler and image-conversion work (for diffusers: "
+        "everything outside the three models)."
+    )
     views = [(r.get("label"), r.get("threads"), r.get("views_ms")) for r in result.get("runs", []) if r.get("views_ms")]
     if views:
-        out += ["", "## The explainer's cost (page, per step through the controller)", "",
-                "| runtime | threads | views off ms/step | views on ms/step | on / off | run wall off ms | run wall on ms |",
-                "|---|---:|---:|---:|---:|---:|---:|"]
+        out += [
+            "",
+            "## The explainer's cost (page, per step through the controller)",
+            "",
+            "| runtime | threads | views off ms/step | views on ms/step | on / off | run wall off ms | run wall on ms |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for label, threads, v in views:
-            out.append(f"| {label} | {threads} | {_fmt(v.get('step_off'))} | {_fmt(v.get('step_on'))} | "
-                       f"{_fmt(v.get('ratio'), digits=2)} | {_fmt(v.get('wall_off'), digits=0)} | {_fmt(v.get('wall_on'), digits=0)} |")
-        out.append("Views on: the explainer's run (every step's tensors to the page, predicted images decoded within the "
-                   "runtime's preview budget, the rest after run-done); off: the plain loop (UNet + guidance + scheduler).")
+            out.append(
+                f"| {label} | {threads} | {_fmt(v.get('step_off'))} | {_fmt(v.get('step_on'))} | "
+                f"{_fmt(v.get('ratio'), digits=2)} | {_fmt(v.get('wall_off'), digits=0)} | {_fmt(v.get('wall_on'), digits=0)} |"
+            )
+        out.append(
+            "Views on: the explainer's run (every step's tensors to the page, predicted images decoded within the "
+            "runtime's preview budget, the rest after run-done); off: the plain loop (UNet + guidance + scheduler)."
+        )
     ex = [r for r in result.get("explainer", []) if isinstance(r, dict) and "cold" in r]
     if ex:
-        out += ["", "## The explainer page (every view on, the URL's request)", "",
-                "Seconds from the page's navigation start (its own clock, as web vitals count); in brackets, from the command "
-                "that opened it (the browser's work before navigation starts included, e.g. a new tab's renderer process).", "",
-                "| threads | cold: ready s | cold: first image s | warm: ready s | warm: first image s | ms per step (whole run) | long tasks > 50 ms | longest ms |",
-                "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        out += [
+            "",
+            "## The explainer page (every view on, the URL's request)",
+            "",
+            "Seconds from the page's navigation start (its own clock, as web vitals count); in brackets, from the command "
+            "that opened it (the browser's work before navigation starts included, e.g. a new tab's renderer process).",
+            "",
+            "| threads | cold: ready s | cold: first image s | warm: ready s | warm: first image s | ms per step (whole run) | long tasks > 50 ms | longest ms |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in ex:
             lt = r.get("long_tasks", {})
-            out.append(f"| {r['threads']} | {two_clocks(r['cold'], 'ready')} | {two_clocks(r['cold'], 'first_image')} | {two_clocks(r['warm'], 'ready')} | "
-                       f"{two_clocks(r['warm'], 'first_image')} | {_fmt(r.get('page_ms_per_step_run'))} | {lt.get('count', '–')} | {_fmt(lt.get('max_ms'))} |")
+            out.append(
+                f"| {r['threads']} | {two_clocks(r['cold'], 'ready')} | {two_clocks(r['cold'], 'first_image')} | {two_clocks(r['warm'], 'ready')} | "
+                f"{two_clocks(r['warm'], 'first_image')} | {_fmt(r.get('page_ms_per_step_run'))} | {lt.get('count', '–')} | {_fmt(lt.get('max_ms'))} |"
+            )
         starts = [r for r in ex if "startup_ms" in r.get("warm", {})]
         if starts:
-            out += ["", "Where start-up goes (the worker's own clock, ms), per visit: warm opens the page again in the same tab "
-                    "(like a reload: the bundle and Python's memory snapshot in the Cache API, the compiled WebAssembly still in "
-                    "the renderer); warm, fresh Python has the snapshot deleted (the lever side by side); warm, new tab opens it "
-                    "in a new tab of the same profile (caches warm, WebAssembly compiled again).", "",
-                    "| threads | visit | Python | runtime.zip | bundle | ORT sessions | worker ready | page ready s | first image s |",
-                    "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+            out += [
+                "",
+                "Where start-up goes (the worker's own clock, ms), per visit: warm opens the page again in the same tab "
+                "(like a reload: the bundle and Python's memory snapshot in the Cache API, the compiled WebAssembly still in "
+                "the renderer); warm, fresh Python has the snapshot deleted (the lever side by side); warm, new tab opens it "
+                "in a new tab of the same profile (caches warm, WebAssembly compiled again).",
+                "",
+                "| threads | visit | Python | runtime.zip | bundle | ORT sessions | worker ready | page ready s | first image s |",
+                "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+            ]
             for r in starts:
-                for visit, label in (("cold", "cold"), ("warm", "warm (snapshot)"), ("warm_fresh_python", "warm, fresh Python"),
-                                     ("warm_new_tab", "warm, new tab")):
+                for visit, label in (
+                    ("cold", "cold"),
+                    ("warm", "warm (snapshot)"),
+                    ("warm_fresh_python", "warm, fresh Python"),
+                    ("warm_new_tab", "warm, new tab"),
+                ):
                     v = r.get(visit)
                     if v and "startup_ms" in v:
                         m = v["startup_ms"]
-                        out.append(f"| {r['threads']} | {label} | {m['python']:.0f} | {m['runtime_zip']:.0f} | {m['bundle']:.0f} | "
-                                   f"{m['sessions']:.0f} | {m['worker_total']:.0f} | {two_clocks(v, 'ready')} | {two_clocks(v, 'first_image')} |")
+                        out.append(
+                            f"| {r['threads']} | {label} | {m['python']:.0f} | {m['runtime_zip']:.0f} | {m['bundle']:.0f} | "
+                            f"{m['sessions']:.0f} | {m['worker_total']:.0f} | {two_clocks(v, 'ready')} | {two_clocks(v, 'first_image')} |"
+                        )
     f = result.get("flops", {})
     if f:
         out += ["", "## Arithmetic", ""]
         onnx_u, torch_u = f.get("unet_onnx"), f.get("unet_torch")
         if onnx_u:
-            out.append(f"- UNet, one step (batch 2): **{onnx_u / 1e9:.3f} GFLOP** counted from the ONNX graph (Conv/MatMul/Gemm)"
-                       + (f", **{torch_u / 1e9:.3f} GFLOP** by torch FlopCounterMode on the diffusers UNet "
-                          f"(ratio {onnx_u / torch_u:.4f})" if torch_u else ""))
+            out.append(
+                f"- UNet, one step (batch 2): **{onnx_u / 1e9:.3f} GFLOP** counted from the ONNX graph (Conv/MatMul/Gemm)"
+                + (
+                    f", **{torch_u / 1e9:.3f} GFLOP** by torch FlopCounterMode on the diffusers UNet "
+                    f"(ratio {onnx_u / torch_u:.4f})"
+                    if torch_u
+                    else ""
+                )
+            )
         elif torch_u:
-            out.append(f"- UNet, one step (batch 2): **{torch_u / 1e9:.3f} GFLOP** by torch FlopCounterMode on the diffusers UNet "
-                       "(the ONNX graph's count was incomplete, see notes)")
+            out.append(
+                f"- UNet, one step (batch 2): **{torch_u / 1e9:.3f} GFLOP** by torch FlopCounterMode on the diffusers UNet "
+                "(the ONNX graph's count was incomplete, see notes)"
+            )
         for k, name in (("text_encoder", "text encoder (batch 2)"), ("vae_decoder", "VAE decode")):
             t = f.get("onnx", {}).get(k, {}).get("total")
             if t:
@@ -165,9 +231,11 @@ def markdown(result: dict) -> str:
             out.append(f"- {t} thread(s), {p['n']}×{p['n']}: **{p['peak'] / 1e9:.1f} GFLOP/s** ({libs})")
             if p.get("onnxruntime_web_wasm") and p.get("onnxruntime"):
                 w = p["onnxruntime_web_wasm"]
-                out.append(f"  - onnxruntime-web's WASM build, same product: {w / 1e9:.1f} GFLOP/s, native onnxruntime / WASM "
-                           f"**{p['onnxruntime'] / w:.1f}×** (128-bit SIMD without fused multiply-add vs native AVX2/AVX-512 FMA): "
-                           "the ceiling on how close the page's GEMM-bound UNet can come to native")
+                out.append(
+                    f"  - onnxruntime-web's WASM build, same product: {w / 1e9:.1f} GFLOP/s, native onnxruntime / WASM "
+                    f"**{p['onnxruntime'] / w:.1f}×** (128-bit SIMD without fused multiply-add vs native AVX2/AVX-512 FMA): "
+                    "the ceiling on how close the page's GEMM-bound UNet can come to native"
+                )
             elif p.get("onnxruntime_web_wasm_error"):
                 out.append(f"  - onnxruntime-web's WASM build: not measured ({p['onnxruntime_web_wasm_error']})")
     notes = m.get("notes") or []
@@ -193,8 +261,12 @@ def chart(result: dict, path: Path) -> None:
         for r in runs:
             c = r.get("components_ms", {})
             steps = r.get("unet_calls_per_run") or r.get("steps") or result["meta"]["steps"]
-            parts = {"text encoder": c.get("text_encoder") or 0, "UNet": (c.get("unet_step") or 0) * steps,
-                     "op graphs": c.get("ops") or 0, "VAE decode": c.get("vae_decode") or 0}
+            parts = {
+                "text encoder": c.get("text_encoder") or 0,
+                "UNet": (c.get("unet_step") or 0) * steps,
+                "op graphs": c.get("ops") or 0,
+                "VAE decode": c.get("vae_decode") or 0,
+            }
             parts["other"] = max(0.0, r["end_to_end_ms"] - sum(parts.values()))
             vals.append(parts[name] / 1000)
         ax1.barh(labels, vals, left=left, color=colors[name], label=name)
@@ -212,7 +284,13 @@ def chart(result: dict, path: Path) -> None:
             ax2.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {100 * frac:.0f}% of peak", va="center", fontsize=8)
     for i, (t, p) in enumerate(sorted(result.get("peak", {}).items())):
         if p.get("peak"):
-            ax2.axvline(p["peak"] / 1e9, color=("k", "#555")[i % 2], ls=("--", ":")[i % 2], lw=1, label=f"matmul peak, {t} thr: {p['peak'] / 1e9:.0f}")
+            ax2.axvline(
+                p["peak"] / 1e9,
+                color=("k", "#555")[i % 2],
+                ls=("--", ":")[i % 2],
+                lw=1,
+                label=f"matmul peak, {t} thr: {p['peak'] / 1e9:.0f}",
+            )
     ax2.set_xlabel("GFLOP/s in the UNet step")
     ax2.set_title("Achieved vs this machine's fp32 matmul peak")
     ax2.invert_yaxis()

@@ -1,4 +1,5 @@
 """The UNet with its cross-attention maps as a second output (attention_probs: per token, heads averaged, layers summed at latent size)."""
+
 from __future__ import annotations
 
 import tempfile
@@ -74,7 +75,9 @@ def _with_processors(unet, make_attn2):
     """Every attn2 gets make_attn2(name); every other attention diffusers' plain AttnProcessor."""
     from diffusers.models.attention_processor import AttnProcessor
 
-    unet.set_attn_processor({k: (make_attn2(k) if k.endswith("attn2.processor") else AttnProcessor()) for k in unet.attn_processors})
+    unet.set_attn_processor(
+        {k: (make_attn2(k) if k.endswith("attn2.processor") else AttnProcessor()) for k in unet.attn_processors}
+    )
 
 
 def attention_module(unet):
@@ -87,8 +90,14 @@ def attention_module(unet):
     _with_processors(unet, lambda _name: MapProcessor(collector))
     for m in unet.modules():
         if isinstance(m, Transformer2DModel):  # its input is still [B, C, h_l, w_l]: record the layer size
-            m.register_forward_pre_hook(lambda _m, args, kwargs: setattr(collector, "layer", tuple(args[0].shape[-2:])) if args else
-                                        setattr(collector, "layer", tuple(kwargs["hidden_states"].shape[-2:])), with_kwargs=True)
+            m.register_forward_pre_hook(
+                lambda _m, args, kwargs: (
+                    setattr(collector, "layer", tuple(args[0].shape[-2:]))
+                    if args
+                    else setattr(collector, "layer", tuple(kwargs["hidden_states"].shape[-2:]))
+                ),
+                with_kwargs=True,
+            )
 
     class UNetWithAttention(torch.nn.Module):
         def __init__(self):
@@ -154,8 +163,9 @@ def _remove_unet_files(out_dir: Path) -> None:
             p.unlink()
 
 
-def export_unet_with_attention(src: Path, out_dir: Path, facts: dict, chunk_bytes: int, *, seed: int = 0,
-                               tolerance: float = DEFAULT_TOLERANCE) -> dict:
+def export_unet_with_attention(
+    src: Path, out_dir: Path, facts: dict, chunk_bytes: int, *, seed: int = 0, tolerance: float = DEFAULT_TOLERANCE
+) -> dict:
     """Write out_dir/unet.onnx (replacing the plain one; weights chunked when big) whose outputs are
     out_sample and attention_probs; verify both against PyTorch. Returns {"files", "verification"}."""
     import numpy as np
@@ -179,25 +189,36 @@ def export_unet_with_attention(src: Path, out_dir: Path, facts: dict, chunk_byte
             # TorchScript's exporter (the legacy path, as export/clip.py): traces diffusers' UNet as optimum does
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module, example, str(path), input_names=["sample", "timestep", "encoder_hidden_states"],
+                module,
+                example,
+                str(path),
+                input_names=["sample", "timestep", "encoder_hidden_states"],
                 output_names=["out_sample", ATTENTION_OUTPUT],
-                dynamic_axes={"sample": {0: "batch_size", 2: "height", 3: "width"},
-                              "encoder_hidden_states": {0: "batch_size", 1: "sequence_length"},
-                              "out_sample": {0: "batch_size", 2: "height", 3: "width"},
-                              ATTENTION_OUTPUT: {0: "sequence_length", 1: "height", 2: "width"}},
-                opset_version=OPSET, dynamo=False,
+                dynamic_axes={
+                    "sample": {0: "batch_size", 2: "height", 3: "width"},
+                    "encoder_hidden_states": {0: "batch_size", 1: "sequence_length"},
+                    "out_sample": {0: "batch_size", 2: "height", 3: "width"},
+                    ATTENTION_OUTPUT: {0: "sequence_length", 1: "height", 2: "width"},
+                },
+                opset_version=OPSET,
+                dynamo=False,
             )
         model = onnx.load(str(path), load_external_data=True)
-        model.doc_string = (f"SD UNet; {ATTENTION_OUTPUT}: the conditional row's cross-attention probabilities per text token, "
-                            f"mean over heads, bilinearly upsampled to the latent size and summed over the {layers} attn2 layers (DAAM)")
+        model.doc_string = (
+            f"SD UNet; {ATTENTION_OUTPUT}: the conditional row's cross-attention probabilities per text token, "
+            f"mean over heads, bilinearly upsampled to the latent size and summed over the {layers} attn2 layers (DAAM)"
+        )
         _remove_unet_files(out_dir)
         files = save_model(model, out_dir / "unet.onnx", chunk_bytes)
     del model
 
     # verification: the graph vs the plain UNet (out_sample) and vs the after-the-fact aggregation (maps)
     rng = np.random.default_rng(seed)
-    feeds = {"sample": rng.standard_normal((2, 4, h, w), dtype=np.float32), "timestep": np.array(500.0, dtype=np.float32),
-             "encoder_hidden_states": rng.standard_normal((2, n, d), dtype=np.float32)}
+    feeds = {
+        "sample": rng.standard_normal((2, 4, h, w), dtype=np.float32),
+        "timestep": np.array(500.0, dtype=np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, n, d), dtype=np.float32),
+    }
     got_sample, got_maps = ort.InferenceSession(str(out_dir / "unet.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)
     plain = UNet2DConditionModel.from_pretrained(src / "unet").eval()
     t = {k: torch.from_numpy(v) for k, v in feeds.items()}
@@ -205,20 +226,34 @@ def export_unet_with_attention(src: Path, out_dir: Path, facts: dict, chunk_byte
         ref_sample = plain(t["sample"], t["timestep"], encoder_hidden_states=t["encoder_hidden_states"]).sample.numpy()
     ref_maps, recorded = reference_maps(plain, t["sample"], t["timestep"], t["encoder_hidden_states"])
     if recorded != layers or got_maps.shape != (n, h, w):
-        raise ExportError(f"attention maps: expected {layers} layers → [{n}, {h}, {w}], got {recorded} layers → {list(got_maps.shape)}")
+        raise ExportError(
+            f"attention maps: expected {layers} layers → [{n}, {h}, {w}], got {recorded} layers → {list(got_maps.shape)}"
+        )
     err = float(np.abs(got_sample - ref_sample).max())
     ref_max = float(np.abs(ref_sample).max())
     map_err = float(np.abs(got_maps - ref_maps).max())
     verification = {
-        "max_abs_error": err, "max_abs_reference": ref_max, "relative": err / max(1.0, ref_max), "tolerance": tolerance,
+        "max_abs_error": err,
+        "max_abs_reference": ref_max,
+        "relative": err / max(1.0, ref_max),
+        "tolerance": tolerance,
         "against": "PyTorch (diffusers UNet2DConditionModel, default processors) on random inputs",
-        "attention": {"max_abs_error": map_err, "max_abs_reference": float(np.abs(ref_maps).max()), "tolerance": MAP_TOLERANCE,
-                      "layers": layers, "against": "every attn2's softmax probabilities recorded in PyTorch, aggregated in float64"},
+        "attention": {
+            "max_abs_error": map_err,
+            "max_abs_reference": float(np.abs(ref_maps).max()),
+            "tolerance": MAP_TOLERANCE,
+            "layers": layers,
+            "against": "every attn2's softmax probabilities recorded in PyTorch, aggregated in float64",
+        },
     }
     if verification["relative"] > tolerance:
-        raise ExportError(f"unet (with attention) differs from PyTorch by {err:.3g} (reference max {ref_max:.3g}), above tolerance {tolerance}")
+        raise ExportError(
+            f"unet (with attention) differs from PyTorch by {err:.3g} (reference max {ref_max:.3g}), above tolerance {tolerance}"
+        )
     if map_err > MAP_TOLERANCE:
-        raise ExportError(f"unet's {ATTENTION_OUTPUT} differ from the PyTorch aggregation by {map_err:.3g}, above {MAP_TOLERANCE}")
+        raise ExportError(
+            f"unet's {ATTENTION_OUTPUT} differ from the PyTorch aggregation by {map_err:.3g}, above {MAP_TOLERANCE}"
+        )
     return {"files": files, "verification": verification}
 
 
@@ -240,8 +275,14 @@ def update_manifest(bundle_dir: Path, result: dict) -> dict:
     for rel in unet["files"]:
         manifest["files"].pop(rel, None)
     inputs, outputs = io_specs(onnx.load(str(bundle_dir / result["files"][0]), load_external_data=False))
-    unet.update({"files": result["files"], "inputs": inputs, "outputs": outputs,
-                 "verification": {**unet.get("verification", {}), **result["verification"]}})
+    unet.update(
+        {
+            "files": result["files"],
+            "inputs": inputs,
+            "outputs": outputs,
+            "verification": {**unet.get("verification", {}), **result["verification"]},
+        }
+    )
     for rel in result["files"]:
         manifest["files"][rel] = {"bytes": (bundle_dir / rel).stat().st_size, "sha256": sha256_file(bundle_dir / rel)}
     path.write_text(json.dumps(manifest, indent=1))

@@ -1,10 +1,12 @@
 """Inspect a checkpoint from its configs or file header alone, and refuse what is not SD 1.x/2.x before heavy work."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from .errors import SUPPORTED, UnsupportedCheckpoint
+
 
 def inspect_checkpoint(src) -> dict:
     """Read only configs or a file header (no weights) and refuse anything but SD 1.x/2.x, before heavy work."""
@@ -20,7 +22,9 @@ def inspect_checkpoint(src) -> dict:
     index = src / "model_index.json"
     if not index.is_file():
         found = ", ".join(sorted(p.name for p in src.iterdir())[:6]) or "an empty folder"
-        raise UnsupportedCheckpoint(f"{src} is not a diffusers pipeline (no model_index.json; found {found}); supported: {SUPPORTED}")
+        raise UnsupportedCheckpoint(
+            f"{src} is not a diffusers pipeline (no model_index.json; found {found}); supported: {SUPPORTED}"
+        )
     try:
         info = json.loads(index.read_text())
     except ValueError:
@@ -41,11 +45,17 @@ def inspect_checkpoint(src) -> dict:
     unet, vae, text = cfg("unet"), cfg("vae"), cfg("text_encoder")
     sched = cfg("scheduler", "scheduler_config.json")
     if unet.get("in_channels", 4) != 4 or vae.get("latent_channels", 4) != 4:
-        raise UnsupportedCheckpoint(f"{src}: UNet in_channels={unet.get('in_channels')} (inpainting or depth model?); only 4-channel text-to-image SD is supported")
+        raise UnsupportedCheckpoint(
+            f"{src}: UNet in_channels={unet.get('in_channels')} (inpainting or depth model?); only 4-channel text-to-image SD is supported"
+        )
     if unet.get("cross_attention_dim") != text.get("hidden_size"):
-        raise UnsupportedCheckpoint(f"{src}: UNet cross_attention_dim {unet.get('cross_attention_dim')} ≠ text encoder hidden size {text.get('hidden_size')}")
+        raise UnsupportedCheckpoint(
+            f"{src}: UNet cross_attention_dim {unet.get('cross_attention_dim')} ≠ text encoder hidden size {text.get('hidden_size')}"
+        )
     if unet.get("addition_embed_type") or unet.get("class_embed_type"):
-        raise UnsupportedCheckpoint(f"{src}: UNet has extra conditioning ({unet.get('addition_embed_type') or unet.get('class_embed_type')}), e.g. SDXL or unCLIP; supported: {SUPPORTED}")
+        raise UnsupportedCheckpoint(
+            f"{src}: UNet has extra conditioning ({unet.get('addition_embed_type') or unet.get('class_embed_type')}), e.g. SDXL or unCLIP; supported: {SUPPORTED}"
+        )
     factor = 2 ** (len(vae.get("block_out_channels", [1, 1, 1, 1])) - 1)
     latent = unet.get("sample_size", 64)
     latent = latent if isinstance(latent, list) else [latent, latent]

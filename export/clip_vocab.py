@@ -3,6 +3,7 @@ open_clip_torch ships (MIT). Why: no model hub is reachable; this is the same vo
 
 Usage: python -m export.clip_vocab bpe_simple_vocab_16e6.txt.gz OUT_DIR
 """
+
 import gzip
 import json
 import sys

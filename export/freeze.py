@@ -9,6 +9,7 @@ onnxruntime's own basic (ONNX-level, provider-neutral) optimisations and the siz
 into fp32, or the file would grow 4×: they are hidden from constant folding as graph inputs
 during the pass and put back after it. Folding also materialises filled tensors (attention's zero
 bias, [16, 64, 77]): those go back to ConstantOfShape."""
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,10 @@ def freeze_file(folder: Path, rels: list[str], feeds: dict, chunk_bytes: int) ->
         return rels, {"fixed_sizes": None, "why": "no named sizes" if not dims else "too large to fold in one protobuf"}
     for rel in rels:
         (folder / rel).unlink()
-    return save_model(out, folder / rels[0], chunk_bytes), {"fixed_sizes": dims, "nodes": {"before": before, "after": len(out.graph.node)}}
+    return save_model(out, folder / rels[0], chunk_bytes), {
+        "fixed_sizes": dims,
+        "nodes": {"before": before, "after": len(out.graph.node)},
+    }
 
 
 def freeze_shapes(model, dims: dict[str, int]):

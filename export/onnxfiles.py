@@ -6,6 +6,7 @@ stays under `CHUNK_BYTES`. ONNX's external-data format already lets each tensor 
 offset, so chunking is only a matter of where each tensor is written; onnxruntime (native and web,
 via `externalData`) reads the result unchanged.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ numpy), so every element-wise operation — classifier-free guidance, the schedu
 image → bytes — runs in onnxruntime like the models do, on the GPU when the page has one.
 All tensors are float32 NCHW with symbolic shapes, so one bundle serves any latent size.
 """
+
 from __future__ import annotations
 
 import onnx
@@ -41,8 +42,13 @@ def lincomb(n: int = LINCOMB_TERMS):
         acc = f"s{i}"
     nodes.append(h.make_node("Identity", [acc], ["y"]))
     consts = [h.make_node("Constant", [], [f"i{i}"], value=h.make_tensor(f"i{i}", T.INT64, [], [i])) for i in range(n)]
-    return _model(consts + nodes, inputs + [h.make_tensor_value_info("c", T.FLOAT, [n])],
-                  [h.make_tensor_value_info("y", T.FLOAT, ["n", "c", "h", "w"])], "lincomb", lincomb.__doc__)
+    return _model(
+        consts + nodes,
+        inputs + [h.make_tensor_value_info("c", T.FLOAT, [n])],
+        [h.make_tensor_value_info("y", T.FLOAT, ["n", "c", "h", "w"])],
+        "lincomb",
+        lincomb.__doc__,
+    )
 
 
 def cfg_input():
@@ -51,8 +57,13 @@ def cfg_input():
         h.make_node("Mul", ["latent", "scale"], ["scaled"]),
         h.make_node("Concat", ["scaled", "scaled"], ["sample"], axis=0),
     ]
-    return _model(nodes, [_latent("latent", 1), h.make_tensor_value_info("scale", T.FLOAT, [1])],
-                  [_latent("sample", 2)], "cfg_input", cfg_input.__doc__)
+    return _model(
+        nodes,
+        [_latent("latent", 1), h.make_tensor_value_info("scale", T.FLOAT, [1])],
+        [_latent("sample", 2)],
+        "cfg_input",
+        cfg_input.__doc__,
+    )
 
 
 def guidance():
@@ -64,8 +75,13 @@ def guidance():
         h.make_node("Mul", ["diff", "scale"], ["scaled_diff"]),
         h.make_node("Add", ["uncond", "scaled_diff"], ["guided"]),
     ]
-    return _model(nodes, [_latent("noise_pred", 2), h.make_tensor_value_info("scale", T.FLOAT, [1])],
-                  [_latent("uncond", 1), _latent("cond", 1), _latent("guided", 1)], "guidance", guidance.__doc__)
+    return _model(
+        nodes,
+        [_latent("noise_pred", 2), h.make_tensor_value_info("scale", T.FLOAT, [1])],
+        [_latent("uncond", 1), _latent("cond", 1), _latent("guided", 1)],
+        "guidance",
+        guidance.__doc__,
+    )
 
 
 def to_rgba():
@@ -95,8 +111,13 @@ def to_rgba():
     ]
     # constants first so the graph is topologically sorted
     nodes = nodes[-4:] + nodes[:4] + nodes[4:-4]
-    return _model(nodes, [h.make_tensor_value_info("image", T.FLOAT, [1, 3, "height", "width"])],
-                  [h.make_tensor_value_info("rgba", T.UINT8, ["height", "width", 4])], "to_rgba", to_rgba.__doc__)
+    return _model(
+        nodes,
+        [h.make_tensor_value_info("image", T.FLOAT, [1, 3, "height", "width"])],
+        [h.make_tensor_value_info("rgba", T.UINT8, ["height", "width", 4])],
+        "to_rgba",
+        to_rgba.__doc__,
+    )
 
 
 GRAPHS = {"lincomb": lincomb, "cfg_input": cfg_input, "guidance": guidance, "to_rgba": to_rgba}

@@ -1,4 +1,5 @@
 """The quality report of a non-fp32 build: size and error per component vs fp32, final-image PSNR, and a judge's scores when one is given."""
+
 from __future__ import annotations
 
 import json
@@ -51,9 +52,18 @@ def _call_judge(judge, manifest: dict, bundle_dir: Path, seeds: tuple):
 FIXED_SIZE = ("unet", "vae_decoder")  # batch 2 (guidance) and batch 1 at the latent size; the text encoder's batch varies (CLIP)
 
 
-def apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, manifest: dict, precision: dict,
-                    chunk_bytes: int = CHUNK_BYTES, quality: tuple | None = None, judge=None,
-                    judge_seeds: tuple = ADHERENCE_SEEDS) -> dict:
+def apply_precision(
+    fp32_dir: Path,
+    out_dir: Path,
+    files: dict,
+    facts: dict,
+    manifest: dict,
+    precision: dict,
+    chunk_bytes: int = CHUNK_BYTES,
+    quality: tuple | None = None,
+    judge=None,
+    judge_seeds: tuple = ADHERENCE_SEEDS,
+) -> dict:
     """Quantize components into out_dir and write the quality report: size and error per component
     vs fp32 on the verification inputs, and the final image's PSNR vs the fp32 bundle.
 
@@ -89,9 +99,9 @@ def apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, man
         if comp in FIXED_SIZE:  # the runtime calls it at one size only; its shape arithmetic folded (export/freeze.py)
             new_files[comp], fixed[comp] = freeze_file(out_dir, new_files[comp], feeds[comp], chunk_bytes)
 
-        def run(d, rels):
+        def run(d, rels, feeds=feeds[comp]):
             sess = ort.InferenceSession(str(d / rels[0]), providers=["CPUExecutionProvider"])
-            return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds[comp])))
+            return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 
         refs, gots = run(fp32_dir, files[comp]), run(out_dir, new_files[comp])
         errs = {k: float(np.abs(gots[k].astype(np.float32) - v).max()) for k, v in refs.items() if v.dtype.kind == "f"}
@@ -99,8 +109,11 @@ def apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, man
         ref, got = refs[first], gots[first]
         size = lambda d, rels: sum((d / r).stat().st_size for r in rels)  # noqa: E731
         report["components"][comp] = {
-            "precision": precision[comp], "bytes": size(out_dir, new_files[comp]), "bytes_fp32": size(fp32_dir, files[comp]),
-            "max_abs_error_vs_fp32": float(np.abs(got.astype(np.float32) - ref).max()), "max_abs_fp32": float(np.abs(ref).max()),
+            "precision": precision[comp],
+            "bytes": size(out_dir, new_files[comp]),
+            "bytes_fp32": size(fp32_dir, files[comp]),
+            "max_abs_error_vs_fp32": float(np.abs(got.astype(np.float32) - ref).max()),
+            "max_abs_fp32": float(np.abs(ref).max()),
             **({"outputs_max_abs_error_vs_fp32": errs} if len(errs) > 1 else {}),
             **fixed.get(comp, {}),
         }
@@ -116,8 +129,10 @@ def apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, man
             new_manifest["files"].pop(rel, None)
         for rel in new_files[comp]:
             new_manifest["files"][rel] = {"bytes": (out_dir / rel).stat().st_size, "sha256": sha256_file(out_dir / rel)}
-    report["bundle_bytes"] = {"this build": sum(f["bytes"] for f in new_manifest["files"].values()),
-                              "fp32": sum(f["bytes"] for f in manifest["files"].values())}
+    report["bundle_bytes"] = {
+        "this build": sum(f["bytes"] for f in new_manifest["files"].values()),
+        "fp32": sum(f["bytes"] for f in manifest["files"].values()),
+    }
     (out_dir / "manifest.json").write_text(json.dumps(new_manifest, indent=1))
 
     runs = [(p, s) for p in QUALITY_PROMPTS for s in QUALITY_SEEDS]
@@ -129,15 +144,27 @@ def apply_precision(fp32_dir: Path, out_dir: Path, files: dict, facts: dict, man
     for a, b in zip(images(fp32_dir, requests), images(out_dir, requests)):
         mse = float(np.mean((a.astype(np.float64) - b) ** 2))
         psnrs.append(99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse))
-    report["image"] = {"psnr_db_vs_fp32": {"min": min(psnrs), "mean": sum(psnrs) / len(psnrs)},
-                       "runs": [{"prompt": p, "seed": s} for p, s in runs], "steps": steps}
+    report["image"] = {
+        "psnr_db_vs_fp32": {"min": min(psnrs), "mean": sum(psnrs) / len(psnrs)},
+        "runs": [{"prompt": p, "seed": s} for p, s in runs],
+        "steps": steps,
+    }
     if judge is not None:
-        fp32_score, this_score = _call_judge(judge, manifest, fp32_dir, judge_seeds), _call_judge(judge, new_manifest, out_dir, judge_seeds)
+        fp32_score, this_score = (
+            _call_judge(judge, manifest, fp32_dir, judge_seeds),
+            _call_judge(judge, new_manifest, out_dir, judge_seeds),
+        )
         if fp32_score and this_score:
-            report["adherence"] = {"fp32": fp32_score, "this build": this_score, "judge": getattr(judge, "description", ""),
-                                   "points_vs_fp32": {k: round(100 * (this_score[f"{k}_accuracy"] - fp32_score[f"{k}_accuracy"]), 2)
-                                                      for k in ("object", "background")
-                                                      if f"{k}_accuracy" in this_score and f"{k}_accuracy" in fp32_score}}
+            report["adherence"] = {
+                "fp32": fp32_score,
+                "this build": this_score,
+                "judge": getattr(judge, "description", ""),
+                "points_vs_fp32": {
+                    k: round(100 * (this_score[f"{k}_accuracy"] - fp32_score[f"{k}_accuracy"]), 2)
+                    for k in ("object", "background")
+                    if f"{k}_accuracy" in this_score and f"{k}_accuracy" in fp32_score
+                },
+            }
     new_manifest["quality"] = report
     (out_dir / "manifest.json").write_text(json.dumps(new_manifest, indent=1))
     return new_manifest

@@ -18,6 +18,7 @@ graphOptimizationLevel "all" includes it) when the session is created, so the se
 same fp32 weights and runs the same kernels as the fp32 file; only the Gather tables stay int8 in
 memory, dequantized row by row (77 rows per prompt). Plain ONNX ops only: no contrib op to depend on.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -35,7 +36,13 @@ DEFAULTS = {
     "webgpu": {"text_encoder": "fp16", "unet": "fp16", "vae_decoder": "fp16"},
     "fp32": {"text_encoder": "fp32", "unet": "fp32", "vae_decoder": "fp32"},
     # the page's default build: fp32 compute on every provider, about a third of the fp32 download
-    "small": {"text_encoder": "int8w", "unet": "int8w-all", "vae_decoder": "fp16w", "clip_image": "int8w-all", "umap_project": "fp16w"},
+    "small": {
+        "text_encoder": "int8w",
+        "unet": "int8w-all",
+        "vae_decoder": "fp16w",
+        "clip_image": "int8w-all",
+        "umap_project": "fp16w",
+    },
 }
 
 
@@ -72,8 +79,13 @@ def quantize(src: Path, dst: Path, precision: str, chunk_bytes: int = CHUNK_BYTE
 
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / dst.name
-            quantize_dynamic(str(src), str(out), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8,
-                             use_external_data_format=src.stat().st_size > 1_800_000_000 or _has_external(src))
+            quantize_dynamic(
+                str(src),
+                str(out),
+                op_types_to_quantize=["MatMul", "Gemm"],
+                weight_type=QuantType.QInt8,
+                use_external_data_format=src.stat().st_size > 1_800_000_000 or _has_external(src),
+            )
             return save_model(onnx.load(str(out), load_external_data=True), dst, chunk_bytes)
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -85,7 +97,6 @@ def quantize(src: Path, dst: Path, precision: str, chunk_bytes: int = CHUNK_BYTE
 
 def _has_external(path: Path) -> bool:
     return any(p.name.startswith(path.stem) and p != path for p in path.parent.iterdir())
-
 
 
 MIN_ELEMENTS = 256  # smaller fp32 tensors stay as they are: they weigh nothing and some are shapes' scales
@@ -129,8 +140,14 @@ def compact_weights(model, int8_gather: bool = True, int8_weights: bool = False,
     for t in graph.initializer:
         uses = consumers.get(t.name, [])
         count = int(np.prod(t.dims)) if len(t.dims) else 1
-        if (t.data_type != TensorProto.FLOAT or count < min_elements or not uses or t.name in outputs or t.name in inputs
-                or any(n is None for n, _ in uses)):
+        if (
+            t.data_type != TensorProto.FLOAT
+            or count < min_elements
+            or not uses
+            or t.name in outputs
+            or t.name in inputs
+            or any(n is None for n, _ in uses)
+        ):
             keep.append(t)
             continue
         w = numpy_helper.to_array(t).astype(np.float32)
@@ -146,8 +163,10 @@ def compact_weights(model, int8_gather: bool = True, int8_weights: bool = False,
             q, scale = _int8(w, axis=axis)
             qn, sn, cn = fresh(f"{t.name}_int8"), fresh(f"{t.name}_scale"), fresh(f"{t.name}_int8_f32")
             new_inits += [numpy_helper.from_array(q, qn), numpy_helper.from_array(scale.astype(np.float32), sn)]
-            pre_nodes += [helper.make_node("Cast", [qn], [cn], to=TensorProto.FLOAT, name=fresh(f"{t.name}_dequant_cast")),
-                          helper.make_node("Mul", [cn, sn], [t.name], name=fresh(f"{t.name}_dequant_mul"))]
+            pre_nodes += [
+                helper.make_node("Cast", [qn], [cn], to=TensorProto.FLOAT, name=fresh(f"{t.name}_dequant_cast")),
+                helper.make_node("Mul", [cn, sn], [t.name], name=fresh(f"{t.name}_dequant_mul")),
+            ]
             done["int8_weight"] += 1
             continue
         if not np.isfinite(w).all() or np.abs(w).max() > FP16_MAX:
@@ -164,12 +183,14 @@ def compact_weights(model, int8_gather: bool = True, int8_weights: bool = False,
         out = node.output[0]
         idx = node.input[1]
         qo, fo, so = fresh(f"{out}_int8"), fresh(f"{out}_f32"), fresh(f"{out}_scale")
-        repl = [helper.make_node("Gather", [qn, idx], [qo], axis=0, name=fresh(f"{node.name or out}_int8")),
-                helper.make_node("Cast", [qo], [fo], to=TensorProto.FLOAT, name=fresh(f"{node.name or out}_cast")),
-                helper.make_node("Gather", [sn, idx], [so], axis=0, name=fresh(f"{node.name or out}_scale")),
-                helper.make_node("Mul", [fo, so], [out], name=fresh(f"{node.name or out}_dequant"))]
+        repl = [
+            helper.make_node("Gather", [qn, idx], [qo], axis=0, name=fresh(f"{node.name or out}_int8")),
+            helper.make_node("Cast", [qo], [fo], to=TensorProto.FLOAT, name=fresh(f"{node.name or out}_cast")),
+            helper.make_node("Gather", [sn, idx], [so], axis=0, name=fresh(f"{node.name or out}_scale")),
+            helper.make_node("Mul", [fo, so], [out], name=fresh(f"{node.name or out}_dequant")),
+        ]
         at = next(k for k, n in enumerate(nodes) if n is node)
-        nodes[at:at + 1] = repl
+        nodes[at : at + 1] = repl
     del graph.initializer[:]
     graph.initializer.extend(keep + new_inits)
     del graph.node[:]
@@ -215,9 +236,17 @@ def _constants_to_initializers(graph, min_elements: int) -> None:
 
     nodes = []
     for node in graph.node:
-        t = next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None) if node.op_type == "Constant" else None
-        if (t is not None and t.data_type == TensorProto.FLOAT and len(node.attribute) == 1
-                and (int(np.prod(t.dims)) if len(t.dims) else 1) >= min_elements):
+        t = (
+            next((a.t for a in node.attribute if a.name == "value" and a.HasField("t")), None)
+            if node.op_type == "Constant"
+            else None
+        )
+        if (
+            t is not None
+            and t.data_type == TensorProto.FLOAT
+            and len(node.attribute) == 1
+            and (int(np.prod(t.dims)) if len(t.dims) else 1) >= min_elements
+        ):
             init = graph.initializer.add()
             init.CopyFrom(t)
             init.name = node.output[0]

@@ -6,6 +6,7 @@ No SD weights can reach this machine, so the proof is structural: the public SD 
 its peak memory can be reported; each is skipped when its output exists (resumable).
 Not a CI test: it takes many minutes and ~15 GB of disk.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,13 @@ def unet_step(bundle: Path, threads: int = 2) -> dict:
     b = Bundle.from_dir(bundle, verify=False)
     h, w = b.model["latent_size"]
     rng = np.random.default_rng(0)
-    feeds = {"sample": rng.standard_normal((2, 4, h, w), dtype=np.float32), "timestep": np.array(500.0, dtype=np.float32),
-             "encoder_hidden_states": rng.standard_normal((2, b.model["text_max_length"], b.model["text_hidden_size"]), dtype=np.float32)}
+    feeds = {
+        "sample": rng.standard_normal((2, 4, h, w), dtype=np.float32),
+        "timestep": np.array(500.0, dtype=np.float32),
+        "encoder_hidden_states": rng.standard_normal(
+            (2, b.model["text_max_length"], b.model["text_hidden_size"]), dtype=np.float32
+        ),
+    }
     backend = NativeBackend(bundle, threads=threads)
     t = time.perf_counter()
     run_sync(backend.load("unet", b.component("unet")["files"]))
@@ -62,8 +68,13 @@ def unet_step(bundle: Path, threads: int = 2) -> dict:
     t = time.perf_counter()
     out = backend.sessions["unet"].run(None, feeds)[0].astype(np.float32)
     np.save(bundle.parent / f"{bundle.name}-unet-step.npy", out)
-    return {"session_seconds": load_s, "step_seconds": time.perf_counter() - t, "shape": list(out.shape),
-            "finite": bool(np.isfinite(out).all()), "max_abs": float(np.abs(out).max())}
+    return {
+        "session_seconds": load_s,
+        "step_seconds": time.perf_counter() - t,
+        "shape": list(out.shape),
+        "finite": bool(np.isfinite(out).all()),
+        "max_abs": float(np.abs(out).max()),
+    }
 
 
 def _stage(name: str, args: list[str]) -> dict:
@@ -84,8 +95,10 @@ def _child(name: str, args: list[str]) -> None:
         build_random_pipeline(args[0], Path(args[1]))
     elif name in ("export", "derive"):
         m = export_bundle(args[0], args[1], precision=args[2], chunk_bytes=int(args[3]), quality=(1, 2), overwrite=True)
-        out = {"verification": {c: m["components"][c].get("verification") for c in ("text_encoder", "unet", "vae_decoder")},
-               "quality": m.get("quality")}
+        out = {
+            "verification": {c: m["components"][c].get("verification") for c in ("text_encoder", "unet", "vae_decoder")},
+            "quality": m.get("quality"),
+        }
     elif name == "step":
         out = unet_step(Path(args[0]))
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -106,28 +119,44 @@ def run(arch: str = "sd15", work: Path = Path("bundles/scale-proof"), chunk_mb: 
     work.mkdir(parents=True, exist_ok=True)
     pipe, b32, b16 = work / f"{arch}-random", work / f"{arch}-fp32", work / f"{arch}-fp16"
     report: dict = {"arch": arch, "chunk_bytes": chunk, "stages": {}}
-    plan = [("build", pipe, [arch, str(pipe)]), ("export fp32", b32, [str(pipe), str(b32), "fp32", str(chunk)]),
-            ("derive fp16", b16, [str(b32), str(b16), "fp16", str(chunk)])]
+    plan = [
+        ("build", pipe, [arch, str(pipe)]),
+        ("export fp32", b32, [str(pipe), str(b32), "fp32", str(chunk)]),
+        ("derive fp16", b16, [str(b32), str(b16), "fp16", str(chunk)]),
+    ]
     for label, target, args in plan:
         if target.exists():
             print(f"{label}: {target} exists, kept")
             continue
         print(f"{label} …", flush=True)
         report["stages"][label] = _stage(label.split()[0], args)
-        print(f"{label}: {report['stages'][label]['seconds']:.0f} s, peak RSS {report['stages'][label]['peak_rss_gb']:.1f} GB", flush=True)
+        print(
+            f"{label}: {report['stages'][label]['seconds']:.0f} s, peak RSS {report['stages'][label]['peak_rss_gb']:.1f} GB",
+            flush=True,
+        )
     for b in (b32, b16):
         files = _files(b)
         unet = {k: v for k, v in files.items() if k.startswith("unet.")}
         step = _stage("step", [str(b)])
-        report[b.name] = {"bundle_bytes": sum(files.values()), "largest_file": max(files.items(), key=lambda kv: kv[1]),
-                          "unet_files": unet, "unet_bytes": sum(unet.values()), "unet_step": step}
-        print(f"{b.name}: bundle {sum(files.values()) / 1e9:.2f} GB, UNet {sum(unet.values()) / 1e9:.2f} GB in {len(unet)} files "
-              f"(largest {max(files.values()) / 2**20:.0f} MiB); one UNet step {step['step_seconds']:.1f} s "
-              f"(session {step['session_seconds']:.1f} s, peak RSS {step['peak_rss_gb']:.1f} GB), output finite: {step['finite']}", flush=True)
+        report[b.name] = {
+            "bundle_bytes": sum(files.values()),
+            "largest_file": max(files.items(), key=lambda kv: kv[1]),
+            "unet_files": unet,
+            "unet_bytes": sum(unet.values()),
+            "unet_step": step,
+        }
+        print(
+            f"{b.name}: bundle {sum(files.values()) / 1e9:.2f} GB, UNet {sum(unet.values()) / 1e9:.2f} GB in {len(unet)} files "
+            f"(largest {max(files.values()) / 2**20:.0f} MiB); one UNet step {step['step_seconds']:.1f} s "
+            f"(session {step['session_seconds']:.1f} s, peak RSS {step['peak_rss_gb']:.1f} GB), output finite: {step['finite']}",
+            flush=True,
+        )
         assert max(files.values()) <= chunk, f"{b.name} has a file over the chunk size"
     a, b = np.load(work / f"{b32.name}-unet-step.npy"), np.load(work / f"{b16.name}-unet-step.npy")
     report["fp16_vs_fp32_unet_max_abs_error"] = float(np.abs(a - b).max())
-    print(f"UNet step fp16 vs fp32: max abs error {report['fp16_vs_fp32_unet_max_abs_error']:.3g} (fp32 max {np.abs(a).max():.3g})")
+    print(
+        f"UNet step fp16 vs fp32: max abs error {report['fp16_vs_fp32_unet_max_abs_error']:.3g} (fp32 max {np.abs(a).max():.3g})"
+    )
     (work / "report.json").write_text(json.dumps(report, indent=1))
     print(f"report: {work / 'report.json'}")
     return report

@@ -11,6 +11,7 @@ chosen architecture, then convert fully offline against the config folders in as
 `write_ldm_checkpoint` goes the other way (diffusers → ldm file). It exists for tests and fixtures:
 no real SD weights reach these machines, so the round trip is proven on random pipelines.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,23 +31,40 @@ ARCHS = {
     "sd-turbo": ("sd-turbo", "SD-Turbo (512 px, epsilon, 1-4 steps)"),
 }
 FAMILY = {"sd1": "sd1", "sd2": "sd2", "sd2-base": "sd2", "sd-turbo": "sd2"}
-ALIASES = {"sd15": "sd1", "sd1.5": "sd1", "sd21": "sd2", "sd2-768": "sd2", "sd2-v": "sd2", "sd21-base": "sd2-base",
-           "sdturbo": "sd-turbo", "sd_turbo": "sd-turbo"}
-PREDICTION_ALIASES = {"epsilon": "epsilon", "eps": "epsilon", "v_prediction": "v_prediction", "v": "v_prediction",
-                      "v-prediction": "v_prediction"}
-SUPPORTED = ("SD 1.x, SD 2.x (768-v or 512-base) and SD-Turbo text-to-image checkpoints "
-             "(.safetensors/.ckpt in the original ldm layout)")
+ALIASES = {
+    "sd15": "sd1",
+    "sd1.5": "sd1",
+    "sd21": "sd2",
+    "sd2-768": "sd2",
+    "sd2-v": "sd2",
+    "sd21-base": "sd2-base",
+    "sdturbo": "sd-turbo",
+    "sd_turbo": "sd-turbo",
+}
+PREDICTION_ALIASES = {
+    "epsilon": "epsilon",
+    "eps": "epsilon",
+    "v_prediction": "v_prediction",
+    "v": "v_prediction",
+    "v-prediction": "v_prediction",
+}
+SUPPORTED = (
+    "SD 1.x, SD 2.x (768-v or 512-base) and SD-Turbo text-to-image checkpoints (.safetensors/.ckpt in the original ldm layout)"
+)
 FORMATS = {".safetensors": "safetensors", ".ckpt": "ckpt", ".pt": "ckpt", ".pth": "ckpt"}
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
 TEXT_PREFIXES = {  # layout → prefix of the text encoder's tensors
-    "clip": "cond_stage_model.transformer.",           # SD 1.x: HF CLIPTextModel (text_model.*)
-    "openclip": "cond_stage_model.model.",             # SD 2.x: OpenCLIP ViT-H text tower
-    "sgm": "conditioner.embedders.0.model.",           # SD 2.x trained with Stability's sgm code (SD-Turbo)
+    "clip": "cond_stage_model.transformer.",  # SD 1.x: HF CLIPTextModel (text_model.*)
+    "openclip": "cond_stage_model.model.",  # SD 2.x: OpenCLIP ViT-H text tower
+    "sgm": "conditioner.embedders.0.model.",  # SD 2.x trained with Stability's sgm code (SD-Turbo)
 }
-TOKEN_EMBEDDING = {"clip": "text_model.embeddings.token_embedding.weight", "openclip": "token_embedding.weight",
-                   "sgm": "token_embedding.weight"}
+TOKEN_EMBEDDING = {
+    "clip": "text_model.embeddings.token_embedding.weight",
+    "openclip": "token_embedding.weight",
+    "sgm": "token_embedding.weight",
+}
 MAX_HEADER = 100 * 2**20
 
 
@@ -62,6 +80,7 @@ def _gb(n: int) -> str:
 # reading the table of contents: name → (shape, dtype), no weights
 # ---------------------------------------------------------------------------------------------
 
+
 def _read_safetensors(path: Path) -> tuple[dict, dict]:
     """The JSON header only: names, dtypes, shapes, and whether the file holds all the bytes it lists."""
     size = path.stat().st_size
@@ -74,8 +93,10 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
     if n > size - 8 or n > MAX_HEADER:
         if raw[:1] == b"{" and n <= MAX_HEADER:
             raise _refuse(f"{path.name}: truncated safetensors file (its header alone needs {n + 8} bytes, the file has {size})")
-        raise _refuse(f"{path.name}: not a safetensors file (the first 8 bytes do not give a valid header length; "
-                      f"starts with {head[:8]!r}); supported: {SUPPORTED}")
+        raise _refuse(
+            f"{path.name}: not a safetensors file (the first 8 bytes do not give a valid header length; "
+            f"starts with {head[:8]!r}); supported: {SUPPORTED}"
+        )
     try:
         header = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -86,15 +107,17 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
     tensors, end = {}, 0
     for name, info in header.items():
         try:
-            shape, dtype, (a, b) = tuple(int(d) for d in info["shape"]), str(info["dtype"]), info["data_offsets"]
+            shape, dtype, (_, b) = tuple(int(d) for d in info["shape"]), str(info["dtype"]), info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise _refuse(f"{path.name}: not a valid safetensors file (bad header entry for {name!r})") from None
         tensors[name] = (shape, dtype)
         end = max(end, int(b))
     need = 8 + n + end
     if size < need:
-        raise _refuse(f"{path.name}: truncated safetensors file (holds {_gb(size)} of the {_gb(need)} its header "
-                      f"lists, {100 * size / need:.0f}%); download it again")
+        raise _refuse(
+            f"{path.name}: truncated safetensors file (holds {_gb(size)} of the {_gb(need)} its header "
+            f"lists, {100 * size / need:.0f}%); download it again"
+        )
     return tensors, {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
 
 
@@ -104,15 +127,20 @@ def _read_ckpt(path: Path) -> tuple[dict, dict]:
         magic = f.read(8)
     is_zip = magic[:4] == b"PK\x03\x04"
     if not is_zip and not (magic[:1] == b"\x80" and magic[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
-        what = "a safetensors file (rename it to .safetensors)" if magic[:8] and _looks_safetensors(path) else \
-            f"starts with {magic!r}"
+        what = (
+            "a safetensors file (rename it to .safetensors)"
+            if magic[:8] and _looks_safetensors(path)
+            else f"starts with {magic!r}"
+        )
         raise _refuse(f"{path.name}: not a PyTorch checkpoint ({what}); supported: {SUPPORTED}")
     if is_zip:
         try:
             with zipfile.ZipFile(path) as z:
                 z.namelist()
         except (zipfile.BadZipFile, OSError):
-            raise _refuse(f"{path.name}: truncated or corrupt .ckpt (its zip archive cannot be read); download it again") from None
+            raise _refuse(
+                f"{path.name}: truncated or corrupt .ckpt (its zip archive cannot be read); download it again"
+            ) from None
     import pickle
 
     import torch
@@ -122,8 +150,10 @@ def _read_ckpt(path: Path) -> tuple[dict, dict]:
     except pickle.UnpicklingError as e:
         m = re.search(r"GLOBAL ([\w.]+)", str(e))
         need = f"it needs {m.group(1)}" if m else "it holds objects other than tensors"
-        raise _refuse(f"{path.name}: this .ckpt cannot be opened safely ({need}, which weights_only loading refuses); "
-                      "use a .safetensors version of the model") from None
+        raise _refuse(
+            f"{path.name}: this .ckpt cannot be opened safely ({need}, which weights_only loading refuses); "
+            "use a .safetensors version of the model"
+        ) from None
     except Exception as e:  # noqa: BLE001 — any failure to read is one clear refusal
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise _refuse(f"{path.name}: unreadable PyTorch checkpoint ({type(e).__name__}: {first})") from None
@@ -135,8 +165,11 @@ def _read_ckpt(path: Path) -> tuple[dict, dict]:
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
         raise _refuse(f"{path.name}: holds a {type(obj).__name__}, not a state dict of tensors")
-    tensors = {k: (tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in obj.items()
-               if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    tensors = {
+        k: (tuple(v.shape), str(v.dtype).replace("torch.", ""))
+        for k, v in obj.items()
+        if isinstance(k, str) and isinstance(v, torch.Tensor)
+    }
     return tensors, extra
 
 
@@ -160,8 +193,7 @@ def read_contents(path: Path) -> tuple[str, dict, dict]:
     if fmt is None:
         hint = " (its content is safetensors: rename it)" if _looks_safetensors(path) else ""
         kind = f"a '{path.suffix}' file" if path.suffix else "a file without a .safetensors or .ckpt extension"
-        raise _refuse(f"{path}: {kind} is not a model checkpoint{hint}; "
-                      f"supported: {SUPPORTED}")
+        raise _refuse(f"{path}: {kind} is not a model checkpoint{hint}; supported: {SUPPORTED}")
     tensors, extra = _read_safetensors(path) if fmt == "safetensors" else _read_ckpt(path)
     if not tensors:
         raise _refuse(f"{path.name}: holds no tensors; supported: {SUPPORTED}")
@@ -171,6 +203,7 @@ def read_contents(path: Path) -> tuple[str, dict, dict]:
 # ---------------------------------------------------------------------------------------------
 # what kind of model is it
 # ---------------------------------------------------------------------------------------------
+
 
 def _examples(keys, n=2) -> str:
     return ", ".join(repr(k) for k in sorted(keys)[:n])
@@ -209,14 +242,20 @@ def _refuse_other(name: str, t: dict):
         raise out("found a diffusers-format VAE alone (pass the whole diffusers pipeline folder instead)")
     if any(k.startswith(("encoder.down.", "decoder.up.", VAE)) for k in keys):
         raise out("found a VAE only (no UNet 'model.diffusion_model.*', no text encoder)")
-    text = [k for k in keys if re.search(
-        r"(^|\.)(text_model|embed_tokens|lm_head|wte|wpe|token_embedding|word_embeddings|self_attn|"
-        r"encoder\.layer|transformer\.h|transformer\.resblocks|layers\.\d+\.(attention|self_attn|mlp))(\.|$)", k)]
+    text = [
+        k
+        for k in keys
+        if re.search(
+            r"(^|\.)(text_model|embed_tokens|lm_head|wte|wpe|token_embedding|word_embeddings|self_attn|"
+            r"encoder\.layer|transformer\.h|transformer\.resblocks|layers\.\d+\.(attention|self_attn|mlp))(\.|$)",
+            k,
+        )
+    ]
     if text:
-        raise out(f"found a text/language model ({len(keys)} tensors, e.g. {_examples(text, 1)}), "
-                  "not an image diffusion checkpoint")
-    raise out(f"found no Stable Diffusion UNet ('model.diffusion_model.*') among {len(keys)} tensors "
-              f"(e.g. {_examples(keys)})")
+        raise out(
+            f"found a text/language model ({len(keys)} tensors, e.g. {_examples(text, 1)}), not an image diffusion checkpoint"
+        )
+    raise out(f"found no Stable Diffusion UNet ('model.diffusion_model.*') among {len(keys)} tensors (e.g. {_examples(keys)})")
 
 
 def _layout(name: str, t: dict) -> dict:
@@ -224,26 +263,32 @@ def _layout(name: str, t: dict) -> dict:
     _refuse_other(name, t)
     conv_in = t.get(UNET + "input_blocks.0.0.weight")
     if conv_in is None or len(conv_in[0]) != 4:
-        raise _refuse(f"{name}: has 'model.diffusion_model.*' tensors but no 4-D 'input_blocks.0.0.weight' "
-                      f"(not an SD UNet); supported: {SUPPORTED}")
+        raise _refuse(
+            f"{name}: has 'model.diffusion_model.*' tensors but no 4-D 'input_blocks.0.0.weight' "
+            f"(not an SD UNet); supported: {SUPPORTED}"
+        )
     channels = conv_in[0][1]
     if channels != 4:
-        kind = {9: "an inpainting model", 8: "an instruct-pix2pix-style (image-conditioned) model",
-                5: "a depth-conditioned model", 7: "an x4 upscaler"}.get(channels, "not a plain text-to-image model")
-        raise _refuse(f"{name}: found {kind} (the UNet takes {channels} input channels, text-to-image takes 4); "
-                      f"supported: {SUPPORTED}")
+        kind = {
+            9: "an inpainting model",
+            8: "an instruct-pix2pix-style (image-conditioned) model",
+            5: "a depth-conditioned model",
+            7: "an x4 upscaler",
+        }.get(channels, "not a plain text-to-image model")
+        raise _refuse(
+            f"{name}: found {kind} (the UNet takes {channels} input channels, text-to-image takes 4); supported: {SUPPORTED}"
+        )
     layout = next((lay for lay, p in TEXT_PREFIXES.items() if p + TOKEN_EMBEDDING[lay] in t), None)
     if layout is None:
-        raise _refuse(f"{name}: found an SD UNet without a text encoder (no 'cond_stage_model.*' tensors); "
-                      f"supported: {SUPPORTED}")
+        raise _refuse(
+            f"{name}: found an SD UNet without a text encoder (no 'cond_stage_model.*' tensors); supported: {SUPPORTED}"
+        )
     if VAE + "decoder.conv_in.weight" not in t:
-        raise _refuse(f"{name}: found an SD UNet and text encoder but no VAE ('first_stage_model.*'); "
-                      f"supported: {SUPPORTED}")
+        raise _refuse(f"{name}: found an SD UNet and text encoder but no VAE ('first_stage_model.*'); supported: {SUPPORTED}")
     width = t[TEXT_PREFIXES[layout] + TOKEN_EMBEDDING[layout]][0][-1]
     ctx = sorted({s[-1] for k, (s, _) in t.items() if k.startswith(UNET) and k.endswith("attn2.to_k.weight")})
     if ctx and ctx != [width]:
-        raise _refuse(f"{name}: the UNet attends to {ctx[0]}-d text but the text encoder is {width}-d; "
-                      f"supported: {SUPPORTED}")
+        raise _refuse(f"{name}: the UNet attends to {ctx[0]}-d text but the text encoder is {width}-d; supported: {SUPPORTED}")
     family = {768: "sd1", 1024: "sd2"}.get(width)
     dtypes = {}
     for s, d in t.values():
@@ -252,10 +297,16 @@ def _layout(name: str, t: dict) -> dict:
             n *= x
         dtypes[d] = dtypes.get(d, 0) + n
     dtype = max(dtypes, key=dtypes.get)
-    return {"family": family, "layout": layout, "text_width": width, "unet_channels": conv_in[0][0],
-            "dtype": {"F16": "fp16", "float16": "fp16", "F32": "fp32", "float32": "fp32", "BF16": "bf16",
-                      "bfloat16": "bf16"}.get(dtype, dtype),
-            "ema": sum(k.startswith("model_ema.") for k in t) > 100}
+    return {
+        "family": family,
+        "layout": layout,
+        "text_width": width,
+        "unet_channels": conv_in[0][0],
+        "dtype": {"F16": "fp16", "float16": "fp16", "F32": "fp32", "float32": "fp32", "BF16": "bf16", "bfloat16": "bf16"}.get(
+            dtype, dtype
+        ),
+        "ema": sum(k.startswith("model_ema.") for k in t) > 100,
+    }
 
 
 def _norm_arch(arch):
@@ -315,10 +366,16 @@ def _decide(path, meta, extra, lay, arch, prediction) -> tuple[str, str, str]:
     fam = lay["family"]
     if arch is not None:
         if FAMILY[arch] != fam:
-            raise _refuse(f"{path.name}: arch {arch!r} is {ARCHS[arch][1]} but the file is "
-                          f"{'SD 1.x (768-d CLIP text encoder)' if fam == 'sd1' else 'SD 2.x (1024-d OpenCLIP text encoder)'}")
+            raise _refuse(
+                f"{path.name}: arch {arch!r} is {ARCHS[arch][1]} but the file is "
+                f"{'SD 1.x (768-d CLIP text encoder)' if fam == 'sd1' else 'SD 2.x (1024-d OpenCLIP text encoder)'}"
+            )
         cfg_pred = _config_prediction(arch)
-        return arch, prediction or cfg_pred, "arch given" + (", prediction_type given" if prediction else f" ({cfg_pred} from its config)")
+        return (
+            arch,
+            prediction or cfg_pred,
+            "arch given" + (", prediction_type given" if prediction else f" ({cfg_pred} from its config)"),
+        )
     if fam == "sd1":
         hints = [h for h in _hints(path, meta, extra, lay["layout"]) if h[1] is None and h[2]]
         if prediction:
@@ -335,8 +392,14 @@ def _decide(path, meta, extra, lay, arch, prediction) -> tuple[str, str, str]:
     if hints:  # the strongest clue decides
         basis, a, p = hints[0]
         return a or ("sd2" if p == "v_prediction" else "sd2-base"), p, basis
-    return "sd2", "v_prediction", ("no clue in the file; SD 2.x defaults to 768-v (as diffusers does) — pass "
-                                   "prediction_type='epsilon' (512-base) or arch='sd-turbo' if that is wrong")
+    return (
+        "sd2",
+        "v_prediction",
+        (
+            "no clue in the file; SD 2.x defaults to 768-v (as diffusers does) — pass "
+            "prediction_type='epsilon' (512-base) or arch='sd-turbo' if that is wrong"
+        ),
+    )
 
 
 def _config_prediction(arch_or_dir) -> str:
@@ -351,14 +414,25 @@ def _config_prediction(arch_or_dir) -> str:
 # diffusers names ↔ ldm names (used both to check shapes before loading and to write fixtures)
 # ---------------------------------------------------------------------------------------------
 
-_RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
-           ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection")]
+_RESNET = [
+    ("norm1", "in_layers.0"),
+    ("conv1", "in_layers.2"),
+    ("time_emb_proj", "emb_layers.1"),
+    ("norm2", "out_layers.0"),
+    ("conv2", "out_layers.3"),
+    ("conv_shortcut", "skip_connection"),
+]
 
 
 def _unet_name(k: str, cfg: dict) -> str:
     L = cfg["layers_per_block"]
-    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    fixed = {
+        "time_embedding.linear_1": "time_embed.0",
+        "time_embedding.linear_2": "time_embed.2",
+        "conv_in": "input_blocks.0.0",
+        "conv_norm_out": "out.0",
+        "conv_out": "out.2",
+    }
     head, _, leaf = k.rpartition(".")
     if head in fixed:
         return f"{fixed[head]}.{leaf}"
@@ -366,7 +440,7 @@ def _unet_name(k: str, cfg: dict) -> str:
     def resnet(rest):
         for a, b in _RESNET:
             if rest.startswith(a + "."):
-                return b + rest[len(a):]
+                return b + rest[len(a) :]
         return rest
 
     m = re.fullmatch(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", k)
@@ -379,7 +453,7 @@ def _unet_name(k: str, cfg: dict) -> str:
         return f"input_blocks.{1 + int(m[1]) * (L + 1) + L}.0.op.{m[2]}"
     m = re.fullmatch(r"mid_block\.(resnets|attentions)\.(\d+)\.(.+)", k)
     if m:
-        return (f"middle_block.{2 * int(m[2])}.{resnet(m[3])}" if m[1] == "resnets" else f"middle_block.1.{m[3]}")
+        return f"middle_block.{2 * int(m[2])}.{resnet(m[3])}" if m[1] == "resnets" else f"middle_block.1.{m[3]}"
     m = re.fullmatch(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", k)
     if m:
         b, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
@@ -431,9 +505,12 @@ def to_ldm(unet_sd: dict, unet_cfg: dict, vae_sd: dict, vae_cfg: dict, text_sd: 
     if layout == "clip":
         out.update({prefix + k: v for k, v in text_sd.items() if not k.endswith("position_ids")})
         return out
-    simple = {"text_model.embeddings.token_embedding.weight": "token_embedding.weight",
-              "text_model.embeddings.position_embedding.weight": "positional_embedding",
-              "text_model.final_layer_norm.weight": "ln_final.weight", "text_model.final_layer_norm.bias": "ln_final.bias"}
+    simple = {
+        "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+        "text_model.embeddings.position_embedding.weight": "positional_embedding",
+        "text_model.final_layer_norm.weight": "ln_final.weight",
+        "text_model.final_layer_norm.bias": "ln_final.bias",
+    }
     qkv = {}
     for k, v in text_sd.items():
         if k in simple:
@@ -447,10 +524,15 @@ def to_ldm(unet_sd: dict, unet_cfg: dict, vae_sd: dict, vae_cfg: dict, text_sd: 
         if q:
             qkv.setdefault((i, q[2]), {})[q[1]] = v
             continue
-        for a, b in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
-                     ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+        for a, b in (
+            ("self_attn.out_proj", "attn.out_proj"),
+            ("layer_norm1", "ln_1"),
+            ("layer_norm2", "ln_2"),
+            ("mlp.fc1", "mlp.c_fc"),
+            ("mlp.fc2", "mlp.c_proj"),
+        ):
             if rest.startswith(a + "."):
-                rest = b + rest[len(a):]
+                rest = b + rest[len(a) :]
                 break
         out[f"{prefix}transformer.resblocks.{i}.{rest}"] = v
     for (i, kind), parts in qkv.items():
@@ -489,12 +571,16 @@ def _check_shapes(name: str, t: dict, config_dir: Path, layout: str, label: str)
                 wrong.append(k)
     if wrong:
         k = wrong[0]
-        raise _refuse(f"{name}: does not fit {label}: {len(wrong)} tensors have other shapes, e.g. {k} is "
-                      f"{list(t[k][0])}, expected {list(want[k])}")
+        raise _refuse(
+            f"{name}: does not fit {label}: {len(wrong)} tensors have other shapes, e.g. {k} is "
+            f"{list(t[k][0])}, expected {list(want[k])}"
+        )
     if missing:
         part = "UNet" if missing[0].startswith(UNET) else "VAE" if missing[0].startswith(VAE) else "text encoder"
-        raise _refuse(f"{name}: does not fit {label}: {len(missing)} of its {len(want)} tensors are missing "
-                      f"(first in the {part}: {missing[0]!r})")
+        raise _refuse(
+            f"{name}: does not fit {label}: {len(missing)} of its {len(want)} tensors are missing "
+            f"(first in the {part}: {missing[0]!r})"
+        )
     return len(want)
 
 
@@ -502,8 +588,8 @@ def _check_shapes(name: str, t: dict, config_dir: Path, layout: str, label: str)
 # the API the exporter calls
 # ---------------------------------------------------------------------------------------------
 
-def inspect(path: Path, *, arch: str | None = None, prediction_type: str | None = None,
-            config_dir: Path | None = None) -> dict:
+
+def inspect(path: Path, *, arch: str | None = None, prediction_type: str | None = None, config_dir: Path | None = None) -> dict:
     """What a single-file checkpoint is, from its table of contents only; refuses all but SD 1.x/2.x.
 
     Returns {"arch", "config_dir", "prediction_type", "format", "found", "basis", "image_size", ...}.
@@ -522,12 +608,16 @@ def inspect(path: Path, *, arch: str | None = None, prediction_type: str | None 
             raise _refuse(f"{config_dir} is not a diffusers config folder (no model_index.json)")
         arch_out, cfg_pred = "custom", _config_prediction(config_dir)
         prediction = prediction or cfg_pred
-        basis = f"config folder given ({config_dir.name}); prediction_type " + ("given" if prediction_type else "from its scheduler")
+        basis = f"config folder given ({config_dir.name}); prediction_type " + (
+            "given" if prediction_type else "from its scheduler"
+        )
         label = f"the config folder {config_dir.name}"
     else:
         if lay["family"] is None:
-            raise _refuse(f"{path.name}: its text encoder is {lay['text_width']}-d, neither SD 1.x (768) nor SD 2.x (1024); "
-                          f"supported: {SUPPORTED}")
+            raise _refuse(
+                f"{path.name}: its text encoder is {lay['text_width']}-d, neither SD 1.x (768) nor SD 2.x (1024); "
+                f"supported: {SUPPORTED}"
+            )
         arch_out, prediction, basis = _decide(path, meta, ckpt_extra, lay, arch, prediction)
         config_dir = CONFIGS_DIR / ARCHS[arch_out][0]
         label = f"{ARCHS[arch_out][1]} (config {config_dir.name})"
@@ -538,16 +628,28 @@ def inspect(path: Path, *, arch: str | None = None, prediction_type: str | None 
     image = (sample if isinstance(sample, int) else sample[0]) * 2 ** (len(vae_cfg.get("block_out_channels", [0] * 4)) - 1)
     text_kind = {"clip": "CLIP", "openclip": "OpenCLIP", "sgm": "OpenCLIP (sgm layout)"}[lay["layout"]]
     family = {"sd1": "SD 1.x", "sd2": "SD 2.x", None: "SD-style"}[lay["family"]]
-    found = (f"{family} checkpoint: UNet {lay['unet_channels']} ch, {lay['text_width']}-d {text_kind} text encoder, "
-             f"VAE; {len(t)} tensors ({n} used), {lay['dtype']}, {_gb(path.stat().st_size)}"
-             + (", with EMA copies" if lay["ema"] else ""))
-    return {"arch": arch_out, "config_dir": config_dir, "prediction_type": prediction, "format": fmt, "found": found,
-            "basis": basis, "image_size": image, "text_layout": lay["layout"], "dtype": lay["dtype"],
-            "global_step": ckpt_extra.get("global_step")}
+    found = (
+        f"{family} checkpoint: UNet {lay['unet_channels']} ch, {lay['text_width']}-d {text_kind} text encoder, "
+        f"VAE; {len(t)} tensors ({n} used), {lay['dtype']}, {_gb(path.stat().st_size)}"
+        + (", with EMA copies" if lay["ema"] else "")
+    )
+    return {
+        "arch": arch_out,
+        "config_dir": config_dir,
+        "prediction_type": prediction,
+        "format": fmt,
+        "found": found,
+        "basis": basis,
+        "image_size": image,
+        "text_layout": lay["layout"],
+        "dtype": lay["dtype"],
+        "global_step": ckpt_extra.get("global_step"),
+    }
 
 
-def to_pipeline_folder(path: Path, dest: Path, *, arch: str | None = None, prediction_type: str | None = None,
-                       config_dir: Path | None = None) -> Path:
+def to_pipeline_folder(
+    path: Path, dest: Path, *, arch: str | None = None, prediction_type: str | None = None, config_dir: Path | None = None
+) -> Path:
     """Convert a single-file checkpoint to a diffusers folder at dest, offline; returns dest.
 
     Refuses (one line) before loading when inspect() does; after loading, checks that every weight
@@ -556,7 +658,6 @@ def to_pipeline_folder(path: Path, dest: Path, *, arch: str | None = None, predi
     info = inspect(path, arch=arch, prediction_type=prediction_type, config_dir=config_dir)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ExportError(f"{dest} already exists and is not empty")
-    import torch
     from diffusers import StableDiffusionPipeline
 
     try:
@@ -565,20 +666,28 @@ def to_pipeline_folder(path: Path, dest: Path, *, arch: str | None = None, predi
         SingleFileComponentError = ValueError  # noqa: N806
     try:
         pipe = StableDiffusionPipeline.from_single_file(
-            str(path), config=str(info["config_dir"]), local_files_only=True,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            str(path),
+            config=str(info["config_dir"]),
+            local_files_only=True,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     except (ValueError, KeyError, RuntimeError, OSError, SingleFileComponentError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         if "meta tensor" in first:  # a weight the config needs was not in the file; diffusers left it empty
-            raise _refuse(f"{path.name}: some weights that {info['arch']} needs are not in the file "
-                          f"(diffusers: {first.split(';')[0]}); it does not match its config") from None
+            raise _refuse(
+                f"{path.name}: some weights that {info['arch']} needs are not in the file "
+                f"(diffusers: {first.split(';')[0]}); it does not match its config"
+            ) from None
         raise _refuse(f"{path.name}: diffusers could not load it as {info['arch']}: {first}") from None
     for part in ("unet", "vae", "text_encoder"):
         model = getattr(pipe, part)
         empty = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.device.type == "meta"]
         if empty:
-            raise _refuse(f"{path.name}: {len(empty)} {part} tensors were not in the file (e.g. {empty[0]!r}); "
-                          "it does not match its config")
+            raise _refuse(
+                f"{path.name}: {len(empty)} {part} tensors were not in the file (e.g. {empty[0]!r}); it does not match its config"
+            )
     if pipe.scheduler.config.get("prediction_type") != info["prediction_type"]:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=info["prediction_type"])
     pipe.save_pretrained(dest, safe_serialization=True)
@@ -589,25 +698,43 @@ def to_pipeline_folder(path: Path, dest: Path, *, arch: str | None = None, predi
 # diffusers → ldm single file (fixtures and round-trip tests)
 # ---------------------------------------------------------------------------------------------
 
+
 def _ddpm_buffers(sched_cfg: dict) -> dict:
     """The noise-schedule buffers LatentDiffusion saves beside the weights (real files carry them)."""
     import torch
 
     n, b0, b1 = sched_cfg.get("num_train_timesteps", 1000), sched_cfg.get("beta_start", 0.00085), sched_cfg.get("beta_end", 0.012)
-    betas = torch.linspace(b0 ** 0.5, b1 ** 0.5, n, dtype=torch.float64) ** 2
+    betas = torch.linspace(b0**0.5, b1**0.5, n, dtype=torch.float64) ** 2
     ac = torch.cumprod(1 - betas, 0)
     prev = torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
     post_var = betas * (1 - prev) / (1 - ac)
-    bufs = {"betas": betas, "alphas_cumprod": ac, "alphas_cumprod_prev": prev, "sqrt_alphas_cumprod": ac.sqrt(),
-            "sqrt_one_minus_alphas_cumprod": (1 - ac).sqrt(), "log_one_minus_alphas_cumprod": (1 - ac).log(),
-            "sqrt_recip_alphas_cumprod": (1 / ac).sqrt(), "sqrt_recipm1_alphas_cumprod": (1 / ac - 1).sqrt(),
-            "posterior_variance": post_var, "posterior_log_variance_clipped": post_var.clamp(min=1e-20).log(),
-            "posterior_mean_coef1": betas * prev.sqrt() / (1 - ac), "posterior_mean_coef2": (1 - prev) * (1 - betas).sqrt() / (1 - ac)}
+    bufs = {
+        "betas": betas,
+        "alphas_cumprod": ac,
+        "alphas_cumprod_prev": prev,
+        "sqrt_alphas_cumprod": ac.sqrt(),
+        "sqrt_one_minus_alphas_cumprod": (1 - ac).sqrt(),
+        "log_one_minus_alphas_cumprod": (1 - ac).log(),
+        "sqrt_recip_alphas_cumprod": (1 / ac).sqrt(),
+        "sqrt_recipm1_alphas_cumprod": (1 / ac - 1).sqrt(),
+        "posterior_variance": post_var,
+        "posterior_log_variance_clipped": post_var.clamp(min=1e-20).log(),
+        "posterior_mean_coef1": betas * prev.sqrt() / (1 - ac),
+        "posterior_mean_coef2": (1 - prev) * (1 - betas).sqrt() / (1 - ac),
+    }
     return {k: v.float() for k, v in bufs.items()}
 
 
-def write_ldm_checkpoint(pipeline, dest: Path, *, layout: str | None = None, extras: bool = True,
-                         global_step: int | None = None, dtype=None, metadata: dict | None = None) -> Path:
+def write_ldm_checkpoint(
+    pipeline,
+    dest: Path,
+    *,
+    layout: str | None = None,
+    extras: bool = True,
+    global_step: int | None = None,
+    dtype=None,
+    metadata: dict | None = None,
+) -> Path:
     """Save a diffusers SD pipeline (folder or object) as one ldm-layout .safetensors or .ckpt file.
 
     layout: "clip" (SD 1.x), "openclip" (SD 2.x) or "sgm" (SD-Turbo style); default by text width.
@@ -623,8 +750,14 @@ def write_ldm_checkpoint(pipeline, dest: Path, *, layout: str | None = None, ext
     text = pipeline.text_encoder
     width = text.config.hidden_size
     layout = layout or ("clip" if width != 1024 else "openclip")
-    sd = to_ldm(pipeline.unet.state_dict(), dict(pipeline.unet.config), pipeline.vae.state_dict(),
-                dict(pipeline.vae.config), text.state_dict(), layout)
+    sd = to_ldm(
+        pipeline.unet.state_dict(),
+        dict(pipeline.unet.config),
+        pipeline.vae.state_dict(),
+        dict(pipeline.vae.config),
+        text.state_dict(),
+        layout,
+    )
     if extras:
         sd.update(_ddpm_buffers(dict(pipeline.scheduler.config)))
         prefix = TEXT_PREFIXES[layout]
@@ -637,8 +770,10 @@ def write_ldm_checkpoint(pipeline, dest: Path, *, layout: str | None = None, ext
             sd[prefix + "logit_scale"] = torch.tensor(4.6052)
             for k in [k for k in sd if k.startswith(f"{prefix}transformer.resblocks.0.")]:
                 sd[k.replace("resblocks.0.", f"resblocks.{last}.")] = torch.randn(sd[k].shape, generator=g)
-    sd = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().clone()
-          for k, v in sd.items()}
+    sd = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().contiguous().clone()
+        for k, v in sd.items()
+    }
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.suffix == ".safetensors":
         from safetensors.torch import save_file

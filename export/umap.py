@@ -1,4 +1,5 @@
 """A UMAP of reference trajectories (predicted x0 per step), fitted once at export, and the ONNX graph that places new points on it."""
+
 from __future__ import annotations
 
 import hashlib
@@ -6,8 +7,8 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -23,11 +24,28 @@ SMOOTH_K_TOLERANCE = 1e-5
 MIN_K_DIST_SCALE = 1e-3
 N_ITER = 64
 FLOAT_MAX = float(np.finfo(np.float32).max)
-GENERIC_PROMPTS = ["a cat", "a dog", "an apple", "a red car", "a house", "a tree", "a flower", "a boat", "a mountain",
-                   "a bird", "a cup of coffee", "a city at night", "a bowl of fruit", "a rocket", "a guitar", "a clock"]
+GENERIC_PROMPTS = [
+    "a cat",
+    "a dog",
+    "an apple",
+    "a red car",
+    "a house",
+    "a tree",
+    "a flower",
+    "a boat",
+    "a mountain",
+    "a bird",
+    "a cup of coffee",
+    "a city at night",
+    "a bowl of fruit",
+    "a rocket",
+    "a guitar",
+    "a clock",
+]
 
 
 # ---- prompts and trajectories --------------------------------------------------------------------
+
 
 def default_prompts(manifest: dict, n: int = 16, held_out: int = 2) -> tuple[list[str], list[str]]:
     """(fit prompts, held-out prompts): the model card's examples, then prompts built from its vocabulary
@@ -47,7 +65,7 @@ def default_prompts(manifest: dict, n: int = 16, held_out: int = 2) -> tuple[lis
         if p not in seen:
             seen.add(p)
             uniq.append(p)
-    return uniq[:n], uniq[n:n + held_out]
+    return uniq[:n], uniq[n : n + held_out]
 
 
 async def _trajectories(pipe, prompts, seeds, steps, guidance, progress=None, label="reference"):
@@ -70,6 +88,7 @@ async def _trajectories(pipe, prompts, seeds, steps, guidance, progress=None, la
 
 
 # ---- the projection: umap-learn's transform initialisation ---------------------------------------
+
 
 def membership(dists: np.ndarray, k: int) -> np.ndarray:
     """Membership weights of one new point to its k nearest reference points (sorted distances), as
@@ -110,9 +129,9 @@ def project_numpy(x: np.ndarray, ref: np.ndarray, emb: np.ndarray, k: int = N_NE
 def umap_init_transform(reducer, x: np.ndarray) -> np.ndarray:
     """umap-learn's own transform up to its initial placement (before the SGD refinement), from its own
     functions: the same path UMAP.transform takes for small data, one point at a time."""
+    import scipy.sparse
     from sklearn.metrics import pairwise_distances
     from umap.umap_ import compute_membership_strengths, init_graph_transform, smooth_knn_dist
-    import scipy.sparse
 
     k = reducer._n_neighbors
     out = []
@@ -141,8 +160,10 @@ def projection_graph(ref: np.ndarray, emb: np.ndarray, latent_shape: tuple, k: i
     n, dim = ref.shape
     c, hh, ww = latent_shape
     assert c * hh * ww == dim, (latent_shape, dim)
-    inits = [nh.from_array(np.ascontiguousarray(ref, np.float32), "reference_x0"),
-             nh.from_array(np.ascontiguousarray(emb, np.float32), "reference_xy")]
+    inits = [
+        nh.from_array(np.ascontiguousarray(ref, np.float32), "reference_x0"),
+        nh.from_array(np.ascontiguousarray(emb, np.float32), "reference_xy"),
+    ]
     nodes = []
 
     def const(name, value, dtype=np.float32):
@@ -192,17 +213,32 @@ def projection_graph(ref: np.ndarray, emb: np.ndarray, latent_shape: tuple, k: i
     gt = bnode("Greater", [psum, "target"], "gt")
     # psum > target: hi = mid, mid = (lo + hi)/2; else lo = mid, mid = 2·mid while hi is unbounded, else (lo + hi)/2
     mid_down = bnode("Mul", [bnode("Add", ["lo_in", "mid_in"], "lm"), "half"], "mid_down")
-    mid_up = bnode("Where", [bnode("GreaterOrEqual", ["hi_in", "fmax"], "unb"), bnode("Mul", ["mid_in", "two"], "m2"),
-                             bnode("Mul", [bnode("Add", ["mid_in", "hi_in"], "mh"), "half"], "mh2")], "mid_up")
+    mid_up = bnode(
+        "Where",
+        [
+            bnode("GreaterOrEqual", ["hi_in", "fmax"], "unb"),
+            bnode("Mul", ["mid_in", "two"], "m2"),
+            bnode("Mul", [bnode("Add", ["mid_in", "hi_in"], "mh"), "half"], "mh2"),
+        ],
+        "mid_up",
+    )
     bnode("Where", [close, "hi_in", bnode("Where", [gt, "mid_in", "hi_in"], "hi_n")], "hi_out")
     bnode("Where", [close, "lo_in", bnode("Where", [gt, "lo_in", "mid_in"], "lo_n")], "lo_out")
     bnode("Where", [close, "mid_in", bnode("Where", [gt, mid_down, mid_up], "mid_n")], "mid_out")
     bnode("Not", [bnode("Squeeze", [close, "ax0"], "close_s")], "go_on")
     scalar1 = lambda n: h.make_tensor_value_info(n, T.FLOAT, [1])  # noqa: E731
-    bisect = h.make_graph(body, "bisect",
-                          [h.make_tensor_value_info("iter", T.INT64, []), h.make_tensor_value_info("cond_in", T.BOOL, []),
-                           scalar1("lo_in"), scalar1("hi_in"), scalar1("mid_in")],
-                          [h.make_tensor_value_info("go_on", T.BOOL, []), scalar1("lo_out"), scalar1("hi_out"), scalar1("mid_out")])
+    bisect = h.make_graph(
+        body,
+        "bisect",
+        [
+            h.make_tensor_value_info("iter", T.INT64, []),
+            h.make_tensor_value_info("cond_in", T.BOOL, []),
+            scalar1("lo_in"),
+            scalar1("hi_in"),
+            scalar1("mid_in"),
+        ],
+        [h.make_tensor_value_info("go_on", T.BOOL, []), scalar1("lo_out"), scalar1("hi_out"), scalar1("mid_out")],
+    )
     const("trips", N_ITER, np.int64)
     const("go", True, np.bool_)
     const("lo0", [0.0])
@@ -223,18 +259,25 @@ def projection_graph(ref: np.ndarray, emb: np.ndarray, latent_shape: tuple, k: i
     exact = node("GreaterOrEqual", [node("Slice", [w, "ax0", "tail_start", "ax0"], "w0"), "one"], "exact")
     xy = node("Where", [exact, first_xy, avg], "xy_flat")
     node("Reshape", [xy, "out_shape"], "xy")
-    graph = h.make_graph(nodes, "umap_project",
-                         [h.make_tensor_value_info("x0", T.FLOAT, [1, c, hh, ww])],
-                         [h.make_tensor_value_info("xy", T.FLOAT, [1, 2])], initializer=inits)
+    graph = h.make_graph(
+        nodes,
+        "umap_project",
+        [h.make_tensor_value_info("x0", T.FLOAT, [1, c, hh, ww])],
+        [h.make_tensor_value_info("xy", T.FLOAT, [1, 2])],
+        initializer=inits,
+    )
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", OPSET)], producer_name="diffusion-explainer")
     model.ir_version = 8
-    model.doc_string = ("predicted x0 → 2-D position on the bundle's UMAP, as umap-learn's transform initialises new points "
-                        f"({k} nearest reference points, smooth_knn_dist memberships, weighted mean; no SGD refinement)")
+    model.doc_string = (
+        "predicted x0 → 2-D position on the bundle's UMAP, as umap-learn's transform initialises new points "
+        f"({k} nearest reference points, smooth_knn_dist memberships, weighted mean; no SGD refinement)"
+    )
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
 # ---- the fit and its report ----------------------------------------------------------------------
+
 
 def fit(x: np.ndarray, random_state: int = 0, n_neighbors: int = N_NEIGHBORS, min_dist: float = MIN_DIST):
     """(fitted umap.UMAP, embedding float32 [n, 2], seconds). Deterministic: a fixed random_state makes
@@ -244,8 +287,14 @@ def fit(x: np.ndarray, random_state: int = 0, n_neighbors: int = N_NEIGHBORS, mi
     t = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "n_jobs overridden by random_state": wanted
-        reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=min_dist, metric=METRIC, n_components=2,
-                            random_state=random_state, transform_seed=random_state)
+        reducer = umap.UMAP(
+            n_neighbors=n_neighbors,
+            min_dist=min_dist,
+            metric=METRIC,
+            n_components=2,
+            random_state=random_state,
+            transform_seed=random_state,
+        )
         emb = reducer.fit_transform(x).astype(np.float32)
     return reducer, emb, time.perf_counter() - t
 
@@ -300,7 +349,7 @@ def _sprite(finals: list, cols: int) -> tuple[bytes, int, int]:
     sheet = np.zeros((rows * THUMB_PX, cols * THUMB_PX, 4), np.uint8)
     for i, t in enumerate(tiles):
         r, c = divmod(i, cols)
-        sheet[r * THUMB_PX:(r + 1) * THUMB_PX, c * THUMB_PX:(c + 1) * THUMB_PX] = t
+        sheet[r * THUMB_PX : (r + 1) * THUMB_PX, c * THUMB_PX : (c + 1) * THUMB_PX] = t
     return encode_png(sheet.tobytes(), sheet.shape[1], sheet.shape[0]), sheet.shape[1], sheet.shape[0]
 
 
@@ -308,11 +357,21 @@ def _file_entry(path: Path) -> dict:
     return {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
-def build_umap(bundle_dir: Path, *, prompts: list[str] | None = None, seeds=(0, 1), steps: int = 25, random_state: int = 0,
-               held_out: list[str] | None = None, progress: Callable[[str], None] | None = None) -> dict:
+def build_umap(
+    bundle_dir: Path,
+    *,
+    prompts: list[str] | None = None,
+    seeds=(0, 1),
+    steps: int = 25,
+    random_state: int = 0,
+    held_out: list[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+    manifest: dict | None = None,
+) -> dict:
     """Generate reference trajectories natively with the bundle's own model, fit a 2-D UMAP of their
     predicted x0, write umap_project.onnx, umap_bases.json and umap_thumbs.png into bundle_dir; returns
-    {"component": the manifest entry, "files": {rel: {bytes, sha256}}, "report": {…}}."""
+    {"component": the manifest entry, "files": {rel: {bytes, sha256}}, "report": {…}}.
+    manifest: the bundle's manifest when it is not written yet (the exporter writes it once, after this)."""
     import onnx
     import umap
 
@@ -323,7 +382,10 @@ def build_umap(bundle_dir: Path, *, prompts: list[str] | None = None, seeds=(0, 
     from .manifest import io_specs
 
     bundle_dir = Path(bundle_dir)
-    bundle = Bundle.from_dir(bundle_dir, verify=False)
+    if manifest is None:
+        bundle = Bundle.from_dir(bundle_dir, verify=False)
+    else:
+        bundle = Bundle(manifest, lambda rel: (bundle_dir / rel).read_text(encoding="utf-8"), str(bundle_dir))
     manifest = bundle.manifest
     fit_prompts, extra = default_prompts(manifest)
     prompts = list(prompts) if prompts is not None else fit_prompts
@@ -356,8 +418,15 @@ def build_umap(bundle_dir: Path, *, prompts: list[str] | None = None, seeds=(0, 
     onnx.save(model, str(graph_path))
     ins, outs = io_specs(model)
 
-    report = {"points": int(len(x)), "dims": int(x.shape[1]), "prompts": len(prompts), "seeds": seeds, "steps": per_run,
-              "generate_seconds": round(gen_s, 2), "fit_seconds": round(fit_s, 2)}
+    report = {
+        "points": int(len(x)),
+        "dims": int(x.shape[1]),
+        "prompts": len(prompts),
+        "seeds": seeds,
+        "steps": per_run,
+        "generate_seconds": round(gen_s, 2),
+        "fit_seconds": round(fit_s, 2),
+    }
     if held is not None:
         xh = held[0]
         sess = _session(graph_path)
@@ -369,27 +438,60 @@ def build_umap(bundle_dir: Path, *, prompts: list[str] | None = None, seeds=(0, 
     (bundle_dir / THUMBS_FILE).write_bytes(png)
     lo, hi = emb.min(0), emb.max(0)
     bases = {
-        "format": "umap-bases", "version": 1,
+        "format": "umap-bases",
+        "version": 1,
         "representation": "predicted x0 latent (the scheduler's pred_original_sample), flattened",
-        "prompts": prompts, "seeds": seeds, "steps": per_run, "steps_requested": steps, "scheduler": scheduler, "guidance": guidance,
-        "points": {"x": [round(float(v), 6) for v in emb[:, 0]], "y": [round(float(v), 6) for v in emb[:, 1]],
-                   "prompt": [p for p, _, _ in labels], "seed": [s for _, s, _ in labels], "step": [i for _, _, i in labels]},
+        "prompts": prompts,
+        "seeds": seeds,
+        "steps": per_run,
+        "steps_requested": steps,
+        "scheduler": scheduler,
+        "guidance": guidance,
+        "points": {
+            "x": [round(float(v), 6) for v in emb[:, 0]],
+            "y": [round(float(v), 6) for v in emb[:, 1]],
+            "prompt": [p for p, _, _ in labels],
+            "seed": [s for _, s, _ in labels],
+            "step": [i for _, _, i in labels],
+        },
         "extent": {"x": [float(lo[0]), float(hi[0])], "y": [float(lo[1]), float(hi[1])]},
-        "fit": {"n_neighbors": k, "min_dist": MIN_DIST, "metric": METRIC, "random_state": random_state,
-                "umap_learn": getattr(umap, "__version__", ""), "seconds": report["fit_seconds"],
-                "generate_seconds": report["generate_seconds"]},
-        "projection": {"graph": GRAPH_FILE, "input": "x0", "output": "xy", "k": k,
-                       "method": "umap-learn transform's initial placement: k nearest reference points (euclidean), "
-                                 "smooth_knn_dist memberships, weighted mean of their coordinates; no SGD refinement",
-                       "reference_inputs": "in the graph (initializer reference_x0)"},
-        "thumbnails": {"file": THUMBS_FILE, "tile": THUMB_PX, "cols": cols, "order": "prompt-major, then seed",
-                       "what": "the final image of each reference run"},
+        "fit": {
+            "n_neighbors": k,
+            "min_dist": MIN_DIST,
+            "metric": METRIC,
+            "random_state": random_state,
+            "umap_learn": getattr(umap, "__version__", ""),
+            "seconds": report["fit_seconds"],
+            "generate_seconds": report["generate_seconds"],
+        },
+        "projection": {
+            "graph": GRAPH_FILE,
+            "input": "x0",
+            "output": "xy",
+            "k": k,
+            "method": "umap-learn transform's initial placement: k nearest reference points (euclidean), "
+            "smooth_knn_dist memberships, weighted mean of their coordinates; no SGD refinement",
+            "reference_inputs": "in the graph (initializer reference_x0)",
+        },
+        "thumbnails": {
+            "file": THUMBS_FILE,
+            "tile": THUMB_PX,
+            "cols": cols,
+            "order": "prompt-major, then seed",
+            "what": "the final image of each reference run",
+        },
         "agreement": report.get("agreement"),
     }
     (bundle_dir / BASES_FILE).write_text(json.dumps(bases, separators=(",", ":")))
     files = {rel: _file_entry(bundle_dir / rel) for rel in (GRAPH_FILE, BASES_FILE, THUMBS_FILE)}
-    component = {"files": [GRAPH_FILE], "precision": "fp32", "inputs": ins, "outputs": outs, "bases": BASES_FILE,
-                 "thumbnails": THUMBS_FILE}
+    component = {
+        "files": [GRAPH_FILE],
+        "precision": "fp32",
+        "inputs": ins,
+        "outputs": outs,
+        "bases": BASES_FILE,
+        "thumbnails": THUMBS_FILE,
+    }
     return {"component": component, "files": files, "report": report}
 
 
@@ -401,26 +503,35 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def add_to_manifest(bundle_dir: Path, result: dict) -> None:
-    """Write build_umap's result into an existing bundle's manifest (components + file table)."""
-    path = Path(bundle_dir) / "manifest.json"
-    manifest = json.loads(path.read_text())
+def merge_into_manifest(manifest: dict, result: dict) -> None:
+    """build_umap's result into a manifest (components + file table)."""
     manifest["components"]["umap_project"] = result["component"]
     manifest["files"].update(result["files"])
+
+
+def add_to_manifest(bundle_dir: Path, result: dict) -> None:
+    """Write build_umap's result into an existing bundle's manifest.json."""
+    path = Path(bundle_dir) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    merge_into_manifest(manifest, result)
     path.write_text(json.dumps(manifest, indent=1))
 
 
 def format_report(report: dict) -> str:
     """The export report's lines for the UMAP."""
-    lines = [f"UMAP: {report['points']} reference points ({report['prompts']} prompts × {len(report['seeds'])} seeds × "
-             f"{report['steps']} steps, {report['dims']} numbers each); trajectories {report['generate_seconds']:.1f} s, "
-             f"fit {report['fit_seconds']:.1f} s"]
+    lines = [
+        f"UMAP: {report['points']} reference points ({report['prompts']} prompts × {len(report['seeds'])} seeds × "
+        f"{report['steps']} steps, {report['dims']} numbers each); trajectories {report['generate_seconds']:.1f} s, "
+        f"fit {report['fit_seconds']:.1f} s"
+    ]
     a = report.get("agreement")
     if a:
         vt = a["vs_transform"]
         ov = next(v for key, v in vt.items() if key.startswith("neighbour_overlap"))
-        lines.append(f"UMAP projection vs umap-learn's transform on {a['points']} held-out points: median distance "
-                     f"{vt['median_distance_share']:.1%} of the plot's extent (90th percentile {vt['p90_distance_share']:.1%}), "
-                     f"10-nearest-reference overlap {ov:.0%}; vs its initial placement: max "
-                     f"{a['vs_transform_init']['max_distance_share']:.1e} of the extent")
+        lines.append(
+            f"UMAP projection vs umap-learn's transform on {a['points']} held-out points: median distance "
+            f"{vt['median_distance_share']:.1%} of the plot's extent (90th percentile {vt['p90_distance_share']:.1%}), "
+            f"10-nearest-reference overlap {ov:.0%}; vs its initial placement: max "
+            f"{a['vs_transform_init']['max_distance_share']:.1e} of the extent"
+        )
     return "\n".join(lines)

@@ -1,9 +1,11 @@
 """Run each exported ONNX component and its PyTorch original on the same inputs, and write down the error."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 DEFAULT_TOLERANCE = 1e-3  # max abs error relative to max(1, max |reference|), fp32
+
 
 def random_feeds(facts: dict, vocab_size: int, seed: int = 0) -> dict:
     """The same random inputs for every comparison (PyTorch vs ONNX, fp32 vs quantized)."""
@@ -14,10 +16,14 @@ def random_feeds(facts: dict, vocab_size: int, seed: int = 0) -> dict:
     n = facts["text_max_length"]
     return {
         "text_encoder": {"input_ids": rng.integers(0, vocab_size, (2, n)).astype(np.int64)},
-        "unet": {"sample": rng.standard_normal((2, 4, h, w), dtype=np.float32), "timestep": np.array(500.0, dtype=np.float32),
-                 "encoder_hidden_states": rng.standard_normal((2, n, facts["text_hidden_size"]), dtype=np.float32)},
+        "unet": {
+            "sample": rng.standard_normal((2, 4, h, w), dtype=np.float32),
+            "timestep": np.array(500.0, dtype=np.float32),
+            "encoder_hidden_states": rng.standard_normal((2, n, facts["text_hidden_size"]), dtype=np.float32),
+        },
         "vae_decoder": {"latent_sample": rng.standard_normal((1, 4, h, w), dtype=np.float32)},
     }
+
 
 def verify(src: Path, bundle_dir: Path, files: dict, facts: dict, seed: int = 0) -> dict:
     """Run each exported component in onnxruntime and in PyTorch on the same random inputs."""

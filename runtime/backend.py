@@ -4,6 +4,7 @@ Why opaque handles: under WebGPU a latent can stay in GPU memory between steps; 
 only brings to the host what a view needs (`to_host`). Methods that run graphs are async because
 onnxruntime-web is; the native backend simply returns at once.
 """
+
 from __future__ import annotations
 
 from array import array
@@ -29,7 +30,7 @@ class HostTensor:
             raise ValueError(f"tensor data has {len(self.data)} values, shape {self.shape} needs {n}")
 
     @classmethod
-    def of(cls, values, shape, dtype="float32") -> "HostTensor":
+    def of(cls, values, shape, dtype="float32") -> HostTensor:
         return cls(array(TYPECODES[dtype], values), tuple(shape), dtype)
 
 

@@ -4,13 +4,14 @@ Why a manifest with sizes and hashes: a bundle travels to browsers and caches, a
 mismatched file must be caught with a message that says which file and what to do, before the
 model produces garbage.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 FORMAT = "diffusion-explainer-bundle"
 FORMAT_VERSION = 1
@@ -40,7 +41,9 @@ def _fail(where: str, what: str):
 def _expect(value, kind, where: str):
     """One schema rule: value has the JSON type `kind` (dict, list, str, int, number, bool)."""
     ok = {
-        "dict": isinstance(value, dict), "list": isinstance(value, list), "str": isinstance(value, str),
+        "dict": isinstance(value, dict),
+        "list": isinstance(value, list),
+        "str": isinstance(value, str),
         "int": isinstance(value, int) and not isinstance(value, bool),
         "number": isinstance(value, (int, float)) and not isinstance(value, bool),
         "bool": isinstance(value, bool),
@@ -81,7 +84,9 @@ def check_manifest(manifest) -> dict:
         raise BundleError("not a diffusion-explainer bundle: manifest.json lacks format='diffusion-explainer-bundle'")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        raise BundleError(f"bundle format version {version!r} is not supported by this runtime (expects {FORMAT_VERSION}); re-export the bundle")
+        raise BundleError(
+            f"bundle format version {version!r} is not supported by this runtime (expects {FORMAT_VERSION}); re-export the bundle"
+        )
     for key in ("model", "components", "files", "tokenizer", "scheduler"):
         if key not in manifest:
             raise BundleError(f"bundle manifest is missing '{key}'; re-export the bundle")
@@ -120,7 +125,9 @@ def check_manifest(manifest) -> dict:
                 _field(spec, "dtype", "str", f"components.{name}.{io}[]")
     terms = comps["lincomb"].get("terms")
     if isinstance(terms, bool) or not isinstance(terms, int) or terms < 2:
-        raise BundleError("bundle manifest's lincomb component lacks its 'terms' limit (a whole number ≥ 2); re-export the bundle")
+        raise BundleError(
+            "bundle manifest's lincomb component lacks its 'terms' limit (a whole number ≥ 2); re-export the bundle"
+        )
     tok = _expect(manifest["tokenizer"], "dict", "tokenizer")
     tf = _field(tok, "files", "dict", "tokenizer")
     for key in ("vocab", "merges"):
@@ -171,7 +178,7 @@ class Bundle:
         raise BundleError(f"component {component} has no input {input_name!r}; re-export the bundle")
 
     @classmethod
-    def from_dir(cls, path, verify: bool = True) -> "Bundle":
+    def from_dir(cls, path, verify: bool = True) -> Bundle:
         """Open a bundle folder; with verify, every file's size and sha256 are checked."""
         root = Path(path)
         mpath = root / "manifest.json"
@@ -197,7 +204,11 @@ def verify_file(path: Path, rel: str, info: dict) -> None:
         raise BundleError(f"bundle file {rel} is missing; re-export or re-download the bundle")
     size = path.stat().st_size
     if size != info["bytes"]:
-        raise BundleError(f"bundle file {rel} is corrupted: {size} bytes, manifest says {info['bytes']}; re-export or re-download the bundle")
+        raise BundleError(
+            f"bundle file {rel} is corrupted: {size} bytes, manifest says {info['bytes']}; re-export or re-download the bundle"
+        )
     digest = sha256_file(path)
     if digest != info["sha256"]:
-        raise BundleError(f"bundle file {rel} is corrupted: sha256 {digest[:12]}… does not match the manifest's {info['sha256'][:12]}…; re-export or re-download the bundle")
+        raise BundleError(
+            f"bundle file {rel} is corrupted: sha256 {digest[:12]}… does not match the manifest's {info['sha256'][:12]}…; re-export or re-download the bundle"
+        )

@@ -3,6 +3,7 @@
 Why graphs again: the similarities (tower, projection, normalisation, dot products) are computed in
 onnxruntime like everything else; Python only tokenizes, batches bytes and reads the result back.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -20,15 +21,17 @@ def has_clip(bundle) -> bool:
     return COMPONENT in bundle.manifest.get("components", {})
 
 
-_LOADED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # backends without a `sessions` table
+_LOADED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # backends without a `sessions` table
 
 
 async def _ensure_loaded(pipeline) -> None:
     """Create the clip_image session on first use (and the text encoder's, if pipeline.load() has not run)."""
     be, bundle = pipeline.backend, pipeline.bundle
     if not has_clip(bundle):
-        raise BundleError("this bundle has no clip_image component (only a model trained with its CLIP image tower has one, "
-                          "e.g. the default model); re-export it from a model folder with clip_image/")
+        raise BundleError(
+            "this bundle has no clip_image component (only a model trained with its CLIP image tower has one, "
+            "e.g. the default model); re-export it from a model folder with clip_image/"
+        )
     sessions = getattr(be, "sessions", None)  # both backends keep their sessions by component name
     if isinstance(sessions, dict):
         for name in ("text_encoder", COMPONENT):
@@ -56,7 +59,9 @@ async def _image_batch(backend, images) -> tuple[Any, int]:
         t = im if isinstance(im, HostTensor) else await backend.to_host(im)
         shape = tuple(t.shape) if len(t.shape) == 4 else (1, *t.shape)
         if t.dtype != "uint8" or len(shape) != 4 or shape[3] != 4:
-            raise ValueError(f"clip_similarities takes uint8 RGBA images [H, W, 4] or [N, H, W, 4], not {t.dtype} {list(t.shape)}")
+            raise ValueError(
+                f"clip_similarities takes uint8 RGBA images [H, W, 4] or [N, H, W, 4], not {t.dtype} {list(t.shape)}"
+            )
         if hw is not None and shape[1:3] != hw:
             raise ValueError(f"images differ in size: {list(hw)} and {list(shape[1:3])}")
         hw = shape[1:3]

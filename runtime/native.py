@@ -3,6 +3,7 @@
 Imported only when used, so runtime/ itself stays standard-library only (Pyodide has no numpy).
 Handles are numpy arrays.
 """
+
 from __future__ import annotations
 
 from array import array
@@ -26,7 +27,9 @@ class NativeBackend:
             self.options.inter_op_num_threads = 1
         self.providers = providers or ["CPUExecutionProvider"]
         self.sessions: dict[str, ort.InferenceSession] = {}
-        self.name = f"onnxruntime {ort.__version__} native ({', '.join(self.providers)}" + (f", {threads} threads)" if threads else ")")
+        self.name = f"onnxruntime {ort.__version__} native ({', '.join(self.providers)}" + (
+            f", {threads} threads)" if threads else ")"
+        )
 
     async def load(self, name: str, files: list[str]) -> None:
         # external data (files[1:]) sits beside the model file, where onnxruntime looks for it
@@ -35,8 +38,10 @@ class NativeBackend:
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types (InvalidProtobuf, Fail …)
             from .bundle import BundleError
 
-            raise BundleError(f"bundle component {name} ({files[0]}) cannot be loaded by onnxruntime: "
-                              f"{str(e).splitlines()[0][:200]}; re-export the bundle") from None
+            raise BundleError(
+                f"bundle component {name} ({files[0]}) cannot be loaded by onnxruntime: "
+                f"{str(e).splitlines()[0][:200]}; re-export the bundle"
+            ) from None
 
     def io_names(self, name: str) -> tuple[list[str], list[str]]:
         sess = self.sessions[name]

@@ -13,6 +13,7 @@ All steps are exact integer or IEEE-754 double operations; only ln/cos/sin come 
 libm, whose results differ by at most one double ulp between libms, which rounding to float32
 removes except with a probability of about 1e-8 per value.
 """
+
 from __future__ import annotations
 
 import math

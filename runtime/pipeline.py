@@ -3,10 +3,13 @@
 Why a Trace: the page's views only render what the controller recorded here, so every number a
 reader sees is a number the model really produced in this run.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from .backend import Backend, Expr, HostTensor, Ops
 from .bundle import ATTENTION_OUTPUT, MODEL_COMPONENTS, OP_GRAPHS, OPTIONAL_GRAPHS, Bundle, BundleError
@@ -14,6 +17,7 @@ from .noise import gaussian
 from .schedulers import make_scheduler
 from .tokenizer import CLIPTokenizer
 from .trace import MAX_PROMPT_CHARS, MAX_SEED, ClipScores, Plan, Request, StepTrace, Trace  # noqa: F401 - the runtime's API
+
 
 def run_sync(coro):
     """Run a coroutine to completion from synchronous CPython code (CLI, exporter, tests).
@@ -45,8 +49,10 @@ class Pipeline:
         self.backend = backend
         tok = bundle.manifest["tokenizer"]
         self.tokenizer = CLIPTokenizer.from_texts(
-            bundle.read_text(tok["files"]["vocab"]), bundle.read_text(tok["files"]["merges"]),
-            max_length=tok["max_length"], pad_token=tok.get("pad_token", "<|endoftext|>"),
+            bundle.read_text(tok["files"]["vocab"]),
+            bundle.read_text(tok["files"]["merges"]),
+            max_length=tok["max_length"],
+            pad_token=tok.get("pad_token", "<|endoftext|>"),
         )
         self.ops: Ops | None = None
 
@@ -86,7 +92,9 @@ class Pipeline:
         rest = sims[1:] if trace.image is not None else sims
         indices = [s.index for s in trace.steps if s.image is not None]
         scale = float(self.bundle.component("clip_image").get("logit_scale", 1.0))
-        trace.clip = ClipScores(list(prompts), final, [[i, row] for i, row in zip(indices, rest)], scale)
+        trace.clip = ClipScores(
+            prompts=list(prompts), final=final, steps=[[i, row] for i, row in zip(indices, rest)], logit_scale=scale
+        )
         return trace.clip
 
     def has(self, name: str) -> bool:
@@ -103,9 +111,11 @@ class Pipeline:
         comp = self.bundle.component(name)
         want_in, want_out = [s["name"] for s in comp.get("inputs", [])], [s["name"] for s in comp.get("outputs", [])]
         if (want_in and sorted(got_in) != sorted(want_in)) or (want_out and sorted(got_out) != sorted(want_out)):
-            raise BundleError(f"bundle component {name} does not match its manifest: the model takes ({', '.join(got_in)}) and gives "
-                              f"({', '.join(got_out)}), the manifest promises ({', '.join(want_in)}) → ({', '.join(want_out)}); "
-                              "re-export the bundle")
+            raise BundleError(
+                f"bundle component {name} does not match its manifest: the model takes ({', '.join(got_in)}) and gives "
+                f"({', '.join(got_out)}), the manifest promises ({', '.join(want_in)}) → ({', '.join(want_out)}); "
+                "re-export the bundle"
+            )
 
     def latent_shape(self) -> tuple:
         m = self.bundle.model
@@ -136,7 +146,9 @@ class Pipeline:
         return v
 
     def _scheduler(self, req: Request):
-        sched = make_scheduler(req.scheduler, self.bundle.manifest["scheduler"]["config"], self.bundle.model.get("prediction_type"))
+        sched = make_scheduler(
+            req.scheduler, self.bundle.manifest["scheduler"]["config"], self.bundle.model.get("prediction_type")
+        )
         sched.set_timesteps(req.steps)
         return sched
 
@@ -148,12 +160,18 @@ class Pipeline:
         sched = self._scheduler(req)
         tokens, negative = self.tokenizer.encode(req.prompt), self.tokenizer.encode(req.negative_prompt)
         return Plan(
-            request=req, tokens=tokens, negative_tokens=negative,
-            token_known=self._known(tokens), negative_token_known=self._known(negative),
-            timesteps=[float(t) for t in sched.timesteps], scheduler_label=sched.label,
+            request=req,
+            tokens=tokens,
+            negative_tokens=negative,
+            token_known=self._known(tokens),
+            negative_token_known=self._known(negative),
+            timesteps=[float(t) for t in sched.timesteps],
+            scheduler_label=sched.label,
             scheduler_config={k: v for k, v in sched.config.items() if isinstance(v, (int, float, str, bool)) or v is None},
-            alphas_cumprod=list(sched.alphas_cumprod), sigmas=list(sched.sigmas) if sched.sigmas is not None else None,
-            init_noise_sigma=float(sched.init_noise_sigma), _scheduler=sched,
+            alphas_cumprod=list(sched.alphas_cumprod),
+            sigmas=list(sched.sigmas) if sched.sigmas is not None else None,
+            init_noise_sigma=float(sched.init_noise_sigma),
+            _scheduler=sched,
         )
 
     def _known(self, tok) -> list | None:
@@ -176,93 +194,156 @@ class Pipeline:
         out += [True] * (len(tok.tokens) - len(out))
         return out
 
-    async def generate(self, request: Request | Plan, on_step: Callable[[StepTrace], Any] | None = None,
-                       should_stop: Callable[[], bool] | None = None, initial_latents: HostTensor | None = None,
-                       preview_budget: float | None = None) -> Trace:
+    async def generate(
+        self,
+        request: Request | Plan,
+        on_step: Callable[[StepTrace], Any] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+        initial_latents: HostTensor | None = None,
+        preview_budget: float | None = None,
+    ) -> Trace:
         """Run the plan. preview_budget (the page): instead of preview_every, decode a step's predicted
         image only while decoding has cost at most this share of the loop's time so far; the rest are
         decoded after the loop by decode_previews(), off the loop's critical path."""
         if self.ops is None:
             raise RuntimeError("call `await pipeline.load()` before generate()")
-        plan = request if isinstance(request, Plan) else self.plan(request)
-        req = plan.request
-        be, ops = self.backend, self.ops
         t_start = time.perf_counter()
-        trace = Trace(plan, backend=be.name)
-        run_t: dict = {}
+        # 1. Plan the run (validated request, tokens, timesteps), unless the caller already did
+        plan = request if isinstance(request, Plan) else self.plan(request)
+        trace = Trace(plan, backend=self.backend.name)
+        run_timings: dict = {}
 
-        ids_dtype = self.bundle.input_dtype("text_encoder", "input_ids")
-        ids = be.from_host(HostTensor.of(trace.negative_tokens.ids + trace.tokens.ids, (2, len(trace.tokens.ids)), ids_dtype))
-        states = (await self._run("text_encoder", {"input_ids": ids}, run_t))["last_hidden_state"]
-        trace.embeddings = await be.to_host(states)
+        # 2. Encode the negative prompt and the prompt in one batch: [unconditional, conditional]
+        text_states = await self._encode_prompt(trace, run_timings)
 
-        # the plan's scheduler, once: multistep samplers keep history, so a plan run again gets a fresh one
-        sched, plan._scheduler = plan._scheduler or self._scheduler(req), None
-        noise = initial_latents if initial_latents is not None else self.initial_noise(req.seed)
-        latent = await ops.value(ops.lincomb([(sched.init_noise_sigma, be.from_host(noise))]))
-        t_dtype = self.bundle.input_dtype("unet", "timestep")
-        g = be.from_host(HostTensor.of([req.guidance], (1,)))
-        names = _TermNames()
-        loop_ms = decode_ms = 0.0
+        # 3. Prepare the scheduler and the initial latent x_T
+        scheduler = self._take_scheduler(plan)
+        latent = await self._prepare_latent(scheduler, plan.request.seed, initial_latents)
 
+        # 4. Denoising loop: one traced step per timestep, until done or stopped
+        loop = _LoopState(
+            guidance=self.backend.from_host(HostTensor.of([plan.request.guidance], (1,))),
+            timestep_dtype=self.bundle.input_dtype("unet", "timestep"),
+            num_steps=len(scheduler.timesteps),
+            preview_every=plan.request.preview_every,
+            preview_budget=preview_budget,
+        )
         try:
-            for i, t in enumerate(sched.timesteps):
+            for i, t in enumerate(scheduler.timesteps):
                 if should_stop and should_stop():
                     raise Cancelled()
-                st: dict = {}
-                t0 = time.perf_counter()
-                scale = be.from_host(HostTensor.of([sched.scale_model_input_factor(i)], (1,)))
-                sample = (await self._run("cfg_input", {"latent": latent, "scale": scale}, st, "ops"))["sample"]
-                timestep = be.from_host(HostTensor.of([t], (), t_dtype))
-                unet_out = await self._run("unet", {"sample": sample, "timestep": timestep, "encoder_hidden_states": states}, st)
-                pred = unet_out["out_sample"]
-                gd = await self._run("guidance", {"noise_pred": pred, "scale": g}, st, "ops")
-                res = sched.step(gd["guided"], i, latent, ops)
-                names.step(i, latent, gd["guided"])
-                update, x0_update = names.describe(res.prev_sample), names.describe(res.pred_original_sample)
-                new_latent = await self._timed_value(res.prev_sample, st)
-                x0 = await self._timed_value(res.pred_original_sample, st) if res.pred_original_sample is not None else None
-                loop_ms += (time.perf_counter() - t0) * 1000
-                image = None
-                last = i == len(sched.timesteps) - 1
-                if preview_budget is not None:
-                    want = x0 is not None and (i == 0 or decode_ms <= preview_budget * loop_ms)
-                else:
-                    want = x0 is not None and req.preview_every and (i % req.preview_every == 0 or last)
-                if want:
-                    t1 = time.perf_counter()
-                    image = await be.to_host(await self.decode(x0, st))
-                    decode_ms += (time.perf_counter() - t1) * 1000
-                umap = None
-                if x0 is not None and self.has("umap_project"):
-                    xy = await be.to_host((await self._run("umap_project", {"x0": x0}, st, "views"))["xy"])
-                    umap = [float(xy.data[0]), float(xy.data[1])]
-                attention = unet_out.get(ATTENTION_OUTPUT)
-                step = StepTrace(
-                    i, float(t), dict(res.coefficients), update, x0_update, await be.to_host(latent), await be.to_host(gd["uncond"]),
-                    await be.to_host(gd["cond"]), await be.to_host(gd["guided"]), await be.to_host(x0) if x0 is not None else None,
-                    image, st, umap, await be.to_host(attention) if attention is not None else None,
-                )
-                st["total"] = (time.perf_counter() - t0) * 1000
+                step, latent = await self._denoise_step(i, t, scheduler, latent, text_states, loop)
                 trace.steps.append(step)
-                for k, v in st.items():
-                    run_t[k] = run_t.get(k, 0.0) + v
-                latent = new_latent
+                _accumulate(run_timings, step.timings_ms)
                 if on_step:
-                    r = on_step(step)
-                    if hasattr(r, "__await__"):
-                        await r
+                    await _maybe_await(on_step(step))
         except Cancelled:
             trace.cancelled = True
-        trace.final_latent = await be.to_host(latent)
+
+        # 5. Decode the final latent into the image (not for a stopped run)
+        trace.final_latent = await self.backend.to_host(latent)
         if not trace.cancelled:
-            trace.image = await be.to_host(await self.decode(latent, run_t))
-        run_t["total"] = (time.perf_counter() - t_start) * 1000
-        trace.timings_ms = run_t
+            trace.image = await self.backend.to_host(await self.decode(latent, run_timings))
+        run_timings["total"] = (time.perf_counter() - t_start) * 1000
+        trace.timings_ms = run_timings
         return trace
 
-    async def decode_previews(self, trace: Trace, on_image: Callable[[StepTrace], Any] | None = None,
-                              should_stop: Callable[[], bool] | None = None) -> None:
+    async def _encode_prompt(self, trace: Trace, timings: dict) -> Any:
+        """Step 2: CLIP's last hidden states for [negative prompt, prompt], (2, max_length, d); the trace keeps them."""
+        ids_dtype = self.bundle.input_dtype("text_encoder", "input_ids")
+        batch = HostTensor.of(trace.negative_tokens.ids + trace.tokens.ids, (2, len(trace.tokens.ids)), ids_dtype)
+        text_states = (await self._run("text_encoder", {"input_ids": self.backend.from_host(batch)}, timings))[
+            "last_hidden_state"
+        ]
+        trace.embeddings = await self.backend.to_host(text_states)
+        return text_states
+
+    def _take_scheduler(self, plan: Plan):
+        """Step 3: the plan's scheduler, once: multistep samplers keep history, so a plan run again gets a fresh one."""
+        scheduler, plan._scheduler = plan._scheduler or self._scheduler(plan.request), None
+        return scheduler
+
+    async def _prepare_latent(self, scheduler, seed: int, initial_latents: HostTensor | None) -> Any:
+        """Step 3: x_T = init_noise_sigma · noise, the seed's noise unless the caller gives its own (compare mode)."""
+        noise = initial_latents if initial_latents is not None else self.initial_noise(seed)
+        return await self.ops.value(self.ops.lincomb([(scheduler.init_noise_sigma, self.backend.from_host(noise))]))
+
+    async def _denoise_step(self, i: int, t: float, scheduler, latent, text_states, loop: _LoopState) -> tuple[StepTrace, Any]:
+        """Step 4, once: guided noise → scheduler update → what the views show; returns the step and x_{t−1}."""
+        be, timings = self.backend, {}
+        t0 = time.perf_counter()
+        # 4a. the UNet on both branches, then guidance: ε̂ = ε_u + s·(ε_c − ε_u)
+        unet_out, noise = await self._predict_noise(i, t, scheduler, latent, text_states, loop, timings)
+        # 4b. the scheduler's update: x_{t−1} and the predicted x̂₀, each a linear combination of x_t and ε̂s
+        result = scheduler.step(noise["guided"], i, latent, self.ops)
+        loop.names.step(i, latent, noise["guided"])
+        update, x0_update = loop.names.describe(result.prev_sample), loop.names.describe(result.pred_original_sample)
+        prev_latent = await self._timed_value(result.prev_sample, timings)
+        pred_x0 = (
+            await self._timed_value(result.pred_original_sample, timings) if result.pred_original_sample is not None else None
+        )
+        loop.loop_ms += (time.perf_counter() - t0) * 1000
+        # 4c. for the views: x̂₀ decoded (within the preview budget) and placed on the UMAP
+        image = await self._preview(i, pred_x0, loop, timings)
+        umap = await self._umap_position(pred_x0, timings)
+        attention = unet_out.get(ATTENTION_OUTPUT)
+        step = StepTrace(
+            index=i,
+            timestep=float(t),
+            coefficients=dict(result.coefficients),
+            update=update,
+            x0_update=x0_update,
+            latent=await be.to_host(latent),
+            noise_uncond=await be.to_host(noise["uncond"]),
+            noise_cond=await be.to_host(noise["cond"]),
+            noise_guided=await be.to_host(noise["guided"]),
+            pred_x0=await be.to_host(pred_x0) if pred_x0 is not None else None,
+            image=image,
+            timings_ms=timings,
+            umap=umap,
+            attention=await be.to_host(attention) if attention is not None else None,
+        )
+        timings["total"] = (time.perf_counter() - t0) * 1000
+        return step, prev_latent
+
+    async def _predict_noise(self, i: int, t: float, scheduler, latent, text_states, loop: _LoopState, timings: dict):
+        """Step 4a: the UNet's noise prediction for [unconditional, conditional] and the guided mix."""
+        be = self.backend
+        scale = be.from_host(HostTensor.of([scheduler.scale_model_input_factor(i)], (1,)))
+        sample = (await self._run("cfg_input", {"latent": latent, "scale": scale}, timings, "ops"))["sample"]  # (2, C, h, w)
+        timestep = be.from_host(HostTensor.of([t], (), loop.timestep_dtype))
+        unet_out = await self._run(
+            "unet", {"sample": sample, "timestep": timestep, "encoder_hidden_states": text_states}, timings
+        )
+        noise = await self._run("guidance", {"noise_pred": unet_out["out_sample"], "scale": loop.guidance}, timings, "ops")
+        return unet_out, noise  # noise: uncond, cond, guided
+
+    async def _preview(self, i: int, pred_x0, loop: _LoopState, timings: dict) -> HostTensor | None:
+        """Step 4c: x̂₀ decoded to RGBA when this step is previewed: every preview_every steps (and the last),
+        or, with a preview budget, while decoding has cost at most that share of the loop's time."""
+        if pred_x0 is None:
+            return None
+        if loop.preview_budget is not None:
+            wanted = i == 0 or loop.decode_ms <= loop.preview_budget * loop.loop_ms
+        else:
+            wanted = bool(loop.preview_every) and (i % loop.preview_every == 0 or i == loop.num_steps - 1)
+        if not wanted:
+            return None
+        t0 = time.perf_counter()
+        image = await self.backend.to_host(await self.decode(pred_x0, timings))
+        loop.decode_ms += (time.perf_counter() - t0) * 1000
+        return image
+
+    async def _umap_position(self, pred_x0, timings: dict) -> list | None:
+        """Step 4c: x̂₀ projected onto the bundle's UMAP, [x, y], when the bundle has one."""
+        if pred_x0 is None or not self.has("umap_project"):
+            return None
+        xy = await self.backend.to_host((await self._run("umap_project", {"x0": pred_x0}, timings, "views"))["xy"])
+        return [float(xy.data[0]), float(xy.data[1])]
+
+    async def decode_previews(
+        self, trace: Trace, on_image: Callable[[StepTrace], Any] | None = None, should_stop: Callable[[], bool] | None = None
+    ) -> None:
         """Decode the predicted image of every step that has none yet (after a run with a preview budget)."""
         for step in trace.steps:
             if step.image is not None or step.pred_x0 is None:
@@ -271,9 +352,32 @@ class Pipeline:
                 return
             step.image = await self.backend.to_host(await self.decode(self.backend.from_host(step.pred_x0), step.timings_ms))
             if on_image:
-                r = on_image(step)
-                if hasattr(r, "__await__"):
-                    await r
+                await _maybe_await(on_image(step))
+
+
+async def _maybe_await(result) -> None:
+    """Callbacks (on_step, on_image) may be plain functions or coroutines."""
+    if hasattr(result, "__await__"):
+        await result
+
+
+def _accumulate(total: dict, timings: dict) -> None:
+    for k, v in timings.items():
+        total[k] = total.get(k, 0.0) + v
+
+
+@dataclass
+class _LoopState:
+    """What the denoising loop carries from step to step besides the latent."""
+
+    guidance: Any  # the guidance scale s as a backend tensor, (1,)
+    timestep_dtype: str
+    num_steps: int
+    preview_every: int
+    preview_budget: float | None
+    names: _TermNames = field(default_factory=lambda: _TermNames())
+    loop_ms: float = 0.0  # the loop's own time so far (UNet, guidance, update), previews excluded
+    decode_ms: float = 0.0  # time spent decoding previews so far
 
 
 class _TermNames:
@@ -289,7 +393,7 @@ class _TermNames:
     def step(self, i: int, latent, guided) -> None:
         for k, (h, name) in list(self.known.items()):
             if name in ("x_t", "eps"):
-                self.known[k] = (h, "x@%d" % (i - 1) if name == "x_t" else "eps@%d" % (i - 1))
+                self.known[k] = (h, f"x@{i - 1}" if name == "x_t" else f"eps@{i - 1}")
         self.known[id(latent)] = (latent, "x_t")
         self.known[id(guided)] = (guided, "eps")
         self.order += [id(latent), id(guided)]

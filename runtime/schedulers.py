@@ -53,6 +53,7 @@ __all__ = [
     "make_scheduler",
 ]
 
+
 @dataclass
 class StepResult:
     prev_sample: Any
@@ -134,9 +135,7 @@ def _cosine_betas(num: int, max_beta: float = 0.999) -> list[float]:
     def alpha_bar(t: float) -> float:
         return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
-    return _f32_list(
-        [min(1 - alpha_bar((i + 1) / num) / alpha_bar(i / num), max_beta) for i in range(num)]
-    )
+    return _f32_list([min(1 - alpha_bar((i + 1) / num) / alpha_bar(i / num), max_beta) for i in range(num)])
 
 
 def _betas(schedule: str, beta_start: float, beta_end: float, num: int, trained) -> list[float]:
@@ -148,9 +147,7 @@ def _betas(schedule: str, beta_start: float, beta_end: float, num: int, trained)
         return _f32_list([b * b for b in _torch_linspace_f32(beta_start**0.5, beta_end**0.5, num)])
     if schedule == "squaredcos_cap_v2":
         return _cosine_betas(num)
-    raise ValueError(
-        f"beta_schedule {schedule!r} is not supported; use 'linear', 'scaled_linear' or 'squaredcos_cap_v2'"
-    )
+    raise ValueError(f"beta_schedule {schedule!r} is not supported; use 'linear', 'scaled_linear' or 'squaredcos_cap_v2'")
 
 
 def _alphas_cumprod(betas: list[float]) -> list[float]:
@@ -185,7 +182,8 @@ def _keep(ops: Ops, x: Any) -> Any:
 
 
 def _vp_x0(prediction_type: str, alpha: float, sigma: float) -> tuple[float, float]:
-    """(a, b) with x0 = a * sample + b * model_output, for sample = alpha * x0 + sigma * noise."""
+    """(on_sample, on_output) with x0 = on_sample * sample + on_output * model_output, for
+    sample = alpha * x0 + sigma * noise (alpha = sqrt(alpha_prod_t), sigma = sqrt(1 - alpha_prod_t))."""
     if prediction_type == "epsilon":
         return 1.0 / alpha, -sigma / alpha
     if prediction_type == "v_prediction":
@@ -194,7 +192,7 @@ def _vp_x0(prediction_type: str, alpha: float, sigma: float) -> tuple[float, flo
 
 
 def _vp_eps(prediction_type: str, alpha: float, sigma: float) -> tuple[float, float]:
-    """(a, b) with noise = a * sample + b * model_output (same parametrisation)."""
+    """(on_sample, on_output) with noise = on_sample * sample + on_output * model_output (same parametrisation)."""
     if prediction_type == "epsilon":
         return 0.0, 1.0
     if prediction_type == "v_prediction":
@@ -203,7 +201,7 @@ def _vp_eps(prediction_type: str, alpha: float, sigma: float) -> tuple[float, fl
 
 
 def _k_x0(prediction_type: str, sigma: float) -> tuple[float, float]:
-    """(a, b) with x0 = a * sample + b * model_output, for sample = x0 + sigma * noise.
+    """(on_sample, on_output) with x0 = on_sample * sample + on_output * model_output, for sample = x0 + sigma * noise.
 
     This is the k-diffusion parametrisation of Euler and LMS, whose sample is
     the usual one divided by sqrt(alphas_cumprod).
@@ -273,8 +271,11 @@ class Scheduler:
         self.timestep_spacing: str = cfg["timestep_spacing"]
         self.steps_offset: int = int(cfg["steps_offset"] or 0)
         betas = _betas(
-            cfg["beta_schedule"], float(cfg["beta_start"]), float(cfg["beta_end"]),
-            self.num_train_timesteps, cfg["trained_betas"],
+            cfg["beta_schedule"],
+            float(cfg["beta_start"]),
+            float(cfg["beta_end"]),
+            self.num_train_timesteps,
+            cfg["trained_betas"],
         )
         self.alphas_cumprod: list[float] = _alphas_cumprod(betas)
         self.num_inference_steps: int | None = None
@@ -294,8 +295,7 @@ class Scheduler:
             raise ValueError(f"num_inference_steps must be an integer, got {n!r}")
         if not 1 <= n <= self.num_train_timesteps:
             raise ValueError(
-                f"num_inference_steps must be between 1 and {self.num_train_timesteps} "
-                f"(the model's num_train_timesteps), got {n}"
+                f"num_inference_steps must be between 1 and {self.num_train_timesteps} (the model's num_train_timesteps), got {n}"
             )
         self.num_inference_steps = n
         self._set_timesteps(n)
@@ -391,14 +391,19 @@ class EulerScheduler(_SigmaScheduler):
     }
 
     def _step(self, model_output, i, sample, ops):
+        # Karras et al. 2022 (EDM), Algorithm 2 without churn (one Euler step of the probability-flow ODE):
+        #   d_i = (x_i - D(x_i)) / sigma_i,   x_{i+1} = x_i + (sigma_{i+1} - sigma_i) * d_i
+        # with the denoiser D(x_i) = pred_original_sample (k-diffusion's sample = x0 + sigma * noise).
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
-        a, b = _k_x0(self.prediction_type, sigma)
-        x0 = _combine(ops, [(a, sample), (b, model_output)])
-        # derivative d = (sample - x0) / sigma; prev = sample + d * dt
+        x0_on_sample, x0_on_output = _k_x0(self.prediction_type, sigma)
+        pred_original_sample = _combine(ops, [(x0_on_sample, sample), (x0_on_output, model_output)])
         dt = sigma_next - sigma
-        prev = _combine(ops, [(1.0 + dt * (1.0 - a) / sigma, sample), (-dt * b / sigma, model_output)])
+        # derivative = (sample - pred_original_sample) / sigma;  prev_sample = sample + derivative * dt
+        prev_sample = _combine(
+            ops, [(1.0 + dt * (1.0 - x0_on_sample) / sigma, sample), (-dt * x0_on_output / sigma, model_output)]
+        )
         coeffs = {"timestep": self.timesteps[i], "sigma": sigma, "sigma_next": sigma_next, "dt": dt}
-        return StepResult(prev, x0, coeffs)
+        return StepResult(prev_sample, pred_original_sample, coeffs)
 
 
 class DDIMScheduler(Scheduler):
@@ -430,23 +435,35 @@ class DDIMScheduler(Scheduler):
         self.timesteps = spaced
 
     def _step(self, model_output, i, sample, ops):
+        # Song et al. 2021 (DDIM), eq. 12 with eta = 0 (sigma_t = 0, no noise added):
+        #   x_{t-1} = sqrt(alpha_prod_t_prev) * pred_original_sample + sqrt(1 - alpha_prod_t_prev) * pred_epsilon
+        #   pred_original_sample = (x_t - sqrt(1 - alpha_prod_t) * pred_epsilon) / sqrt(alpha_prod_t)  ("predicted x0")
         t = int(self.timesteps[i])
         # diffusers steps by a fixed stride, whatever the spacing.
-        prev_t = t - self.num_train_timesteps // self.num_inference_steps
-        alpha_prod = self.alphas_cumprod[t]
-        alpha_prod_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
-        alpha, sigma = math.sqrt(alpha_prod), math.sqrt(1.0 - alpha_prod)
-        xa, xb = _vp_x0(self.prediction_type, alpha, sigma)
-        ea, eb = _vp_eps(self.prediction_type, alpha, sigma)
-        x0 = _combine(ops, [(xa, sample), (xb, model_output)])
-        # prev = sqrt(a_prev) * x0 + sqrt(1 - a_prev) * eps
-        ca, cb = math.sqrt(alpha_prod_prev), math.sqrt(1.0 - alpha_prod_prev)
-        prev = _combine(ops, [(ca * xa + cb * ea, sample), (ca * xb + cb * eb, model_output)])
+        prev_timestep = t - self.num_train_timesteps // self.num_inference_steps
+        alpha_prod_t = self.alphas_cumprod[t]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+        sqrt_alpha_prod_t, sqrt_beta_prod_t = math.sqrt(alpha_prod_t), math.sqrt(1.0 - alpha_prod_t)
+        # x0 and epsilon as linear combinations of the sample and the model output (any prediction type)
+        x0_on_sample, x0_on_output = _vp_x0(self.prediction_type, sqrt_alpha_prod_t, sqrt_beta_prod_t)
+        eps_on_sample, eps_on_output = _vp_eps(self.prediction_type, sqrt_alpha_prod_t, sqrt_beta_prod_t)
+        pred_original_sample = _combine(ops, [(x0_on_sample, sample), (x0_on_output, model_output)])
+        # eq. 12: sqrt(alpha_prod_t_prev) * x0 + sqrt(1 - alpha_prod_t_prev) * epsilon ("direction pointing to x_t")
+        sqrt_alpha_prod_t_prev, sqrt_beta_prod_t_prev = math.sqrt(alpha_prod_t_prev), math.sqrt(1.0 - alpha_prod_t_prev)
+        prev_sample = _combine(
+            ops,
+            [
+                (sqrt_alpha_prod_t_prev * x0_on_sample + sqrt_beta_prod_t_prev * eps_on_sample, sample),
+                (sqrt_alpha_prod_t_prev * x0_on_output + sqrt_beta_prod_t_prev * eps_on_output, model_output),
+            ],
+        )
         coeffs = {
-            "timestep": float(t), "prev_timestep": float(prev_t),
-            "alpha_prod_t": alpha_prod, "alpha_prod_t_prev": alpha_prod_prev,
+            "timestep": float(t),
+            "prev_timestep": float(prev_timestep),
+            "alpha_prod_t": alpha_prod_t,
+            "alpha_prod_t_prev": alpha_prod_t_prev,
         }
-        return StepResult(prev, x0, coeffs)
+        return StepResult(prev_sample, pred_original_sample, coeffs)
 
 
 class DPMSolverPP2MScheduler(Scheduler):
@@ -493,13 +510,23 @@ class DPMSolverPP2MScheduler(Scheduler):
         self._prev_x0 = None
 
     def _step(self, model_output, i, sample, ops):
+        # Lu et al. 2022 (DPM-Solver++), Algorithm 2, DPM-Solver++(2M), from s (this step) to t (the next):
+        #   x_t = (sigma_t / sigma_s) * x_s - alpha_t * (exp(-h) - 1) * D,   h = lambda_t - lambda_s, lambda = log(alpha / sigma)
+        #   D = x0_s (first order) or (1 + 1 / (2 r0)) * x0_s - 1 / (2 r0) * x0_prev,  r0 = h_prev / h (second order)
+        # sigma here is k-diffusion's (sample / sqrt(alpha_prod) = x0 + sigma * noise); alpha_s, sigma_s are the VP ones.
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         alpha_s = 1.0 / math.sqrt(sigma * sigma + 1.0)
         sigma_s = sigma * alpha_s
-        a, b = _vp_x0(self.prediction_type, alpha_s, sigma_s)
-        x0 = _combine(ops, [(a, sample), (b, model_output)])
-        coeffs = {"timestep": self.timesteps[i], "sigma": sigma, "sigma_next": sigma_next,
-                  "alpha_t": alpha_s, "sigma_t": sigma_s, "lambda": -math.log(sigma)}
+        x0_on_sample, x0_on_output = _vp_x0(self.prediction_type, alpha_s, sigma_s)
+        x0 = _combine(ops, [(x0_on_sample, sample), (x0_on_output, model_output)])  # data prediction x0_s
+        coeffs = {
+            "timestep": self.timesteps[i],
+            "sigma": sigma,
+            "sigma_next": sigma_next,
+            "alpha_t": alpha_s,
+            "sigma_t": sigma_s,
+            "lambda": -math.log(sigma),
+        }
         if sigma_next == 0.0:
             # The last step (diffusers makes it first order): lambda_next = +inf,
             # so the update lands exactly on the x0 prediction.
@@ -515,10 +542,9 @@ class DPMSolverPP2MScheduler(Scheduler):
                 terms = [(sigma_t / sigma_s, sample), (-phi, x0)]
                 coeffs["order"] = 1.0
             else:
-                # Second order: D1 = (x0 - x0_prev) / r0, prev -= 0.5 * phi * D1.
+                # Second order: D1 = (x0 - x0_prev) / r0, prev -= 0.5 * phi * D1 (diffusers' midpoint form).
                 r0 = math.log(self.sigmas[i - 1] / sigma) / h
-                terms = [(sigma_t / sigma_s, sample), (-phi - 0.5 * phi / r0, x0),
-                         (0.5 * phi / r0, self._prev_x0)]
+                terms = [(sigma_t / sigma_s, sample), (-phi - 0.5 * phi / r0, x0), (0.5 * phi / r0, self._prev_x0)]
                 coeffs.update(order=2.0, r0=r0)
             prev = _combine(ops, terms)
             coeffs["h"] = h
@@ -552,7 +578,7 @@ class PNDMScheduler(Scheduler):
         else:
             base = [round(t) - 1 for t in _np_arange(train, 0, -train / n)][::-1]
             # Drop numpy's spurious -1 (diffusers would read alphas_cumprod[-1]).
-            base = base[len(base) - n:]
+            base = base[len(base) - n :]
         if self.skip_prk_steps:
             # The second-to-last timestep twice: step 1 redoes step 0 with a
             # better (averaged) noise estimate.
@@ -574,34 +600,46 @@ class PNDMScheduler(Scheduler):
         self._prk_outputs: list[Any] = []
 
     def _prev_sample_terms(self, sample, t, prev_t, weighted_outputs):
-        """diffusers' _get_prev_sample, with model_output = sum(w * output)."""
-        alpha_prod = self.alphas_cumprod[t]
-        alpha_prod_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
-        beta_prod, beta_prod_prev = 1.0 - alpha_prod, 1.0 - alpha_prod_prev
-        sample_coeff = math.sqrt(alpha_prod_prev / alpha_prod)
-        denom = alpha_prod * math.sqrt(beta_prod_prev) + math.sqrt(alpha_prod * beta_prod * alpha_prod_prev)
-        k = (alpha_prod_prev - alpha_prod) / denom
-        # prev = sample_coeff * sample - k * eps, where eps = sa * sample + sb * model_output
-        sa, sb = _vp_eps(self.prediction_type, math.sqrt(alpha_prod), math.sqrt(beta_prod))
-        terms = [(sample_coeff - k * sa, sample)] + [(-k * sb * w, x) for w, x in weighted_outputs]
-        coeffs = {"timestep": float(t), "prev_timestep": float(prev_t),
-                  "alpha_prod_t": alpha_prod, "alpha_prod_t_prev": alpha_prod_prev}
+        """diffusers' _get_prev_sample, with model_output = sum(w * output): the transfer part of
+        Liu et al. 2022 (PNDM), eq. 9 (a DDIM step from t to prev_t with the given noise estimate):
+          x_prev = sqrt(alpha_prod_t_prev / alpha_prod_t) * x_t
+                   - (alpha_prod_t_prev - alpha_prod_t) / (alpha_prod_t * sqrt(beta_prod_t_prev)
+                     + sqrt(alpha_prod_t * beta_prod_t * alpha_prod_t_prev)) * epsilon"""
+        alpha_prod_t = self.alphas_cumprod[t]
+        alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
+        beta_prod_t, beta_prod_t_prev = 1.0 - alpha_prod_t, 1.0 - alpha_prod_t_prev
+        sample_coeff = math.sqrt(alpha_prod_t_prev / alpha_prod_t)
+        model_output_denom_coeff = alpha_prod_t * math.sqrt(beta_prod_t_prev) + math.sqrt(
+            alpha_prod_t * beta_prod_t * alpha_prod_t_prev
+        )
+        epsilon_coeff = (alpha_prod_t_prev - alpha_prod_t) / model_output_denom_coeff
+        # prev = sample_coeff * sample - epsilon_coeff * epsilon, epsilon = eps_on_sample * sample + eps_on_output * model_output
+        eps_on_sample, eps_on_output = _vp_eps(self.prediction_type, math.sqrt(alpha_prod_t), math.sqrt(beta_prod_t))
+        terms = [(sample_coeff - epsilon_coeff * eps_on_sample, sample)] + [
+            (-epsilon_coeff * eps_on_output * w, x) for w, x in weighted_outputs
+        ]
+        coeffs = {
+            "timestep": float(t),
+            "prev_timestep": float(prev_t),
+            "alpha_prod_t": alpha_prod_t,
+            "alpha_prod_t_prev": alpha_prod_t_prev,
+        }
         return terms, coeffs
 
     def _step(self, model_output, i, sample, ops):
         # Shown x0: what this model output says about this sample at this timestep.
-        t_now = int(self.timesteps[i])
-        alpha_prod = self.alphas_cumprod[t_now]
-        a, b = _vp_x0(self.prediction_type, math.sqrt(alpha_prod), math.sqrt(1.0 - alpha_prod))
-        x0 = _combine(ops, [(a, sample), (b, model_output)])
+        alpha_prod_t = self.alphas_cumprod[int(self.timesteps[i])]
+        x0_on_sample, x0_on_output = _vp_x0(self.prediction_type, math.sqrt(alpha_prod_t), math.sqrt(1.0 - alpha_prod_t))
+        pred_original_sample = _combine(ops, [(x0_on_sample, sample), (x0_on_output, model_output)])
         if i < self._num_prk:
             terms, coeffs = self._prk_step(model_output, i, sample, ops)
         else:
             terms, coeffs = self._plms_step(model_output, i, sample, ops)
-        return StepResult(_combine(ops, terms), x0, coeffs)
+        return StepResult(_combine(ops, terms), pred_original_sample, coeffs)
 
     def _prk_step(self, model_output, i, sample, ops):
-        """One of the four Runge-Kutta stages (diffusers' step_prk)."""
+        """One of the four Runge-Kutta stages (diffusers' step_prk; Liu et al. 2022, the PRK warm-up):
+        e' = (e_1 + 2 e_2 + 2 e_3 + e_4) / 6 on the fourth stage."""
         stride = self.num_train_timesteps // self.num_inference_steps
         prev_t = int(self.timesteps[i]) - (0 if i % 2 else stride // 2)
         t = self._prk_timesteps[i // 4 * 4]
@@ -624,7 +662,10 @@ class PNDMScheduler(Scheduler):
         return terms, coeffs
 
     def _plms_step(self, model_output, i, sample, ops):
-        """Adams-Bashforth on the noise estimates (diffusers' step_plms)."""
+        """Pseudo linear multistep, PLMS (diffusers' step_plms; Liu et al. 2022): the noise estimate is
+        the Adams-Bashforth combination of the last four, e' = (55 e_t - 59 e_{t-1} + 37 e_{t-2} - 9 e_{t-3}) / 24,
+        with the lower orders while the history fills (1st, 2nd: (3 e_t - e_{t-1}) / 2, 3rd: (23, -16, 5) / 12);
+        then the transfer of eq. 9 (_prev_sample_terms)."""
         counter = i
         stride = self.num_train_timesteps // self.num_inference_steps
         t = int(self.timesteps[i])
@@ -657,6 +698,7 @@ def _lagrange_integral(nodes: list[float], j: int, lo: float, hi: float) -> floa
     The polynomial has degree len(nodes) - 1 <= 3, so two-point Gauss-Legendre
     quadrature is exact (diffusers uses scipy.integrate.quad to the same end).
     """
+
     def basis(tau: float) -> float:
         prod = 1.0
         for k, node in enumerate(nodes):
@@ -693,19 +735,22 @@ class LMSScheduler(_SigmaScheduler):
         self._derivatives: list[Any] = []  # oldest first
 
     def _step(self, model_output, i, sample, ops):
+        # Linear multistep in sigma (k-diffusion's sample_lms, as diffusers' LMSDiscreteScheduler):
+        #   x_{i+1} = x_i + sum_j c_j * d_{i-j},   c_j = integral from sigma_i to sigma_{i+1} of the Lagrange basis of sigma_{i-j}
+        # over the last `order` derivatives d = (x - pred_original_sample) / sigma (Karras et al. 2022, eq. 3's ODE).
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
-        a, b = _k_x0(self.prediction_type, sigma)
-        x0 = _combine(ops, [(a, sample), (b, model_output)])
-        derivative = _combine(ops, [((1.0 - a) / sigma, sample), (-b / sigma, model_output)])
-        self._derivatives = (self._derivatives + [derivative])[-self.order:]
+        x0_on_sample, x0_on_output = _k_x0(self.prediction_type, sigma)
+        pred_original_sample = _combine(ops, [(x0_on_sample, sample), (x0_on_output, model_output)])
+        derivative = _combine(ops, [((1.0 - x0_on_sample) / sigma, sample), (-x0_on_output / sigma, model_output)])
+        self._derivatives = (self._derivatives + [derivative])[-self.order :]
         order = min(i + 1, self.order)
         nodes = [self.sigmas[i - k] for k in range(order)]  # newest first
-        lms = [_lagrange_integral(nodes, j, sigma, sigma_next) for j in range(order)]
+        lms_coeffs = [_lagrange_integral(nodes, j, sigma, sigma_next) for j in range(order)]
         newest_first = self._derivatives[::-1]
-        prev = _combine(ops, [(1.0, sample)] + [(c, d) for c, d in zip(lms, newest_first)])
+        prev_sample = _combine(ops, [(1.0, sample)] + [(c, d) for c, d in zip(lms_coeffs, newest_first)])
         coeffs = {"timestep": self.timesteps[i], "sigma": sigma, "sigma_next": sigma_next, "order": float(order)}
-        coeffs.update({f"lms_coeff_{j}": c for j, c in enumerate(lms)})
-        return StepResult(prev, x0, coeffs)
+        coeffs.update({f"lms_coeff_{j}": c for j, c in enumerate(lms_coeffs)})
+        return StepResult(prev_sample, pred_original_sample, coeffs)
 
 
 SCHEDULERS: dict[str, type[Scheduler]] = {

@@ -18,8 +18,14 @@ _MAX_MERGES = 49152 - 256 - 2
 _CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
 # BERT's notion of "Chinese characters": each one becomes a word of its own.
 _CJK_RANGES = (
-    (0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
-    (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F),
+    (0x4E00, 0x9FFF),
+    (0x3400, 0x4DBF),
+    (0x20000, 0x2A6DF),
+    (0x2A700, 0x2B73F),
+    (0x2B740, 0x2B81F),
+    (0x2B820, 0x2CEAF),
+    (0xF900, 0xFAFF),
+    (0x2F800, 0x2FA1F),
 )
 
 
@@ -120,9 +126,15 @@ class CLIPTokenizer:
     Tokens missing from the vocabulary map to the eos id (transformers' unk token).
     """
 
-    def __init__(self, vocab: dict[str, int], merges: list[str], max_length: int = 77,
-                 bos_token: str = "<|startoftext|>", eos_token: str = "<|endoftext|>",
-                 pad_token: str = "<|endoftext|>"):
+    def __init__(
+        self,
+        vocab: dict[str, int],
+        merges: list[str],
+        max_length: int = 77,
+        bos_token: str = "<|startoftext|>",
+        eos_token: str = "<|endoftext|>",
+        pad_token: str = "<|endoftext|>",
+    ):
         if max_length < 2:
             raise ValueError("max_length must leave room for the bos and eos tokens")
         self.vocab = vocab
@@ -137,7 +149,7 @@ class CLIPTokenizer:
     @classmethod
     def from_texts(cls, vocab_json: str, merges_txt: str, **kw) -> CLIPTokenizer:
         """Build from file contents, which is what the browser has after fetching the assets."""
-        merges = merges_txt.strip().split("\n")[1:_MAX_MERGES + 1]  # line 0 is the '#version' header
+        merges = merges_txt.strip().split("\n")[1 : _MAX_MERGES + 1]  # line 0 is the '#version' header
         return cls(json.loads(vocab_json), merges, **kw)
 
     @classmethod
@@ -164,7 +176,7 @@ class CLIPTokenizer:
         flat = [(w, tok) for w, (_, toks) in enumerate(words) for tok in toks]
         budget = self.max_length - 2
         kept, truncated = flat[:budget], len(flat) > budget
-        dropped = [word for word, _ in words[flat[budget][0]:]] if truncated else []
+        dropped = [word for word, _ in words[flat[budget][0] :]] if truncated else []
         body = [tok for _, tok in kept]
         unk = self.eos_id
         ids = [self.bos_id, *(self.vocab.get(t, unk) for t in body), self.eos_id]
@@ -199,7 +211,7 @@ class CLIPTokenizer:
             if start:
                 yield text[:start], False
             yield special, True
-            text = text[start + len(special):]
+            text = text[start + len(special) :]
 
     def _bpe(self, token: str) -> str:
         """Greedily apply the lowest-ranked merge until none applies; returns space-joined symbols."""

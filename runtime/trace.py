@@ -4,20 +4,24 @@ Why one place: the worker's messages (runtime/web.py), the CLI's trace folder (a
 page's TypeScript types (web/src/lib/protocol.ts, checked by tests/test_trace_schema.py) all derive
 from these dataclasses; a field's message key is its name in camelCase.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .backend import HostTensor
 from .schedulers import SCHEDULERS
 from .tokenizer import Tokenized
 
+# The one source of a request's limits and defaults: the page (Engine.describe) and the CLI read them here.
 MAX_PROMPT_CHARS = 5000
 MAX_SEED = 2**32 - 1
-MAX_STEPS = 100
-MAX_GUIDANCE = 20.0
+MIN_STEPS, MAX_STEPS = 1, 100
+MIN_GUIDANCE, MAX_GUIDANCE = 0.0, 20.0
+DEFAULT_PROMPT = "a red apple on a blue background"  # when the bundle's model card has no examples
 
 
 @dataclass
@@ -30,24 +34,59 @@ class Request:
     scheduler: str = ""  # empty: the bundle's default
     preview_every: int = 1  # decode the predicted image every N steps (0: never)
 
-    def validate(self, default_scheduler: str) -> "Request":
+    @classmethod
+    def default(cls, name: str):
+        """A field's default value (Request.default("guidance") → 7.5)."""
+        return next(f.default for f in fields(cls) if f.name == name)
+
+    @classmethod
+    def describe(cls, default_scheduler: str = "", about: dict | None = None) -> dict:
+        """The limits and defaults of a request in the page's shape (camelCase keys). about: the
+        bundle's model card (manifest["about"]): its first example is the default prompt, its
+        guidance the default scale."""
+        about = about or {}
+        examples = about.get("examples") or []
+        guidance = about.get("guidance")
+        return {
+            "limits": {
+                "seed": {"min": 0, "max": MAX_SEED},
+                "steps": {"min": MIN_STEPS, "max": MAX_STEPS},
+                "guidance": {"min": MIN_GUIDANCE, "max": MAX_GUIDANCE},
+                "promptChars": {"max": MAX_PROMPT_CHARS},
+            },
+            "defaults": {
+                "prompt": str(examples[0]) if examples else DEFAULT_PROMPT,
+                "negativePrompt": cls.default("negative_prompt"),
+                "seed": cls.default("seed"),
+                "guidance": float(guidance)
+                if isinstance(guidance, (int, float)) and not isinstance(guidance, bool)
+                else cls.default("guidance"),
+                "steps": cls.default("steps"),
+                "scheduler": default_scheduler or cls.default("scheduler"),
+                "previewEvery": cls.default("preview_every"),
+            },
+        }
+
+    def validate(self, default_scheduler: str) -> Request:
         """Check every field; the ValueError message names the field and the allowed range."""
         for name in ("prompt", "negative_prompt"):
             v = getattr(self, name)
             if not isinstance(v, str):
                 raise ValueError(f"{name} must be text")
             if len(v) > MAX_PROMPT_CHARS:
-                raise ValueError(f"{name} is {len(v)} characters; at most {MAX_PROMPT_CHARS} are accepted (CLIP reads only 75 tokens anyway)")
+                raise ValueError(
+                    f"{name} is {len(v)} characters; at most {MAX_PROMPT_CHARS} are accepted (CLIP reads only 75 tokens anyway)"
+                )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
-            raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not MIN_STEPS <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must be a whole number from {MIN_STEPS} to {MAX_STEPS}")
         try:
             g = float(self.guidance)
         except (TypeError, ValueError):
-            raise ValueError(f"guidance scale must be a number from 0 to {MAX_GUIDANCE:g}") from None
-        if not math.isfinite(g) or not 0 <= g <= MAX_GUIDANCE:
-            raise ValueError(f"guidance scale must be a number from 0 to {MAX_GUIDANCE:g}")
+            raise ValueError(f"guidance scale must be a number from {MIN_GUIDANCE:g} to {MAX_GUIDANCE:g}") from None
+        if not math.isfinite(g) or not MIN_GUIDANCE <= g <= MAX_GUIDANCE:
+            raise ValueError(f"guidance scale must be a number from {MIN_GUIDANCE:g} to {MAX_GUIDANCE:g}")
         self.guidance = g
         self.scheduler = self.scheduler or default_scheduler
         if not isinstance(self.scheduler, str) or self.scheduler not in SCHEDULERS:
@@ -57,7 +96,7 @@ class Request:
         return self
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Plan:
     """What a run will do, known before the first UNet call (computed once by Pipeline.plan)."""
 
@@ -76,7 +115,7 @@ class Plan:
     _scheduler: Any = field(default=None, repr=False, compare=False)
 
 
-@dataclass
+@dataclass(kw_only=True)  # built by keyword: two swapped tensors of one shape would otherwise pass silently
 class StepTrace:
     index: int
     timestep: float
@@ -94,7 +133,7 @@ class StepTrace:
     attention: HostTensor | None = None  # [tokens, h, w]: the UNet's cross-attention per token, conditional branch
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ClipScores:
     """CLIP's similarities for a run (computed after it): the final image and each step's predicted image
     against the prompt and alternatives; logit_scale turns them into CLIP's softmax percentages."""
@@ -163,5 +202,7 @@ def to_message(value: Any, tensor: Callable[[HostTensor], Any], only: tuple | No
 
 def step_message(step: StepTrace, tensor: Callable[[HostTensor], Any]) -> dict:
     msg = to_message(step, tensor)
-    msg["coefficients"] = {k: float(v) for k, v in step.coefficients.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    msg["coefficients"] = {
+        k: float(v) for k, v in step.coefficients.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     return msg

@@ -8,13 +8,14 @@ Why handles wrap ort.Tensor proxies: under WebGPU, session outputs stay in GPU b
 buffer is freed only by tensor.dispose(), never by a garbage collector; the wrapper disposes it
 when the controller drops its last reference.
 """
+
 from __future__ import annotations
 
 import json
 import posixpath
 import time
-from types import SimpleNamespace
 from array import array
+from types import SimpleNamespace
 
 from .backend import TYPECODES, HostTensor
 from .bundle import Bundle, BundleError, check_manifest
@@ -91,7 +92,9 @@ class WebBackend:
             # ORT-web cannot open side files itself: hand it the bytes under the path the model names
             # (the external data's `location`, relative to the model file's folder).
             folder = posixpath.dirname(files[0])
-            options["externalData"] = [{"path": posixpath.relpath(rel, folder or "."), "data": self._bytes(rel)} for rel in files[1:]]
+            options["externalData"] = [
+                {"path": posixpath.relpath(rel, folder or "."), "data": self._bytes(rel)} for rel in files[1:]
+            ]
         if self.provider == "webgpu":
             options["preferredOutputLocation"] = "gpu-buffer"
         session = await self.ort.InferenceSession.create(self._bytes(files[0]), _to_js(options))
@@ -137,6 +140,7 @@ class WebBackend:
 
 # ---- the worker's entry point: messages typed in web/src/lib/protocol.ts, built from runtime/trace.py ----
 
+
 def tensor_message(t: HostTensor | None, transfer: list):
     """HostTensor → {dtype, shape, data: ArrayBuffer}; the buffer joins `transfer` (moved, not copied)."""
     if t is None:
@@ -150,10 +154,15 @@ def tensor_message(t: HostTensor | None, transfer: list):
 def request_from_js(r: dict) -> Request:
     """The page's request (camelCase) as a Request; values pass through as they came, so that
     Request.validate words any problem (an empty number field arrives as None)."""
+    default = Request.default
     return Request(
-        prompt=r.get("prompt", ""), negative_prompt=r.get("negativePrompt", ""), seed=r.get("seed", 0),
-        guidance=r.get("guidance", 7.5), steps=r.get("steps", 25), scheduler=r.get("scheduler") or "",
-        preview_every=r.get("previewEvery", 1),
+        prompt=r.get("prompt", ""),
+        negative_prompt=r.get("negativePrompt", default("negative_prompt")),
+        seed=r.get("seed", default("seed")),
+        guidance=r.get("guidance", default("guidance")),
+        steps=r.get("steps", default("steps")),
+        scheduler=r.get("scheduler") or default("scheduler"),
+        preview_every=r.get("previewEvery", default("preview_every")),
     )
 
 
@@ -184,21 +193,39 @@ class Engine:
 
     def describe(self) -> dict:
         """What the page's controls need from the runtime (not copies in TypeScript): the schedulers
-        with their labels and the bundle's default, and the tokenizer's window."""
+        with their labels and the bundle's default, the tokenizer's window, and a request's limits and
+        defaults (`request`: Request.describe, with the model card's first example and guidance)."""
+        return _to_js(self.description())
+
+    def description(self) -> dict:
+        """describe() as Python data (tests read it without Pyodide)."""
         default = self.bundle.manifest["scheduler"]["default"]
-        return _to_js({
+        return {
             "schedulers": [{"name": n, "label": cls.label, "isDefault": n == default} for n, cls in SCHEDULERS.items()],
             "maxLength": int(self.bundle.manifest["tokenizer"]["max_length"]),
             "vocabulary": dict((self.bundle.manifest.get("about") or {}).get("vocabulary") or {}),
-            "model": {k: self.bundle.model.get(k) for k in ("architecture", "prediction_type", "image_size", "latent_size",
-                                                             "latent_channels", "vae_scaling_factor", "vae_scale_factor",
-                                                             "text_hidden_size", "text_max_length")},
+            "model": {
+                k: self.bundle.model.get(k)
+                for k in (
+                    "architecture",
+                    "prediction_type",
+                    "image_size",
+                    "latent_size",
+                    "latent_channels",
+                    "vae_scaling_factor",
+                    "vae_scale_factor",
+                    "text_hidden_size",
+                    "text_max_length",
+                )
+            },
             "previewBudget": PREVIEW_BUDGET,
             "hasClip": self.pipeline.has_clip(),
-        })
+            "request": Request.describe(default, self.bundle.manifest.get("about")),
+        }
 
-    async def generate(self, run_id: int, request, post, is_stopped, yield_to_events=None, preview_budget=PREVIEW_BUDGET,
-                       main: bool = True) -> None:
+    async def generate(
+        self, run_id: int, request, post, is_stopped, yield_to_events=None, preview_budget=PREVIEW_BUDGET, main: bool = True
+    ) -> None:
         """Run one request, posting run-start (the plan), a run-step per step (tensors transferred),
         run-done, then a run-image per step whose predicted image was decoded after the loop.
 
@@ -224,8 +251,9 @@ class Engine:
         budget = PREVIEW_BUDGET if preview_budget is None else float(preview_budget)
         budget = None if budget < 0 else budget
         stopped = lambda: bool(is_stopped())  # noqa: E731
-        trace = await self.pipeline.generate(plan, on_step=on_step, should_stop=stopped,
-                                             preview_budget=budget if plan.request.preview_every else None)
+        trace = await self.pipeline.generate(
+            plan, on_step=on_step, should_stop=stopped, preview_budget=budget if plan.request.preview_every else None
+        )
         transfer: list = []
         done = to_message(trace, lambda x: tensor_message(x, transfer), only=RUN_DONE_FIELDS)
         done["timingsMs"]["wall"] = (time.perf_counter() - t) * 1000
@@ -235,8 +263,12 @@ class Engine:
 
         async def on_image(step):
             transfer: list = []
-            post(_to_js({"type": "run-image", "runId": run_id, "index": step.index, "image": tensor_message(step.image, transfer)}),
-                 _to_js(transfer))
+            post(
+                _to_js(
+                    {"type": "run-image", "runId": run_id, "index": step.index, "image": tensor_message(step.image, transfer)}
+                ),
+                _to_js(transfer),
+            )
             if callable(yield_to_events):
                 await yield_to_events()
 
@@ -245,8 +277,15 @@ class Engine:
             return
         # what CLIP needs of the run, not the Trace itself: a Trace kept here outlived its run in Pyodide
         # (20-run leak test), while these few host images are replaced run by run
-        self.last = (run_id, SimpleNamespace(request=trace.request, image=trace.image, clip=None,
-                                             steps=[SimpleNamespace(index=s.index, image=s.image) for s in trace.steps]))
+        self.last = (
+            run_id,
+            SimpleNamespace(
+                request=trace.request,
+                image=trace.image,
+                clip=None,
+                steps=[SimpleNamespace(index=s.index, image=s.image) for s in trace.steps],
+            ),
+        )
         if self.pipeline.has_clip() and not stopped():
             await self.post_clip(post, [])
 
@@ -254,7 +293,11 @@ class Engine:
         """The run's prompt, then the reader's alternatives, then the model card's examples."""
         _, trace = self.last
         out = []
-        for p in [trace.request.prompt, *[str(e)[:300] for e in extra][:8], *self.bundle.manifest.get("about", {}).get("examples", [])]:
+        for p in [
+            trace.request.prompt,
+            *[str(e)[:300] for e in extra][:8],
+            *self.bundle.manifest.get("about", {}).get("examples", []),
+        ]:
             if p not in out:
                 out.append(p)
         return out[:16]

@@ -5,6 +5,7 @@ whole-run time per step. Writes JSON and a markdown table.
 usage: .venv/bin/python scripts/lever_table.py BUNDLE OUT_STEM LABEL=WEB_DIST[,BUNDLE] [LABEL=WEB_DIST[,BUNDLE] ...]
 (build each commit's page with `git worktree add DIR COMMIT && cd DIR/web && npm run build`; a row's own
 BUNDLE, when given, replaces the first argument's: a lever in the bundle rather than the page)."""
+
 from __future__ import annotations
 
 import json
@@ -27,22 +28,32 @@ def main(argv: list[str]) -> int:
     for label, spec in builds:
         dist, _, own = spec.partition(",")
         t = time.time()
-        r = run_explainer(Path(own) if own else bundle, threads=2, steps=25, repeats=2, dist=Path(dist), serve=(build_web, start_background))
+        r = run_explainer(
+            Path(own) if own else bundle, threads=2, steps=25, repeats=2, dist=Path(dist), serve=(build_web, start_background)
+        )
         rows.append({"label": label, "dist": dist, "bundle": own or str(bundle), **r, "wall_s": time.time() - t})
-        print(f"{label}: warm ready {two_clocks(r['warm'], 'ready')} s, first image {two_clocks(r['warm'], 'first_image')} s", flush=True)
+        print(
+            f"{label}: warm ready {two_clocks(r['warm'], 'ready')} s, first image {two_clocks(r['warm'], 'first_image')} s",
+            flush=True,
+        )
     out = {"bundle": str(bundle), "load_at_start": load, "threads": 2, "steps": 25, "rows": rows}
     stem.with_suffix(".json").write_text(json.dumps(out, indent=1))
-    lines = [f"Explainer page, 2 WASM threads, 25 steps, bundle {bundle.name}; 1-minute load {load:.2f} at the start. "
-             "Each row adds one lever to the row above (its build). Seconds from the page's navigation start; in brackets, "
-             "from the command that opened it.", "",
-             "| build | cold ready s | cold first image s | warm ready s | warm first image s | warm Python ms | warm sessions ms | ms per step (whole run) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Explainer page, 2 WASM threads, 25 steps, bundle {bundle.name}; 1-minute load {load:.2f} at the start. "
+        "Each row adds one lever to the row above (its build). Seconds from the page's navigation start; in brackets, "
+        "from the command that opened it.",
+        "",
+        "| build | cold ready s | cold first image s | warm ready s | warm first image s | warm Python ms | warm sessions ms | ms per step (whole run) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         w = r["warm"]
         sm = w.get("startup_ms", {})
-        lines.append(f"| {r['label']} | {two_clocks(r['cold'], 'ready')} | {two_clocks(r['cold'], 'first_image')} | {two_clocks(w, 'ready')} | "
-                     f"{two_clocks(w, 'first_image')} | {sm.get('python', float('nan')):.0f} | {sm.get('sessions', float('nan')):.0f} | "
-                     f"{r['page_ms_per_step_run']:.1f} |")
+        lines.append(
+            f"| {r['label']} | {two_clocks(r['cold'], 'ready')} | {two_clocks(r['cold'], 'first_image')} | {two_clocks(w, 'ready')} | "
+            f"{two_clocks(w, 'first_image')} | {sm.get('python', float('nan')):.0f} | {sm.get('sessions', float('nan')):.0f} | "
+            f"{r['page_ms_per_step_run']:.1f} |"
+        )
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -5,9 +5,9 @@ The export test uses the tiny random pipeline; the page test serves a copy of th
 unet.onnx is the attention export (in 256 KiB chunks, the page's external-data path). Screenshots
 use the trained default model when models/default and bundles/default exist.
 """
+
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -17,10 +17,11 @@ import pytest
 np = pytest.importorskip("numpy")
 pytest.importorskip("onnxruntime")
 
+from test_browser import RUN_TIMEOUT_MS, Page, browser, playwright  # noqa: E402,F401  (fixtures)
+
 from runtime.bundle import ATTENTION_OUTPUT, Bundle  # noqa: E402
 from runtime.native import NativeBackend, to_numpy  # noqa: E402
 from runtime.pipeline import Pipeline, Request, run_sync  # noqa: E402
-from test_browser import RUN_TIMEOUT_MS, Page, browser, playwright  # noqa: E402,F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-artifacts" / "views"
@@ -56,6 +57,7 @@ def native_trace(bundle: Path, **request):
 
 # ---- export and runtime ----------------------------------------------------------------------------
 
+
 def test_export_matches_pytorch_and_the_plain_unet(attn_bundle, tiny_bundle):
     import onnxruntime as ort
 
@@ -70,8 +72,11 @@ def test_export_matches_pytorch_and_the_plain_unet(attn_bundle, tiny_bundle):
     rng = np.random.default_rng(1)
     m = Bundle.from_dir(tiny_bundle).manifest["model"]
     h, w = m["latent_size"]
-    feeds = {"sample": rng.standard_normal((2, 4, h, w), dtype=np.float32), "timestep": np.array(321.0, np.float32),
-             "encoder_hidden_states": rng.standard_normal((2, 77, m["text_hidden_size"]), dtype=np.float32)}
+    feeds = {
+        "sample": rng.standard_normal((2, 4, h, w), dtype=np.float32),
+        "timestep": np.array(321.0, np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, m["text_hidden_size"]), dtype=np.float32),
+    }
     plain = ort.InferenceSession(str(tiny_bundle / "unet.onnx")).run(None, feeds)[0]
     ours, maps = ort.InferenceSession(str(bundle / unet["files"][0])).run(None, feeds)
     assert np.abs(ours - plain).max() <= 1e-3 * max(1.0, np.abs(plain).max())
@@ -95,7 +100,8 @@ def test_export_maps_equal_the_pytorch_aggregation_on_another_input(tiny_pipelin
     x = rng.standard_normal((2, 4, h, w), dtype=np.float32)
     e = rng.standard_normal((2, 77, unet.config.cross_attention_dim), dtype=np.float32)
     _, maps = ort.InferenceSession(str(bundle / "unet.onnx")).run(
-        None, {"sample": x, "timestep": np.array(37.0, np.float32), "encoder_hidden_states": e})
+        None, {"sample": x, "timestep": np.array(37.0, np.float32), "encoder_hidden_states": e}
+    )
     want, layers = reference_maps(unet, torch.from_numpy(x), torch.tensor(37.0), torch.from_numpy(e))
     assert layers > 1
     assert np.abs(maps - want).max() <= 1e-4
@@ -119,7 +125,9 @@ def test_evaluation_helpers():
     from train import scenes as S
     from train.attention_eval import object_mask, otsu, token_positions, upsample
 
-    tok = CLIPTokenizer.from_files(ROOT / "export/assets/clip_tokenizer/vocab.json", ROOT / "export/assets/clip_tokenizer/merges.txt")
+    tok = CLIPTokenizer.from_files(
+        ROOT / "export/assets/clip_tokenizer/vocab.json", ROOT / "export/assets/clip_tokenizer/merges.txt"
+    )
     prompt = "an alarm clock on a red background"
     assert token_positions(tok, prompt, "alarm clock") == [2, 3]
     assert token_positions(tok, prompt, "red") == [6]
@@ -139,9 +147,10 @@ def test_evaluation_helpers():
 
 # ---- the page --------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def dist(request):
-    """The built page; DX_WEB_DIST=DIR uses another build (e.g. one whose App.svelte places the view)."""
+    """The built page; DX_WEB_DIST=DIR uses another build."""
     if os.environ.get("DX_WEB_DIST"):
         return Path(os.environ["DX_WEB_DIST"])
     return request.getfixturevalue("web_dist")
@@ -155,10 +164,15 @@ def _serve(bundle: Path, dist: Path):
 
 def _view_numbers(page) -> dict:
     get = lambda sel, a: page.get_attribute(f"#view-attention [data-testid={sel}]", a)  # noqa: E731
-    return {"token": int(get("attention-step", "data-token")), "step": int(get("attention-step", "data-step")),
-            "step_min": float(get("attention-step", "data-min")), "step_max": float(get("attention-step", "data-max")),
-            "sum_min": float(get("attention-sum", "data-min")), "sum_max": float(get("attention-sum", "data-max")),
-            "steps": int(get("attention-sum", "data-steps"))}
+    return {
+        "token": int(get("attention-step", "data-token")),
+        "step": int(get("attention-step", "data-step")),
+        "step_min": float(get("attention-step", "data-min")),
+        "step_max": float(get("attention-step", "data-max")),
+        "sum_min": float(get("attention-sum", "data-min")),
+        "sum_max": float(get("attention-sum", "data-max")),
+        "steps": int(get("attention-sum", "data-steps")),
+    }
 
 
 @pytest.mark.browser
@@ -168,25 +182,34 @@ def test_view_shows_the_native_map_of_the_picked_token(browser, dist, attn_bundl
     p = Page(browser, url)
     try:
         p.open()
-        p.generate(prompt=REQ["prompt"], negative="", seed=REQ["seed"], guidance=REQ["guidance"], steps=REQ["steps"], scheduler="euler")
-        if not p.page.locator("#view-attention").count():
-            pytest.skip("the page does not place <Attention> yet (App.svelte); set DX_WEB_DIST to a build that does")
+        p.generate(
+            prompt=REQ["prompt"], negative="", seed=REQ["seed"], guidance=REQ["guidance"], steps=REQ["steps"], scheduler="euler"
+        )
+        assert p.page.locator("#view-attention").count() == 1, "the page no longer places <Attention> (web/src/App.svelte)"
         native = native_trace(bundle, **REQ)
         want = np.stack([to_numpy(s.attention) for s in native.steps])  # [steps, 77, h, w]
         # the page's trace carries the runtime's maps unchanged
-        got = np.array(p.page.evaluate("() => window.__lastTrace.steps.map(s => Array.from(new Float32Array(s.attention.data)))"),
-                       np.float32).reshape(want.shape)
+        got = np.array(
+            p.page.evaluate("() => window.__lastTrace.steps.map(s => Array.from(new Float32Array(s.attention.data)))"), np.float32
+        ).reshape(want.shape)
         assert np.abs(got - want).max() <= 1e-4
         p.page.click(f"#view-attention [data-testid=attention-tokens] button[data-token='{CAT}']")
         p.page.wait_for_selector("#view-attention [data-testid=attention-step]")
         shown = _view_numbers(p.page)
         assert shown["token"] == CAT and shown["step"] == len(native.steps) - 1 and shown["steps"] == len(native.steps)
         step_map, sum_map = want[-1, CAT], want[:, CAT].sum(0)
-        for k, v in (("step_min", step_map.min()), ("step_max", step_map.max()), ("sum_min", sum_map.min()), ("sum_max", sum_map.max())):
+        for k, v in (
+            ("step_min", step_map.min()),
+            ("step_max", step_map.max()),
+            ("sum_min", sum_map.min()),
+            ("sum_max", sum_map.max()),
+        ):
             assert abs(shown[k] - v) <= 1e-4, (k, shown[k], v)
         # another step picked in the step strip: the view follows it
         p.page.locator("[data-testid=step-strip] button, [data-testid=step-strip] [role=button]").first.click()
-        p.page.wait_for_function("() => document.querySelector('#view-attention [data-testid=attention-step]').dataset.step === '0'")
+        p.page.wait_for_function(
+            "() => document.querySelector('#view-attention [data-testid=attention-step]').dataset.step === '0'"
+        )
         shown = _view_numbers(p.page)
         assert abs(shown["step_max"] - want[0, CAT].max()) <= 1e-4 and abs(shown["step_min"] - want[0, CAT].min()) <= 1e-4
         # the token picked here is the page's token (the other views follow it)
@@ -199,7 +222,8 @@ def test_view_shows_the_native_map_of_the_picked_token(browser, dist, attn_bundl
 
 
 def _no_sideways_scroll(page, width: int):
-    over = page.evaluate("""(w) => {
+    over = page.evaluate(
+        """(w) => {
         const out = [];
         if (document.documentElement.scrollWidth > w) out.push('document ' + document.documentElement.scrollWidth);
         for (const el of document.querySelectorAll('#view-attention *')) {
@@ -207,25 +231,31 @@ def _no_sideways_scroll(page, width: int):
             if (r.width && r.right > w + 0.5) { out.push(el.tagName + '.' + el.className + ' right=' + r.right); break; }
         }
         return out;
-    }""", width)
+    }""",
+        width,
+    )
     assert not over, f"wider than {width}px: {over}"
 
 
 @pytest.mark.browser
-def test_screenshots_with_the_default_model(browser, dist, tmp_path_factory):  # noqa: F811
-    src_bundle, model = ROOT / "bundles" / "default", ROOT / "models" / "default"
-    if not (src_bundle / "manifest.json").is_file() or not (model / "model_index.json").is_file():
-        pytest.skip("no bundles/default and models/default here")
-    from export.onnxfiles import CHUNK_BYTES
+def test_screenshots_with_the_default_model(browser, dist, default_bundle, tmp_path_factory):  # noqa: F811
+    """The trained model (bundles/default, derived by the session; its UNet carries the maps already)."""
+    from runtime.bundle import ATTENTION_OUTPUT
 
-    bundle, _ = _with_attention(src_bundle, model, tmp_path_factory.mktemp("attn-default") / "default", CHUNK_BYTES)
+    bundle = default_bundle
+    if ATTENTION_OUTPUT not in [o["name"] for o in Bundle.from_dir(bundle, verify=False).component("unet")["outputs"]]:
+        from export.onnxfiles import CHUNK_BYTES
+
+        model = ROOT / "models" / "default"
+        bundle, _ = _with_attention(default_bundle, model, tmp_path_factory.mktemp("attn-default") / "default", CHUNK_BYTES)
     srv, url = _serve(bundle, dist)
     p = Page(browser, url)
     try:
         p.open()
-        p.generate(prompt="a cat at the top left on a blue background", negative="", seed=1, guidance=3.0, steps=15, scheduler="ddim")
-        if not p.page.locator("#view-attention").count():
-            pytest.skip("the page does not place <Attention> yet (App.svelte)")
+        p.generate(
+            prompt="a cat at the top left on a blue background", negative="", seed=1, guidance=3.0, steps=15, scheduler="ddim"
+        )
+        assert p.page.locator("#view-attention").count() == 1, "the page no longer places <Attention> (web/src/App.svelte)"
         p.page.click("#view-attention [data-testid=attention-tokens] button[data-token='2']")  # 'cat'
         p.page.wait_for_selector("#view-attention [data-testid=attention-sum] canvas")
         p.page.wait_for_selector("#view-attention [data-testid=attention-decoding]", state="detached", timeout=RUN_TIMEOUT_MS)

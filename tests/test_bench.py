@@ -1,4 +1,5 @@
 """The `bench` subcommand on the tiny bundle: every output written, plausible numbers, FLOP counts that agree."""
+
 import json
 
 import pytest
@@ -24,8 +25,24 @@ def _args(*argv):
 def test_bench_tiny_bundle(tiny_bundle, tiny_pipeline_dir, tmp_path):
     out = tmp_path / "results"
     # the checkpoint comes from the manifest's model.source (the tiny pipeline folder)
-    rc = bench_main.main(_args(str(tiny_bundle), "--steps", "2", "--repeats", "2", "--threads", "1", "--no-browser",
-                               "--peak-seconds", "0.3", "--peak-size", "1024", "--out", str(out)))
+    rc = bench_main.main(
+        _args(
+            str(tiny_bundle),
+            "--steps",
+            "2",
+            "--repeats",
+            "2",
+            "--threads",
+            "1",
+            "--no-browser",
+            "--peak-seconds",
+            "0.3",
+            "--peak-size",
+            "1024",
+            "--out",
+            str(out),
+        )
+    )
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -78,9 +95,9 @@ def test_bench_bad_input(tmp_path, capsys):
 
 def test_onnx_flops_counts_known_graph(tmp_path):
     """Conv, MatMul (batched, broadcast) and Gemm(transB) with shapes known only after inference."""
+    import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-    import numpy as np
 
     w = numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "w")
     m = numpy_helper.from_array(np.zeros((64, 16), np.float32), "m")
@@ -93,8 +110,13 @@ def test_onnx_flops_counts_known_graph(tmp_path):
         helper.make_node("ReduceMean", ["mm"], ["p"], axes=[2], keepdims=0),  # [2,8]
         helper.make_node("Gemm", ["p", "g"], ["y"], transB=1),  # [2,10]
     ]
-    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, "h", "w"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w, m, g, shape])
+    graph = helper.make_graph(
+        nodes,
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [w, m, g, shape],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path / "t.onnx"
     onnx.save(model, path)
@@ -109,22 +131,33 @@ def test_onnx_flops_counts_known_graph(tmp_path):
 
 def test_normalize_page_maps_the_page_result():
     raw = {
-        "ok": True, "error": None, "steps_per_run": 2, "measured_runs": 2,
+        "ok": True,
+        "error": None,
+        "steps_per_run": 2,
+        "measured_runs": 2,
         "engine": {"provider": "wasm", "threads": 2, "backend": "onnxruntime-web 1.30.0 wasm"},
         "startup_ms": {"ready": 4200.0},
         "controller_ms": {"text_encoder": 30.0, "unet_step": 90.0, "ops_step": 2.0, "vae_decode": 120.0, "generate_total": 500.0},
         "raw_ms": {"unet_step": 80.0},
         "memory": {"wasm_bytes": {"total": 300e6}, "user_agent_specific_bytes": None},
         "page_bytes": {"total": 90e6},
-        "samples": {"controller": [{"warmup": True, "timings_ms": {"ops": 99.0}}, {"warmup": False, "timings_ms": {"ops": 6.0}},
-                                   {"warmup": False, "timings_ms": {"ops": 8.0}}]},
+        "samples": {
+            "controller": [
+                {"warmup": True, "timings_ms": {"ops": 99.0}},
+                {"warmup": False, "timings_ms": {"ops": 6.0}},
+                {"warmup": False, "timings_ms": {"ops": 8.0}},
+            ]
+        },
     }
     r = bench_main.normalize_page(raw, threads=2, provider="wasm", steps=2, repeats=2)
     assert r["label"] == "page WASM" and r["threads"] == 2
     assert r["components_ms"] == {"text_encoder": 30.0, "unet_step": 90.0, "ops": 7.0, "ops_per_step": 2.0, "vae_decode": 120.0}
     assert r["end_to_end_ms"] == 500.0 and r["unet_raw_ms"] == 80.0 and r["startup_ms"] == 4200.0
     assert r["downloaded_bytes"] == 90e6 and r["memory"]["peak_rss_mb"] == 300.0
-    assert bench_main.normalize_page({"ok": False, "error": "boom"}, threads=1, provider="wasm", steps=2, repeats=2)["error"] == "boom"
+    assert (
+        bench_main.normalize_page({"ok": False, "error": "boom"}, threads=1, provider="wasm", steps=2, repeats=2)["error"]
+        == "boom"
+    )
 
 
 def test_report_shows_the_startup_levers_per_visit():
@@ -132,13 +165,33 @@ def test_report_shows_the_startup_levers_per_visit():
     from bench.report import markdown
 
     def visit(ready, first, python, snap):
-        return {"ready_s": ready, "first_image_s": first, "python_snapshot": snap,
-                "startup_ms": {"python": python, "runtime_zip": 40.0, "bundle": 300.0, "sessions": 900.0, "worker_total": ready * 1000}}
+        return {
+            "ready_s": ready,
+            "first_image_s": first,
+            "python_snapshot": snap,
+            "startup_ms": {
+                "python": python,
+                "runtime_zip": 40.0,
+                "bundle": 300.0,
+                "sessions": 900.0,
+                "worker_total": ready * 1000,
+            },
+        }
 
-    result = {"meta": {"bundle": "b", "steps": 25, "repeats": 2, "prompt": "p", "guidance": 3.0, "date": "d", "cpu": "c", "cores": 2},
-              "runs": [], "explainer": [{"threads": 2, "cold": visit(5.0, 8.0, 2400.0, "made"), "warm": visit(1.6, 3.9, 350.0, "restored"),
-                                         "warm_fresh_python": visit(3.4, 5.8, 2300.0, "made"), "page_ms_per_step_run": 90.0,
-                                         "long_tasks": {"count": 0, "max_ms": 0.0}}]}
+    result = {
+        "meta": {"bundle": "b", "steps": 25, "repeats": 2, "prompt": "p", "guidance": 3.0, "date": "d", "cpu": "c", "cores": 2},
+        "runs": [],
+        "explainer": [
+            {
+                "threads": 2,
+                "cold": visit(5.0, 8.0, 2400.0, "made"),
+                "warm": visit(1.6, 3.9, 350.0, "restored"),
+                "warm_fresh_python": visit(3.4, 5.8, 2300.0, "made"),
+                "page_ms_per_step_run": 90.0,
+                "long_tasks": {"count": 0, "max_ms": 0.0},
+            }
+        ],
+    }
     md = markdown(result)
     assert "| 2 | warm (snapshot) | 350 | 40 | 300 | 900 | 1600 | 1.60 | 3.90 |" in md
     assert "| 2 | warm, fresh Python | 2300 |" in md and "| 2 | cold | 2400 |" in md

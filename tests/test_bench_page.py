@@ -5,6 +5,7 @@ levels (through the Python controller, raw onnxruntime-web from JS), one UNet ca
 start-up and download figures that match the bundle, and a page error surfacing as an exception.
 Needs Debian's Chromium at /usr/bin/chromium and npm to build web/. Artifacts go to test-artifacts/.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """The optional CLIP image tower: its ONNX graph equals PyTorch, and the runtime's similarities equal the trained model's."""
+
 import json
 import shutil
 from pathlib import Path
@@ -26,7 +27,14 @@ def random_clip(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("clip")
     torch.manual_seed(0)
-    save(root / "model" / "clip_image", M.ImageEncoder(), torch.nn.Linear(M.TEXT_HIDDEN, M.TEXT_HIDDEN, bias=False), 20.0, "test", {})
+    save(
+        root / "model" / "clip_image",
+        M.ImageEncoder(),
+        torch.nn.Linear(M.TEXT_HIDDEN, M.TEXT_HIDDEN, bias=False),
+        20.0,
+        "test",
+        {},
+    )
     (root / "bundle").mkdir()
     return root, export_clip(root / "model", root / "bundle", M.TEXT_HIDDEN)
 
@@ -37,21 +45,31 @@ def test_exported_graph_equals_pytorch(random_clip):
     root, entry = random_clip
     assert entry["files"] == ["clip_image.onnx"] and entry["precision"] == "fp32"
     assert [(i["name"], i["dtype"], i["shape"]) for i in entry["inputs"]] == [
-        ("image", "uint8", ["batch", 64, 64, 4]), ("text_states", "float32", ["prompts", "sequence", 128]),
-        ("eos_index", "int64", ["prompts"])]
+        ("image", "uint8", ["batch", 64, 64, 4]),
+        ("text_states", "float32", ["prompts", "sequence", 128]),
+        ("eos_index", "int64", ["prompts"]),
+    ]
     assert [(o["name"], o["dtype"], o["shape"]) for o in entry["outputs"]] == [("similarity", "float32", ["batch", "prompts"])]
     assert entry["verification"]["max_abs_error"] <= 1e-4
     tower, proj, cfg = load_clip_image(root / "model" / "clip_image")
     sess = ort.InferenceSession(str(root / "bundle" / "clip_image.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
     for n, m, length in ((1, 1, 77), (5, 3, 12)):  # dynamic batch, prompts and sequence length
-        feeds = {"image": rng.integers(0, 256, (n, 64, 64, 4), dtype=np.uint8),
-                 "text_states": rng.standard_normal((m, length, 128), dtype=np.float32),
-                 "eos_index": rng.integers(0, length, m).astype(np.int64)}
+        feeds = {
+            "image": rng.integers(0, 256, (n, 64, 64, 4), dtype=np.uint8),
+            "text_states": rng.standard_normal((m, length, 128), dtype=np.float32),
+            "eos_index": rng.integers(0, length, m).astype(np.int64),
+        }
         got = sess.run(None, feeds)[0]
         assert got.shape == (n, m)
-        np.testing.assert_allclose(got, reference(tower, proj, **{"image_u8": feeds["image"], "text_states": feeds["text_states"],
-                                                                   "eos_index": feeds["eos_index"]}), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(
+            got,
+            reference(
+                tower, proj, **{"image_u8": feeds["image"], "text_states": feeds["text_states"], "eos_index": feeds["eos_index"]}
+            ),
+            atol=1e-4,
+            rtol=0,
+        )
     # the alpha channel is ignored, as the page's images are opaque anyway
     a = feeds["image"].copy()
     a[..., 3] = 0
@@ -98,9 +116,16 @@ def default_clip_bundle(tmp_path_factory):
             return self.text(input_ids).last_hidden_state
 
     with torch.no_grad():
-        torch.onnx.export(States(), (torch.ones(1, 77, dtype=torch.int64),), str(out / "text_encoder.onnx"), input_names=["input_ids"],
-                          output_names=["last_hidden_state"], dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}},
-                          opset_version=18, dynamo=False)
+        torch.onnx.export(
+            States(),
+            (torch.ones(1, 77, dtype=torch.int64),),
+            str(out / "text_encoder.onnx"),
+            input_names=["input_ids"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}},
+            opset_version=18,
+            dynamo=False,
+        )
     import onnx
 
     inputs, outputs = io_specs(onnx.load(str(out / "text_encoder.onnx")))
@@ -108,9 +133,17 @@ def default_clip_bundle(tmp_path_factory):
     (out / "tokenizer").mkdir()
     for f in ("vocab.json", "merges.txt"):
         shutil.copy(DEFAULT / "tokenizer" / f, out / "tokenizer" / f)
-    manifest = {"tokenizer": {"files": {"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt"}, "max_length": 77,
-                              "pad_token": "<|endoftext|>"},
-                "components": {"text_encoder": {"files": ["text_encoder.onnx"], "inputs": inputs, "outputs": outputs}, "clip_image": entry}}
+    manifest = {
+        "tokenizer": {
+            "files": {"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt"},
+            "max_length": 77,
+            "pad_token": "<|endoftext|>",
+        },
+        "components": {
+            "text_encoder": {"files": ["text_encoder.onnx"], "inputs": inputs, "outputs": outputs},
+            "clip_image": entry,
+        },
+    }
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out, text
 
@@ -134,13 +167,18 @@ def test_runtime_similarities_equal_pytorch_on_rendered_scenes(default_clip_bund
 
     cat, rocket = S.OBJECT_NAMES.index("cat"), S.OBJECT_NAMES.index("rocket")
     blue, night = S.BACKGROUND_NAMES.index("blue"), S.BACKGROUND_NAMES.index("night")
-    scenes = [S.Scene([cat], blue, ["center"], ["big"], "a cat on a blue background", seed=1),
-              S.Scene([rocket], night, ["center"], ["big"], "a rocket at night", seed=2)]
+    scenes = [
+        S.Scene([cat], blue, ["center"], ["big"], "a cat on a blue background", seed=1),
+        S.Scene([rocket], night, ["center"], ["big"], "a rocket at night", seed=2),
+    ]
     rgb = np.stack([S.render(sc) for sc in scenes])
     rgba = np.concatenate([rgb, np.full(rgb.shape[:3] + (1,), 255, np.uint8)], axis=-1)
     prompts = ["a cat on a blue background", "a rocket at night", "a pizza on a blue background", "a banana at night"]
     # one image as a backend handle (as the pipeline's decoded image is), one as a host tensor
-    images = [backend.from_host(HostTensor.of(rgba[0].tobytes(), rgba[0].shape, "uint8")), HostTensor.of(rgba[1].tobytes(), rgba[1].shape, "uint8")]
+    images = [
+        backend.from_host(HostTensor.of(rgba[0].tobytes(), rgba[0].shape, "uint8")),
+        HostTensor.of(rgba[1].tobytes(), rgba[1].shape, "uint8"),
+    ]
     got = np.array(run_sync(clip_similarities(pipe, images, prompts)))
     assert "clip_image" in backend.sessions and got.shape == (2, 4)
 

@@ -1,5 +1,6 @@
 """The decoder fine-tune may only sharpen pictures: it must leave the latent space the UNet was
 trained on exactly as it was, and the model's stages must keep within the training budget."""
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -41,8 +42,11 @@ def test_the_model_budget_leaves_the_judge_out_and_fits_three_hours():
     import inspect
 
     assert "judge" not in ST.MODEL_STAGES and set(ST.MODEL_STAGES) <= set(ST.STAGES)
-    minutes = {n: inspect.signature(ST.STAGES[n]).parameters["minutes"].default
-               for n in ST.MODEL_STAGES if "minutes" in inspect.signature(ST.STAGES[n]).parameters}
+    minutes = {
+        n: inspect.signature(ST.STAGES[n]).parameters["minutes"].default
+        for n in ST.MODEL_STAGES
+        if "minutes" in inspect.signature(ST.STAGES[n]).parameters
+    }
     assert all(m <= 90 for m in minutes.values())
     assert sum(minutes.values()) + 7 <= 180  # + encode, which has no budget: 7 minutes measured
 

@@ -1,4 +1,5 @@
 """The exporter's contract: a verified, hashed bundle — and clear refusals for what it cannot use."""
+
 import json
 import os
 import signal
@@ -47,8 +48,9 @@ def test_unsupported_checkpoints_are_refused_before_heavy_work(tmp_path):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     text_only = tmp_path / "text-model"
-    CLIPTextModel(CLIPTextConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                 num_attention_heads=2)).save_pretrained(text_only)
+    CLIPTextModel(
+        CLIPTextConfig(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
+    ).save_pretrained(text_only)
     with pytest.raises(UnsupportedCheckpoint, match="not a diffusers pipeline"):
         inspect_checkpoint(text_only)
     xl = tmp_path / "xl"
@@ -82,8 +84,12 @@ def test_tampered_bundle_file_is_named(tiny_bundle, tmp_path):
     (copy / "unet.onnx").write_bytes(bytes(data))
     with pytest.raises(BundleError, match=r"unet\.onnx is corrupted: sha256"):
         Bundle.from_dir(copy)
-    proc = subprocess.run(CLI + ["generate", "a cat", "--bundle", str(copy), "--out", str(tmp_path / "x.png")],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        CLI + ["generate", "a cat", "--bundle", str(copy), "--out", str(tmp_path / "x.png")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert "unet.onnx is corrupted" in _one_line_error(proc)
     shutil.copy(tiny_bundle / "unet.onnx", copy / "unet.onnx")
     (copy / "vae_decoder.onnx").unlink()
@@ -97,8 +103,9 @@ def test_tampered_bundle_file_is_named(tiny_bundle, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_interrupted_export_leaves_no_bundle(tiny_pipeline_dir, tmp_path, sig):
     out = tmp_path / "bundle"
-    proc = subprocess.Popen(CLI + ["export", str(tiny_pipeline_dir), str(out)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        CLI + ["export", str(tiny_pipeline_dir), str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while not list(tmp_path.glob(".bundle.partial-*")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -116,16 +123,37 @@ def test_interrupted_export_leaves_no_bundle(tiny_pipeline_dir, tmp_path, sig):
 
 
 def test_cli_generate_writes_png_and_trace(tiny_bundle, tmp_path):
-    proc = subprocess.run(CLI + ["generate", "a cat <b>bold</b>", "--bundle", str(tiny_bundle), "--steps", "3", "--seed", "4",
-                                 "--scheduler", "euler", "--out", str(tmp_path / "cat.png"), "--trace", str(tmp_path / "trace")],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        CLI
+        + [
+            "generate",
+            "a cat <b>bold</b>",
+            "--bundle",
+            str(tiny_bundle),
+            "--steps",
+            "3",
+            "--seed",
+            "4",
+            "--scheduler",
+            "euler",
+            "--out",
+            str(tmp_path / "cat.png"),
+            "--trace",
+            str(tmp_path / "trace"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "cat.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads((tmp_path / "trace" / "trace.json").read_text())
     assert len(doc["steps"]) == 3 and doc["request"]["seed"] == 4
     assert (tmp_path / "trace" / doc["steps"][0]["image"]["file"]).read_bytes()[:4] == b"\x89PNG"
     assert doc["tokens"]["ids"][0] == 49406 and len(doc["alphasCumprod"]) == 1000  # the plan, in the page's shape
-    proc = subprocess.run(CLI + ["generate", "a cat", "--bundle", str(tiny_bundle), "--guidance", "25"], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        CLI + ["generate", "a cat", "--bundle", str(tiny_bundle), "--guidance", "25"], capture_output=True, text=True, cwd=ROOT
+    )
     assert "guidance scale must be a number from 0 to 20" in _one_line_error(proc)
 
 

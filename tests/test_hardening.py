@@ -1,6 +1,7 @@
 """Every bad input gets one clear line and loses nothing (issue: hardening). One test per failure found,
 each of which failed before the fix: unbounded threads, output paths, export targets, laundering a
 corrupted bundle, malformed manifests, paths out of the bundle, a NUL in a URL."""
+
 from __future__ import annotations
 
 import json
@@ -39,26 +40,35 @@ def one_line(proc) -> str:
 
 # ---- 1. --threads is bounded -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("threads", [100000, -1, 0])
 def test_threads_are_bounded(tiny_bundle, tmp_path, threads):
-    line = one_line(run("generate", "a cat", "--bundle", tiny_bundle, "--steps", "1", "--threads", threads, "--out", tmp_path / "x.png"))
+    line = one_line(
+        run("generate", "a cat", "--bundle", tiny_bundle, "--steps", "1", "--threads", threads, "--out", tmp_path / "x.png")
+    )
     assert "--threads must be a whole number from 1 to" in line
     assert not (tmp_path / "x.png").exists()
 
 
 # ---- 3. bad output paths are refused before the model runs ------------------------------------------
 
+
 def test_bad_output_paths_are_refused_before_generating(tiny_bundle, tmp_path):
-    assert "does not exist" in one_line(run("generate", "a cat", "--bundle", tiny_bundle, "--steps", "1", "--out", "/nonexistent/dir/x.png"))
+    assert "does not exist" in one_line(
+        run("generate", "a cat", "--bundle", tiny_bundle, "--steps", "1", "--out", "/nonexistent/dir/x.png")
+    )
     assert "is a folder" in one_line(run("generate", "a cat", "--bundle", tiny_bundle, "--steps", "1", "--out", tmp_path))
     existing = tmp_path / "t.txt"
     existing.write_text("keep me")
-    line = one_line(run("generate", "a cat", "--bundle", tiny_bundle, "--steps", "1", "--out", tmp_path / "y.png", "--trace", existing))
+    line = one_line(
+        run("generate", "a cat", "--bundle", tiny_bundle, "--steps", "1", "--out", tmp_path / "y.png", "--trace", existing)
+    )
     assert "is an existing file" in line
     assert not (tmp_path / "y.png").exists() and existing.read_text() == "keep me"  # nothing partial written
 
 
 # ---- 4. export targets --------------------------------------------------------------------------------
+
 
 def test_export_refuses_bad_sources_and_targets(tiny_bundle, tmp_path):
     assert "neither a folder nor a regular file" in one_line(run("export", "/dev/null", tmp_path / "o"))
@@ -104,6 +114,7 @@ def test_a_running_export_locks_its_target_and_stale_leftovers_are_cleaned(tmp_p
 
 # ---- 5. export never launders corruption ---------------------------------------------------------------
 
+
 def test_deriving_from_a_corrupted_bundle_is_refused(tiny_bundle, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(tiny_bundle, bad)
@@ -116,6 +127,7 @@ def test_deriving_from_a_corrupted_bundle_is_refused(tiny_bundle, tmp_path):
 
 
 # ---- 6 + 7. malformed manifests, paths out of the bundle ----------------------------------------------
+
 
 def _with_manifest(src: Path, dst: Path, change) -> Path:
     shutil.copytree(src, dst)
@@ -150,11 +162,13 @@ def test_invalid_json_and_a_swapped_model_file_give_one_line(tiny_bundle, tmp_pa
     shutil.copytree(tiny_bundle, b)
     (b / "manifest.json").write_text('{"format": "diffusion-explainer-bundle", ')
     assert "not valid JSON" in one_line(run("generate", "a cat", "--bundle", b, "--steps", "1", "--out", tmp_path / "x.png"))
+
     # a VAE file in the UNet's place, its hash updated: caught when the session is made, before any step
     def swap(m):
         unet = m["components"]["unet"]["files"][0]
         shutil.copy(b2 / m["components"]["vae_decoder"]["files"][0], b2 / unet)
         m["files"][unet] = {"bytes": (b2 / unet).stat().st_size, "sha256": sha256_file(b2 / unet)}
+
     b2 = tmp_path / "s"
     shutil.copytree(tiny_bundle, b2)
     m = json.loads((b2 / "manifest.json").read_text())
@@ -186,6 +200,7 @@ def test_a_symlink_out_of_the_bundle_is_refused(tiny_bundle, tmp_path):
 
 # ---- 8. serve: a NUL in the URL -------------------------------------------------------------------------
 
+
 def test_serve_answers_400_to_a_nul(tiny_bundle, tmp_path):
     from app.serve import start_background
 
@@ -205,19 +220,46 @@ def test_serve_answers_400_to_a_nul(tiny_bundle, tmp_path):
 
 # ---- fuzz: the manifest's fields and the request's fields ------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def good_manifest(tiny_bundle):
     return json.loads((Path(tiny_bundle) / "manifest.json").read_text())
 
 
-JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
-                       lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=6)
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+    max_leaves=6,
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(path=st.lists(st.sampled_from(["model", "components", "files", "tokenizer", "scheduler", "about", "unet", "files",
-                                      "latent_size", "image_size", "vae_scaling_factor", "max_length", "terms", "lincomb", "0"]),
-                     min_size=1, max_size=3), value=JSONISH)
+@given(
+    path=st.lists(
+        st.sampled_from(
+            [
+                "model",
+                "components",
+                "files",
+                "tokenizer",
+                "scheduler",
+                "about",
+                "unet",
+                "files",
+                "latent_size",
+                "image_size",
+                "vae_scaling_factor",
+                "max_length",
+                "terms",
+                "lincomb",
+                "0",
+            ]
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    value=JSONISH,
+)
 def test_fuzzed_manifests_never_raise_anything_but_bundle_error(good_manifest, path, value):
     m = json.loads(json.dumps(good_manifest))
     cur = m

@@ -2,6 +2,7 @@
 
 It is trained on real scenes only; these tests hold the committed judge to that job on scenes it
 never saw, so an evaluation table built on it means something."""
+
 from pathlib import Path
 
 import numpy as np

@@ -3,6 +3,7 @@
 Read from the code's own imports (ast, lazy ones inside functions included), so a newcomer who adds
 a wrong-way import sees this fail with the file and line.
 """
+
 from __future__ import annotations
 
 import ast
@@ -66,7 +67,9 @@ def test_imports_go_one_way():
         for name, line in imports:
             target = name.split(".")[0]
             if target != room and target not in ALLOWED[room]:
-                bad.append(f"{mod.replace('.', '/')}.py:{line} imports {name} ({room} may import only {sorted(ALLOWED[room]) or 'itself'})")
+                bad.append(
+                    f"{mod.replace('.', '/')}.py:{line} imports {name} ({room} may import only {sorted(ALLOWED[room]) or 'itself'})"
+                )
     assert not bad, "wrong-way imports:\n" + "\n".join(bad)
 
 
@@ -81,7 +84,7 @@ def test_no_import_circle():
         state[m] = 1
         for t in sorted(edges[m]):
             if state.get(t) == 1:
-                cycles.append(" → ".join(stack[stack.index(t):] + [t]) if t in stack else f"{m} → {t}")
+                cycles.append(" → ".join(stack[stack.index(t) :] + [t]) if t in stack else f"{m} → {t}")
             elif t not in state:
                 visit(t, stack + [t])
         state[m] = 2

@@ -1,4 +1,5 @@
 """Seeded noise: same numbers everywhere — checked against an independent numpy implementation."""
+
 import numpy as np
 import pytest
 

@@ -1,14 +1,21 @@
 """The page under the conditions a visitor's browser may impose (as onnxruntime-web's own end-to-end
 suite varies them): with and without cross-origin isolation, 1 and 2 WASM threads, and many runs in
 a row without leaking Pyodide proxies or growing the worker's heap."""
+
 from __future__ import annotations
 
 import functools
 
 import pytest
-
 from test_browser import (  # noqa: F401 - pytest fixtures
-    RUN_TIMEOUT_MS, Page, assert_same_image, browser, bundle, native, playwright, server,
+    RUN_TIMEOUT_MS,
+    Page,
+    assert_same_image,
+    browser,
+    bundle,
+    native,
+    playwright,
+    server,
 )
 
 pytestmark = pytest.mark.browser
@@ -31,7 +38,9 @@ def plain_server(web_dist, bundle):
     import http.server
     import threading
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(NoIsolation, dist=web_dist, bundle=bundle, quiet=True))
+    srv = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(NoIsolation, dist=web_dist, bundle=bundle, quiet=True)
+    )
     srv.daemon_threads = True
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{srv.server_address[1]}/"
@@ -104,8 +113,10 @@ def test_an_immediate_stop_runs_no_step(browser, server):
     try:
         p.open("?provider=wasm")
         p.fill_request(**{**REQUEST, "steps": 30})
-        p.page.evaluate("() => { document.querySelector('[data-testid=generate]').click(); "
-                        "queueMicrotask(() => document.querySelector('[data-testid=stop]')?.click()); }")
+        p.page.evaluate(
+            "() => { document.querySelector('[data-testid=generate]').click(); "
+            "queueMicrotask(() => document.querySelector('[data-testid=stop]')?.click()); }"
+        )
         p.page.wait_for_selector("[data-testid=run][data-state=stopped]", timeout=RUN_TIMEOUT_MS)
         assert p.page.evaluate("() => window.__lastTrace.steps.length") == 0
     finally:
@@ -138,8 +149,10 @@ def test_webgpu_device_lost_mid_run_falls_back_to_wasm(browser, server, bundle):
         p.open("?provider=webgpu")
         assert p.page.evaluate("() => window.__engineInfo.provider") == "webgpu"
         p.generate(wait=None, **{**REQUEST, "steps": 40})
-        p.page.wait_for_function("() => /step ([2-9]|\\d\\d) of 40/.test(document.querySelector('[data-testid=run-status]')?.textContent ?? '')",
-                                 timeout=RUN_TIMEOUT_MS)
+        p.page.wait_for_function(
+            "() => /step ([2-9]|\\d\\d) of 40/.test(document.querySelector('[data-testid=run-status]')?.textContent ?? '')",
+            timeout=RUN_TIMEOUT_MS,
+        )
         engine = next(w for w in p.page.workers if "/assets/worker" in w.url)
         engine.evaluate("() => self.dxGpuDevice.destroy()")
         p.page.wait_for_function("() => window.__engineInfo.provider === 'wasm'", timeout=RUN_TIMEOUT_MS)

@@ -1,4 +1,5 @@
 """The whole loop: our runtime on the exported bundle vs diffusers' StableDiffusionPipeline."""
+
 import numpy as np
 import pytest
 
@@ -10,8 +11,11 @@ from runtime.native import NativeBackend, to_numpy  # noqa: E402
 from runtime.pipeline import Pipeline, Request, run_sync  # noqa: E402
 
 DIFFUSERS_SCHEDULERS = {
-    "euler": "EulerDiscreteScheduler", "ddim": "DDIMScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler",
-    "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "ddim": "DDIMScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "pndm": "PNDMScheduler",
+    "lms": "LMSDiscreteScheduler",
 }
 PROMPT, NEGATIVE = "a small cat at the top left on a blue background", "blurry, dark"
 
@@ -32,8 +36,14 @@ def reference(tiny_pipeline_dir):
 
 def run_reference(ref, scheduler, prompt, negative, guidance, steps, latents):
     ref.scheduler = getattr(diffusers, DIFFUSERS_SCHEDULERS[scheduler]).from_config(ref.scheduler.config)
-    out = ref(prompt, negative_prompt=negative if guidance > 1 else None, guidance_scale=guidance, num_inference_steps=steps,
-              latents=torch.from_numpy(latents.copy()), output_type="np")
+    out = ref(
+        prompt,
+        negative_prompt=negative if guidance > 1 else None,
+        guidance_scale=guidance,
+        num_inference_steps=steps,
+        latents=torch.from_numpy(latents.copy()),
+        output_type="np",
+    )
     return out.images[0]
 
 
@@ -70,8 +80,12 @@ def test_guidance_zero_is_unconditional(ours, reference, negative):
 
 def test_trace_has_every_stage(ours):
     steps_seen = []
-    trace = run_sync(ours.generate(Request("a rocket at night", seed=1, guidance=7.5, steps=4, scheduler="dpmpp_2m"),
-                                      on_step=lambda s: steps_seen.append(s.index)))
+    trace = run_sync(
+        ours.generate(
+            Request("a rocket at night", seed=1, guidance=7.5, steps=4, scheduler="dpmpp_2m"),
+            on_step=lambda s: steps_seen.append(s.index),
+        )
+    )
     assert steps_seen == [0, 1, 2, 3]
     assert trace.tokens.tokens[0] == "<|startoftext|>" and trace.tokens.ids[0] == 49406
     assert trace.embeddings.shape == (2, 77, 32)
@@ -86,8 +100,13 @@ def test_trace_has_every_stage(ours):
 
 
 def test_cancel_keeps_partial_trace(ours):
-    trace = run_sync(ours.generate(Request("a cat", steps=20, scheduler="euler"), should_stop=lambda: len(seen) >= 3,
-                                      on_step=lambda s: seen.append(s)) if (seen := []) is not None else None)
+    trace = run_sync(
+        ours.generate(
+            Request("a cat", steps=20, scheduler="euler"), should_stop=lambda: len(seen) >= 3, on_step=lambda s: seen.append(s)
+        )
+        if (seen := []) is not None
+        else None
+    )
     assert trace.cancelled and len(trace.steps) == 3 and trace.image is None
     # the pipeline is still usable after a stop
     assert run_sync(ours.generate(Request("a cat", steps=2))).image is not None
@@ -101,12 +120,22 @@ def test_same_seed_same_image_different_seed_different(ours):
     assert to_numpy(a.final_latent).tolist() != to_numpy(c.final_latent).tolist()
 
 
-@pytest.mark.parametrize("field,value,msg", [
-    ("steps", 0, "steps must be"), ("steps", 101, "steps must be"), ("steps", 2.5, "steps must be"),
-    ("guidance", -1, "guidance scale"), ("guidance", 20.5, "guidance scale"), ("guidance", float("nan"), "guidance scale"),
-    ("seed", -1, "seed must be"), ("seed", 2**32, "seed must be"), ("scheduler", "magic", "unknown scheduler"),
-    ("prompt", "x" * 5001, "at most 5000"), ("prompt", None, "prompt must be text"),
-])
+@pytest.mark.parametrize(
+    "field,value,msg",
+    [
+        ("steps", 0, "steps must be"),
+        ("steps", 101, "steps must be"),
+        ("steps", 2.5, "steps must be"),
+        ("guidance", -1, "guidance scale"),
+        ("guidance", 20.5, "guidance scale"),
+        ("guidance", float("nan"), "guidance scale"),
+        ("seed", -1, "seed must be"),
+        ("seed", 2**32, "seed must be"),
+        ("scheduler", "magic", "unknown scheduler"),
+        ("prompt", "x" * 5001, "at most 5000"),
+        ("prompt", None, "prompt must be text"),
+    ],
+)
 def test_bad_settings_are_refused_clearly(ours, field, value, msg):
     req = Request("a cat")
     setattr(req, field, value)

@@ -1,14 +1,21 @@
 """Python's memory snapshot: a first visit starts Pyodide afresh and, once idle, a throwaway worker
 saves the interpreter (runtime/ imported) in the Cache API; a warm visit restores it instead of starting Python, and runs the same
 numbers. A damaged snapshot is dropped and Python starts afresh."""
+
 from __future__ import annotations
 
 import pytest
+from test_browser import (  # noqa: F401 - pytest fixtures
+    Page,
+    assert_same_image,
+    browser,
+    bundle,
+    native,
+    playwright,
+    server,
+)
 
 from bench.page import wait_for_snapshot
-from test_browser import (  # noqa: F401 - pytest fixtures
-    Page, assert_same_image, browser, bundle, native, playwright, server,
-)
 
 pytestmark = pytest.mark.browser
 

@@ -1,4 +1,5 @@
 """The default model's dataset: deterministic, captioned, with held-out combinations kept out of training."""
+
 import random
 
 import numpy as np

@@ -162,8 +162,11 @@ def run_both(name, config, prediction_type, steps):
             x0_ref = x0_ref.numpy()
         scale = max(1.0, *(float(np.max(np.abs(v))) for v in (x_ref.numpy(), x0_ref, res_ref.prev_sample.numpy())))
         x_ref, x = res_ref.prev_sample, res.prev_sample
-        for what, a, b in (("x_in", x_in, x_in_ref.numpy()), ("x0", res.pred_original_sample, x0_ref),
-                           ("prev", x, x_ref.numpy())):
+        for what, a, b in (
+            ("x_in", x_in, x_in_ref.numpy()),
+            ("x0", res.pred_original_sample, x0_ref),
+            ("prev", x, x_ref.numpy()),
+        ):
             err = max_err(a, b)
             worst[what] = max(worst.get(what, 0.0), err / scale)
             assert err <= TOL * scale, f"step {i} (t={float(t)}): {what} differs by {err:.3g} (scale {scale:.3g})"

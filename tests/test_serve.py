@@ -1,5 +1,6 @@
 """`serve` exports the default model on first use, and again when the model changed (never a stale bundle);
 the page's small build derived from it is tested in test_small_bundle.py."""
+
 import json
 import shutil
 
@@ -7,8 +8,8 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from export import exporter  # noqa: E402
 from app import serve  # noqa: E402
+from export import exporter  # noqa: E402
 
 
 def test_default_bundle_follows_the_model(tiny_pipeline_dir, tmp_path, monkeypatch):

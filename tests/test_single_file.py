@@ -5,6 +5,7 @@ No real SD weights exist on these machines, so random pipelines are written in t
 shipped SD 1.x / 2.x / Turbo configs are checked with sparse files that hold a real-sized header and
 no data: inspect() must decide from the header alone.
 """
+
 import json
 import math
 import os
@@ -21,8 +22,8 @@ import torch  # noqa: E402
 from export import single_file as sf  # noqa: E402
 from export.exporter import UnsupportedCheckpoint  # noqa: E402
 
-
 # ------------------------------------------------------------------------------------------- fixtures
+
 
 def _sd_structure(out_dir):
     """Small widths, but SD's real block layout: 4 levels, 2 layers per block, cross-attention on the
@@ -33,22 +34,50 @@ def _sd_structure(out_dir):
     from export.random_pipeline import SD_SCHEDULER, _tokenizer
 
     torch.manual_seed(1)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=4, max_position_embeddings=77, hidden_act="gelu"))
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            hidden_act="gelu",
+        )
+    )
     unet = UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 32, 64, 64), layers_per_block=2,
+        sample_size=8,
+        block_out_channels=(32, 32, 64, 64),
+        layers_per_block=2,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=32, attention_head_dim=(2, 4, 8, 8), use_linear_projection=True, norm_num_groups=8)
-    vae = AutoencoderKL(block_out_channels=(16, 16, 32, 32), layers_per_block=2, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                        norm_num_groups=8, sample_size=64)
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4, 8, 8),
+        use_linear_projection=True,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(16, 16, 32, 32),
+        layers_per_block=2,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
     with torch.no_grad():
         unet.conv_out.weight.mul_(20.0)
     sched = {k: v for k, v in SD_SCHEDULER.items() if k != "skip_prk_steps"}
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=_tokenizer("!"), unet=unet,
-                                   scheduler=DDIMScheduler.from_config({**sched, "prediction_type": "v_prediction"}),
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text,
+        tokenizer=_tokenizer("!"),
+        unet=unet,
+        scheduler=DDIMScheduler.from_config({**sched, "prediction_type": "v_prediction"}),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return out_dir
 
@@ -58,8 +87,10 @@ def pipelines(tiny_pipeline_dir, tmp_path_factory):
     """name → (pipeline folder, config folder): the project's tiny SD and an SD-structured one."""
     root = tmp_path_factory.mktemp("single-file")
     sd_like = _sd_structure(root / "sd-structure")
-    return {name: (d, sf.copy_configs(d, root / f"{name}-configs"))
-            for name, d in (("tiny", tiny_pipeline_dir), ("sd-structure", sd_like))}
+    return {
+        name: (d, sf.copy_configs(d, root / f"{name}-configs"))
+        for name, d in (("tiny", tiny_pipeline_dir), ("sd-structure", sd_like))
+    }
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +113,7 @@ def no_network(monkeypatch):
 
 # ------------------------------------------------------------------------------------------- round trips
 
+
 def _image(pipe, steps=3):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny models: one thread; two spin-wait for ages on a busy 2-core machine
@@ -92,16 +124,26 @@ def _image(pipe, steps=3):
 
 
 def _generate(pipe, steps):
-    out = pipe("a red circle", num_inference_steps=steps, guidance_scale=5.0,
-               generator=torch.Generator().manual_seed(7), output_type="np")
+    out = pipe(
+        "a red circle",
+        num_inference_steps=steps,
+        guidance_scale=5.0,
+        generator=torch.Generator().manual_seed(7),
+        output_type="np",
+    )
     return out.images[0]
 
 
-@pytest.mark.parametrize("name,layout,ext", [
-    ("tiny", "clip", ".safetensors"), ("tiny", "clip", ".ckpt"),
-    ("sd-structure", "openclip", ".safetensors"), ("sd-structure", "openclip", ".ckpt"),
-    ("sd-structure", "sgm", ".safetensors"),
-])
+@pytest.mark.parametrize(
+    "name,layout,ext",
+    [
+        ("tiny", "clip", ".safetensors"),
+        ("tiny", "clip", ".ckpt"),
+        ("sd-structure", "openclip", ".safetensors"),
+        ("sd-structure", "openclip", ".ckpt"),
+        ("sd-structure", "sgm", ".safetensors"),
+    ],
+)
 def test_round_trip_is_exact(pipelines, tmp_path, no_network, name, layout, ext):
     from diffusers import StableDiffusionPipeline
 
@@ -138,11 +180,16 @@ def test_fp16_file_gives_fp32_pipeline_and_prediction_override(pipelines, tmp_pa
     assert w16.dtype == torch.float32 and torch.equal(w16, w.half().float())
 
 
-@pytest.mark.parametrize("drop,match", [
-    ("first_stage_model.decoder.conv_out.bias", "some weights that custom needs are not in the file"),
-    ("cond_stage_model.transformer.text_model.final_layer_norm.bias",
-     "1 text_encoder tensors were not in the file (e.g. 'text_model.final_layer_norm.bias')"),
-])
+@pytest.mark.parametrize(
+    "drop,match",
+    [
+        ("first_stage_model.decoder.conv_out.bias", "some weights that custom needs are not in the file"),
+        (
+            "cond_stage_model.transformer.text_model.final_layer_norm.bias",
+            "1 text_encoder tensors were not in the file (e.g. 'text_model.final_layer_norm.bias')",
+        ),
+    ],
+)
 def test_unfilled_weights_are_caught_after_loading(pipelines, tiny_ldm, tmp_path, monkeypatch, drop, match):
     """diffusers leaves tensors missing from the file uninitialised (meta), at times without a word; we refuse."""
     from safetensors.torch import save_file
@@ -150,8 +197,9 @@ def test_unfilled_weights_are_caught_after_loading(pipelines, tiny_ldm, tmp_path
     sd = dict(tiny_ldm[0])
     del sd[drop]
     save_file(sd, str(tmp_path / "holey.safetensors"))
-    _refusal(tmp_path / "holey.safetensors", "does not fit the config folder tiny-configs: 1 of its",
-             config_dir=pipelines["tiny"][1])
+    _refusal(
+        tmp_path / "holey.safetensors", "does not fit the config folder tiny-configs: 1 of its", config_dir=pipelines["tiny"][1]
+    )
     monkeypatch.setattr(sf, "_check_shapes", lambda *a, **k: 0)  # pretend the header check missed it
     with pytest.raises(UnsupportedCheckpoint) as e:
         sf.to_pipeline_folder(tmp_path / "holey.safetensors", tmp_path / "p", config_dir=pipelines["tiny"][1])
@@ -159,6 +207,7 @@ def test_unfilled_weights_are_caught_after_loading(pipelines, tiny_ldm, tmp_path
 
 
 # ------------------------------------------------------------------------------------------- real architectures, header only
+
 
 def _sparse_safetensors(path, shapes: dict, dtype="F16", metadata=None):
     """A safetensors file with a real header and holes for data: inspect() must never read the data."""
@@ -200,24 +249,28 @@ def real_files(tmp_path_factory):
         "v2-1_512-ema-pruned.safetensors": _sparse_safetensors(root / "v2-1_512-ema-pruned.safetensors", sd2),
         "sd_turbo.safetensors": _sparse_safetensors(root / "sd_turbo.safetensors", sgm),
         "model.safetensors": _sparse_safetensors(root / "model.safetensors", sd2),
-        "tagged.safetensors": _sparse_safetensors(root / "tagged.safetensors", sd2, metadata={
-            "modelspec.architecture": "stable-diffusion-v2-512"}),
+        "tagged.safetensors": _sparse_safetensors(
+            root / "tagged.safetensors", sd2, metadata={"modelspec.architecture": "stable-diffusion-v2-512"}
+        ),
         "renamed-turbo.safetensors": _sparse_safetensors(root / "my-model.safetensors", sgm),
     }
 
 
-@pytest.mark.parametrize("name,kw,arch,prediction,basis", [
-    ("v1-5-pruned-emaonly.safetensors", {}, "sd1", "epsilon", "SD 1.x text encoder"),
-    ("v1-5-pruned-emaonly.safetensors", {"prediction_type": "v"}, "sd1", "v_prediction", "prediction_type given"),
-    ("v2-1_768-ema-pruned.safetensors", {}, "sd2", "v_prediction", "768/v"),
-    ("v2-1_512-ema-pruned.safetensors", {}, "sd2-base", "epsilon", "512/base"),
-    ("sd_turbo.safetensors", {}, "sd-turbo", "epsilon", "turbo"),
-    ("model.safetensors", {}, "sd2", "v_prediction", "no clue"),
-    ("model.safetensors", {"prediction_type": "epsilon"}, "sd2-base", "epsilon", "prediction_type given"),
-    ("model.safetensors", {"arch": "sd-turbo"}, "sd-turbo", "epsilon", "arch given"),
-    ("tagged.safetensors", {}, "sd2-base", "epsilon", "modelspec.architecture"),
-    ("renamed-turbo.safetensors", {}, "sd-turbo", "epsilon", "sgm key layout"),
-])
+@pytest.mark.parametrize(
+    "name,kw,arch,prediction,basis",
+    [
+        ("v1-5-pruned-emaonly.safetensors", {}, "sd1", "epsilon", "SD 1.x text encoder"),
+        ("v1-5-pruned-emaonly.safetensors", {"prediction_type": "v"}, "sd1", "v_prediction", "prediction_type given"),
+        ("v2-1_768-ema-pruned.safetensors", {}, "sd2", "v_prediction", "768/v"),
+        ("v2-1_512-ema-pruned.safetensors", {}, "sd2-base", "epsilon", "512/base"),
+        ("sd_turbo.safetensors", {}, "sd-turbo", "epsilon", "turbo"),
+        ("model.safetensors", {}, "sd2", "v_prediction", "no clue"),
+        ("model.safetensors", {"prediction_type": "epsilon"}, "sd2-base", "epsilon", "prediction_type given"),
+        ("model.safetensors", {"arch": "sd-turbo"}, "sd-turbo", "epsilon", "arch given"),
+        ("tagged.safetensors", {}, "sd2-base", "epsilon", "modelspec.architecture"),
+        ("renamed-turbo.safetensors", {}, "sd-turbo", "epsilon", "sgm key layout"),
+    ],
+)
 def test_inspect_real_architectures_from_header(real_files, name, kw, arch, prediction, basis):
     info = sf.inspect(real_files[name], **kw)
     assert (info["arch"], info["prediction_type"]) == (arch, prediction), info
@@ -244,6 +297,7 @@ def test_ckpt_global_step_rule_and_shipped_configs():
 
 
 # ------------------------------------------------------------------------------------------- refusals
+
 
 def _save(path, tensors: dict):
     from safetensors.torch import save_file
@@ -273,28 +327,70 @@ class LightningLikeCallback:
     """An arbitrary pickled object, as PyTorch Lightning checkpoints carry; weights_only loading refuses it."""
 
 
-@pytest.mark.parametrize("label,tensors,match", [
-    ("sdxl", {UNET_IN: (320, 4, 3, 3), "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
-              "conditioner.embedders.1.model.positional_embedding": (77, 1280), "model.diffusion_model.label_emb.0.0.weight": (1280, 2816)},
-     "found an SDXL model"),
-    ("sdxl-refiner", {UNET_IN: (384, 4, 3, 3), "conditioner.embedders.0.model.token_embedding.weight": (49408, 1280),
-                      "model.diffusion_model.label_emb.0.0.weight": (1536, 2560)}, "SDXL refiner or SD unCLIP"),
-    ("sd3", {"model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias": (9216,),
-             "model.diffusion_model.x_embedder.proj.weight": (1536, 16, 2, 2)}, "found an SD3 / SD3.5 model"),
-    ("flux", {"double_blocks.0.img_attn.norm.key_norm.scale": (128,)}, "FLUX"),
-    ("text-gpt2", {"transformer.wte.weight": (50257, 768), "transformer.h.0.attn.c_attn.weight": (768, 2304)},
-     "found a text/language model"),
-    ("text-clip", {"text_model.embeddings.token_embedding.weight": (49408, 768),
-                   "text_model.encoder.layers.0.mlp.fc1.weight": (3072, 768)}, "found a text/language model"),
-    ("lora", {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 320)}, "LoRA"),
-    ("controlnet", {"control_model.input_hint_block.0.weight": (16, 3, 3, 3)}, "ControlNet"),
-    ("diffusers-unet", {"conv_in.weight": (320, 4, 3, 3), "time_embedding.linear_1.weight": (1280, 320),
-                        "down_blocks.0.resnets.0.conv1.weight": (320, 320, 3, 3)}, "diffusers-format UNet alone"),
-    ("vae-only", {"encoder.down.0.block.0.conv1.weight": (128, 128, 3, 3), "decoder.up.0.block.0.conv1.weight": (128, 128, 3, 3)},
-     "found a VAE only"),
-    ("unet-only", {UNET_IN: (320, 4, 3, 3), "model.diffusion_model.out.2.weight": (4, 320, 3, 3)}, "without a text encoder"),
-    ("other", {"weight": (3, 3)}, "found no Stable Diffusion UNet"),
-])
+@pytest.mark.parametrize(
+    "label,tensors,match",
+    [
+        (
+            "sdxl",
+            {
+                UNET_IN: (320, 4, 3, 3),
+                "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": (49408, 768),
+                "conditioner.embedders.1.model.positional_embedding": (77, 1280),
+                "model.diffusion_model.label_emb.0.0.weight": (1280, 2816),
+            },
+            "found an SDXL model",
+        ),
+        (
+            "sdxl-refiner",
+            {
+                UNET_IN: (384, 4, 3, 3),
+                "conditioner.embedders.0.model.token_embedding.weight": (49408, 1280),
+                "model.diffusion_model.label_emb.0.0.weight": (1536, 2560),
+            },
+            "SDXL refiner or SD unCLIP",
+        ),
+        (
+            "sd3",
+            {
+                "model.diffusion_model.joint_blocks.0.context_block.adaLN_modulation.1.bias": (9216,),
+                "model.diffusion_model.x_embedder.proj.weight": (1536, 16, 2, 2),
+            },
+            "found an SD3 / SD3.5 model",
+        ),
+        ("flux", {"double_blocks.0.img_attn.norm.key_norm.scale": (128,)}, "FLUX"),
+        (
+            "text-gpt2",
+            {"transformer.wte.weight": (50257, 768), "transformer.h.0.attn.c_attn.weight": (768, 2304)},
+            "found a text/language model",
+        ),
+        (
+            "text-clip",
+            {
+                "text_model.embeddings.token_embedding.weight": (49408, 768),
+                "text_model.encoder.layers.0.mlp.fc1.weight": (3072, 768),
+            },
+            "found a text/language model",
+        ),
+        ("lora", {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": (4, 320)}, "LoRA"),
+        ("controlnet", {"control_model.input_hint_block.0.weight": (16, 3, 3, 3)}, "ControlNet"),
+        (
+            "diffusers-unet",
+            {
+                "conv_in.weight": (320, 4, 3, 3),
+                "time_embedding.linear_1.weight": (1280, 320),
+                "down_blocks.0.resnets.0.conv1.weight": (320, 320, 3, 3),
+            },
+            "diffusers-format UNet alone",
+        ),
+        (
+            "vae-only",
+            {"encoder.down.0.block.0.conv1.weight": (128, 128, 3, 3), "decoder.up.0.block.0.conv1.weight": (128, 128, 3, 3)},
+            "found a VAE only",
+        ),
+        ("unet-only", {UNET_IN: (320, 4, 3, 3), "model.diffusion_model.out.2.weight": (4, 320, 3, 3)}, "without a text encoder"),
+        ("other", {"weight": (3, 3)}, "found no Stable Diffusion UNet"),
+    ],
+)
 def test_refuses_other_models_by_name(tmp_path, label, tensors, match):
     msg = _refusal(_save(tmp_path / f"{label}.safetensors", tensors), match)
     assert "supported: SD 1.x, SD 2.x" in msg

@@ -8,6 +8,7 @@
   small TCP proxy in front of http.server (HTTP/1.0: one request per connection, so every byte is
   attributed to its path): test-artifacts/site-bytes.json.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---- serve: negotiation ------------------------------------------------------------------------------
+
 
 def test_accepts_gzip():
     assert accepts_gzip("gzip, deflate, br, zstd") and accepts_gzip("*") and accepts_gzip("x-gzip") and accepts_gzip("GZip;q=0.5")
@@ -98,7 +100,9 @@ def test_serve_sends_precompressed_files_that_decode_to_the_plain_ones(gz_server
         assert r.status == 200 and r.headers["Content-Encoding"] == "gzip" and body == b""
         u = urlsplit(url)
         with socket.create_connection((u.hostname, u.port), timeout=10) as sock:  # raw: exactly one response, no body
-            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nIf-Modified-Since: {r.headers['Last-Modified']}\r\n\r\n".encode())
+            sock.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nIf-Modified-Since: {r.headers['Last-Modified']}\r\n\r\n".encode()
+            )
             answer = b""
             while chunk := sock.recv(65536):
                 answer += chunk
@@ -112,6 +116,7 @@ def test_serve_sends_precompressed_files_that_decode_to_the_plain_ones(gz_server
 
 
 # ---- build-site ----------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def site(web_dist, tiny_bundle, tmp_path_factory):
@@ -147,6 +152,7 @@ def test_build_site_refuses_a_folder_it_did_not_write(tmp_path, tiny_bundle, web
 
 
 # ---- the site in Chromium, from a plain `python -m http.server` -------------------------------------
+
 
 class CountingProxy:
     """127.0.0.1:port → upstream; per request path, the response's header and body bytes (HTTP/1.0)."""
@@ -229,8 +235,12 @@ def _summary(log):
         g["requests"] += 1
         g["body_bytes"] += body
         g["header_bytes"] += head
-    return {"total_bytes": sum(h + b for _, h, b in log), "body_bytes": sum(b for _, _, b in log), "by": by,
-            "gz_requests": sum(p.endswith(".gz") for p, _, _ in log)}
+    return {
+        "total_bytes": sum(h + b for _, h, b in log),
+        "body_bytes": sum(b for _, _, b in log),
+        "by": by,
+        "gz_requests": sum(p.endswith(".gz") for p, _, _ in log),
+    }
 
 
 @pytest.fixture
@@ -238,8 +248,11 @@ def static_site(site):
     port = socket.create_server(("127.0.0.1", 0))
     free = port.getsockname()[1]
     port.close()
-    proc = subprocess.Popen([sys.executable, "-m", "http.server", str(free), "--bind", "127.0.0.1", "--directory", str(site)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(free), "--bind", "127.0.0.1", "--directory", str(site)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", free), timeout=0.2).close()
@@ -267,7 +280,9 @@ def test_static_site_isolates_itself_and_generates_with_two_threads(static_site,
         assert "2 thread" in p.page.inner_text("[data-testid=provider]")
         assert p.page.evaluate("window.__engineInfo.crossOriginIsolated") is True
         got = p.generate(prompt=PROMPT, negative="blurry, dark", seed=3, guidance=7.5, steps=4, scheduler="euler")
-        want, _ = native(Path(tiny_bundle), prompt=PROMPT, negative_prompt="blurry, dark", seed=3, guidance=7.5, steps=4, scheduler="euler")
+        want, _ = native(
+            Path(tiny_bundle), prompt=PROMPT, negative_prompt="blurry, dark", seed=3, guidance=7.5, steps=4, scheduler="euler"
+        )
         assert_same_image(got, want)
         first = proxy.take()
         navigations = [path for path, _, _ in first if path in ("/", "/index.html")]
@@ -286,15 +301,25 @@ def test_static_site_isolates_itself_and_generates_with_two_threads(static_site,
         assert p.page.evaluate("crossOriginIsolated") is True
         assert p.page.evaluate("window.__engineInfo.downloadedBytes") == 0
         warm = proxy.take()
-        bundle_body = sum(b for path, _, b in warm if path.startswith("/bundle/") and not path.startswith("/bundle/manifest.json"))
+        bundle_body = sum(
+            b for path, _, b in warm if path.startswith("/bundle/") and not path.startswith("/bundle/manifest.json")
+        )
         assert bundle_body == 0, [w for w in warm if w[0].startswith("/bundle/")]
         ARTIFACTS.mkdir(exist_ok=True)
         from app.site import site_bytes
 
-        (ARTIFACTS / "site-bytes.json").write_text(json.dumps({
-            "how": "a TCP proxy in front of `python -m http.server` counts every response byte (headers + body) per request",
-            "bundle": str(tiny_bundle), "site_files": site_bytes(site),
-            "first_visit": _summary(first), "warm_visit": _summary(warm)}, indent=1))
+        (ARTIFACTS / "site-bytes.json").write_text(
+            json.dumps(
+                {
+                    "how": "a TCP proxy in front of `python -m http.server` counts every response byte (headers + body) per request",
+                    "bundle": str(tiny_bundle),
+                    "site_files": site_bytes(site),
+                    "first_visit": _summary(first),
+                    "warm_visit": _summary(warm),
+                },
+                indent=1,
+            )
+        )
         p.assert_all_local()
     finally:
         p.close()

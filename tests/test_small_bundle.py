@@ -4,9 +4,10 @@ What is checked: the storage precisions give the fp32 graph back once onnxruntim
 dequantizing Cast/Mul nodes (so speed is unchanged), the derived build's quality report (every
 component, optional ones included; the judge asked for ≥ 4 seeds), `serve`'s default is the small
 build, and in Chromium onnxruntime-web (WASM, and WebGPU on SwiftShader) loads the Gather/Cast/Mul
-patterns and draws the native runtime's image (≤ 2/255). With bundles/default-small present (made
-by `serve`, or `export bundles/default bundles/default-small --precision small`), its figures too.
+patterns and draws the native runtime's image (≤ 2/255). The real default model's build,
+bundles/default-small (derived once per test session as `serve` derives it: tests/conftest.py), too.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,6 @@ from export.quantize import DEFAULTS, OPTIONAL_COMPONENTS, compact_weights  # no
 from runtime.bundle import MODEL_COMPONENTS, Bundle, sha256_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SMALL = ROOT / "bundles" / "default-small"
 SMALL_LIMIT = 25_000_000
 
 
@@ -35,10 +35,15 @@ def _toy_model():
 
     rng = np.random.default_rng(0)
     w = lambda *s: rng.standard_normal(s).astype(np.float32) * 0.2  # noqa: E731
-    inits = [numpy_helper.from_array(w(300, 16), "table"), numpy_helper.from_array(w(16, 3, 3, 3), "conv_w"),
-             numpy_helper.from_array(w(16, 32), "mm_w"), numpy_helper.from_array(w(16, 32), "gemm_w"),
-             numpy_helper.from_array(w(16), "conv_b"), numpy_helper.from_array(np.full((8, 32), 1e6, np.float32), "huge"),
-             numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    inits = [
+        numpy_helper.from_array(w(300, 16), "table"),
+        numpy_helper.from_array(w(16, 3, 3, 3), "conv_w"),
+        numpy_helper.from_array(w(16, 32), "mm_w"),
+        numpy_helper.from_array(w(16, 32), "gemm_w"),
+        numpy_helper.from_array(w(16), "conv_b"),
+        numpy_helper.from_array(np.full((8, 32), 1e6, np.float32), "huge"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+    ]
     const = helper.make_node("Constant", [], ["const_w"], value=numpy_helper.from_array(w(32, 16), "const_w"))
     nodes = [
         const,
@@ -52,13 +57,19 @@ def _toy_model():
         helper.make_node("Conv", ["img", "conv_w", "conv_b"], ["image_out"], pads=[1, 1, 1, 1]),
     ]
     graph = helper.make_graph(
-        nodes, "toy",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"]),
-         helper.make_tensor_value_info("img", TensorProto.FLOAT, ["batch", 3, 8, 8])],
-        [helper.make_tensor_value_info("text_out", TensorProto.FLOAT, ["batch", 16]),
-         helper.make_tensor_value_info("image_out", TensorProto.FLOAT, ["batch", 16, 8, 8]),
-         helper.make_tensor_value_info("h4", TensorProto.FLOAT, ["batch", 8, 32])],
-        inits)
+        nodes,
+        "toy",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info("img", TensorProto.FLOAT, ["batch", 3, 8, 8]),
+        ],
+        [
+            helper.make_tensor_value_info("text_out", TensorProto.FLOAT, ["batch", 16]),
+            helper.make_tensor_value_info("image_out", TensorProto.FLOAT, ["batch", 16, 8, 8]),
+            helper.make_tensor_value_info("h4", TensorProto.FLOAT, ["batch", 8, 32]),
+        ],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
@@ -89,7 +100,10 @@ def test_compact_storage_folds_back_to_the_fp32_graph(precision, tmp_path):
         assert stored["table_int8"] == T.INT8 and stored["table_scale"] == T.FLOAT and done["int8_gather"] == 1
     if precision == "int8w-all":
         assert {stored[f"{n}_int8"] for n in ("conv_w", "mm_w", "gemm_w", "const_w")} == {T.INT8}
-        assert [d for d in next(t for t in model.graph.initializer if t.name == "gemm_w_scale").dims] == [16, 1]  # transB: per row
+        assert [d for d in next(t for t in model.graph.initializer if t.name == "gemm_w_scale").dims] == [
+            16,
+            1,
+        ]  # transB: per row
     elif precision == "int8w":
         assert stored["mm_w_fp16"] == stored["gemm_w_fp16"] == T.FLOAT16
     assert not any(n.op_type == "Constant" and n.output[0] == "const_w" for n in model.graph.node)
@@ -117,21 +131,33 @@ def test_freezing_sizes_folds_shape_arithmetic_and_keeps_stored_weights():
 
     rng = np.random.default_rng(0)
     q = rng.integers(-127, 128, (64, 64)).astype(np.int8)
-    inits = [numpy_helper.from_array(q, "w_q"), numpy_helper.from_array(np.float32(0.01), "w_scale"),
-             numpy_helper.from_array(np.array([0], np.int64), "i0"), numpy_helper.from_array(np.array([-1], np.int64), "minus1"),
-             numpy_helper.from_array(np.array([64, 64], np.int64), "bias_shape")]
+    inits = [
+        numpy_helper.from_array(q, "w_q"),
+        numpy_helper.from_array(np.float32(0.01), "w_scale"),
+        numpy_helper.from_array(np.array([0], np.int64), "i0"),
+        numpy_helper.from_array(np.array([-1], np.int64), "minus1"),
+        numpy_helper.from_array(np.array([64, 64], np.int64), "bias_shape"),
+    ]
     nodes = [
         helper.make_node("DequantizeLinear", ["w_q", "w_scale"], ["w"]),
-        helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "i0"], ["b"], axis=0),
+        helper.make_node("Shape", ["x"], ["s"]),
+        helper.make_node("Gather", ["s", "i0"], ["b"], axis=0),
         helper.make_node("Concat", ["b", "minus1"], ["flat"], axis=0),
         helper.make_node("Reshape", ["x", "flat"], ["x2"]),  # [batch, 64]
         helper.make_node("MatMul", ["x2", "w"], ["y0"]),
-        helper.make_node("ConstantOfShape", ["bias_shape"], ["zeros"], value=numpy_helper.from_array(np.array([0.0], np.float32))),
+        helper.make_node(
+            "ConstantOfShape", ["bias_shape"], ["zeros"], value=numpy_helper.from_array(np.array([0.0], np.float32))
+        ),
         helper.make_node("MatMul", ["y0", "zeros"], ["y1"]),
         helper.make_node("Add", ["y0", "y1"], ["y"]),
     ]
-    graph = helper.make_graph(nodes, "torchy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 4, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "torchy",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     feeds = {"x": rng.standard_normal((2, 4, 4, 4)).astype(np.float32)}
     dims = fixed_sizes(model, feeds)
@@ -169,8 +195,16 @@ def small_tiny(tiny_bundle, tmp_path_factory):
     from export.manifest import io_specs
 
     inputs, outputs = io_specs(onnx.load(str(src / "clip_image.onnx")))
-    manifest["components"]["clip_image"] = {"files": ["clip_image.onnx"], "precision": "fp32", "inputs": inputs, "outputs": outputs}
-    manifest["files"]["clip_image.onnx"] = {"bytes": (src / "clip_image.onnx").stat().st_size, "sha256": sha256_file(src / "clip_image.onnx")}
+    manifest["components"]["clip_image"] = {
+        "files": ["clip_image.onnx"],
+        "precision": "fp32",
+        "inputs": inputs,
+        "outputs": outputs,
+    }
+    manifest["files"]["clip_image.onnx"] = {
+        "bytes": (src / "clip_image.onnx").stat().st_size,
+        "sha256": sha256_file(src / "clip_image.onnx"),
+    }
     (src / "manifest.json").write_text(json.dumps(manifest, indent=1))
     calls = []
 
@@ -235,25 +269,27 @@ def test_serve_defaults_to_the_small_build(small_tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(serve, "DEFAULT_MODEL", tmp_path / "no-model")  # nothing to re-export from
     logs = []
     got = serve.default_bundle(log=logs.append)
-    assert got == fp32.with_name("default-small") and "first use" in logs[-1]
+    assert got == fp32.with_name("default-small") and "first use" in logs[0]
+    assert len(logs) == 2 and logs[1].startswith("  quantize and measure quality (")  # one line per stage
     man = json.loads((got / "manifest.json").read_text())
     assert {c: v["precision"] for c, v in man["components"].items() if c in DEFAULTS["small"]} == {
-        c: p for c, p in DEFAULTS["small"].items() if c != "umap_project"}  # the tiny bundle has no UMAP
+        c: p for c, p in DEFAULTS["small"].items() if c != "umap_project"
+    }  # the tiny bundle has no UMAP
     before = (got / "unet.onnx").stat().st_mtime_ns
-    assert serve.default_bundle(log=logs.append) == got and len(logs) == 1  # up to date: reused
+    n = len(logs)
+    assert serve.default_bundle(log=logs.append) == got and len(logs) == n  # up to date: reused
     assert (got / "unet.onnx").stat().st_mtime_ns == before
     m = json.loads((fp32 / "manifest.json").read_text())  # a re-exported fp32 bundle: derived again
     m["created"] = "2000-01-01T00:00:00+00:00"
     (fp32 / "manifest.json").write_text(json.dumps(m))
-    assert serve.default_bundle(log=logs.append) == got and "deriving it again" in logs[-1]
+    assert serve.default_bundle(log=logs.append) == got and "deriving it again" in logs[n]
 
 
-@pytest.mark.skipif(not (DEFAULT_SMALL / "manifest.json").is_file(), reason="bundles/default-small is not derived here")
-def test_the_default_small_bundle_figures():
+def test_the_default_small_bundle_figures(default_small_bundle):
     """The page's default build of the real default model: ≤ 25 MB, and, when its report has the judge,
     object and background accuracy no more than one point below fp32's (48 held-out prompts × ≥ 4
     seeds, guidance 7.5). One-sided: a point is two images of 192, and flips go both ways."""
-    m = json.loads((DEFAULT_SMALL / "manifest.json").read_text())
+    m = json.loads((default_small_bundle / "manifest.json").read_text())
     total = sum(f["bytes"] for f in m["files"].values())
     assert total <= SMALL_LIMIT, f"{total / 1e6:.1f} MB"
     q = m["quality"]
@@ -268,6 +304,7 @@ def test_the_default_small_bundle_figures():
 
 
 # ---- in Chromium: onnxruntime-web loads the small build and draws the native image ------------------
+
 
 @pytest.fixture(scope="module")
 def small_server(web_dist, small_tiny):
@@ -314,19 +351,20 @@ def test_small_build_in_the_browser_equals_native(chromium, small_server, small_
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not (DEFAULT_SMALL / "manifest.json").is_file(), reason="bundles/default-small is not derived here")
-def test_default_small_bundle_in_the_browser_equals_native(chromium, web_dist):
+def test_default_small_bundle_in_the_browser_equals_native(chromium, web_dist, default_small_bundle):
     """The real default model's small build in onnxruntime-web (WASM): the native image, ≤ 2/255."""
     from app.serve import start_background
     from tests.test_browser import Page, assert_same_image, native
 
-    srv, url = start_background(DEFAULT_SMALL, dist=web_dist)
+    srv, url = start_background(default_small_bundle, dist=web_dist)
     page = Page(chromium, url)
     try:
         page.open("?provider=wasm&threads=2")
         for prompt, seed in (("a red apple on a blue background", 3), ("a cat at night", 7)):
             got = page.generate(prompt=prompt, negative="", seed=seed, guidance=7.5, steps=8, scheduler="euler")
-            want, _ = native(DEFAULT_SMALL, prompt=prompt, negative_prompt="", seed=seed, guidance=7.5, steps=8, scheduler="euler")
+            want, _ = native(
+                default_small_bundle, prompt=prompt, negative_prompt="", seed=seed, guidance=7.5, steps=8, scheduler="euler"
+            )
             assert_same_image(got, want)
         page.assert_all_local()
     finally:

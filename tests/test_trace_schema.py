@@ -3,6 +3,7 @@
 The worker builds its messages from these dataclasses (a field's key is its camelCase name), so a
 field added on one side and not the other fails here instead of reaching a view as `undefined`.
 """
+
 from __future__ import annotations
 
 import re

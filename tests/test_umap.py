@@ -5,13 +5,12 @@ transform initialisation (its smooth_knn_dist / membership / init_graph_transfor
 project's numpy re-implementation; its agreement with the full transform is reported. The page: the
 view draws the cloud, and the coordinates the page's runtime computed equal the native runtime's.
 """
+
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,12 @@ pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("umap")
 
-from export.umap import (add_to_manifest, build_umap, fit, format_report, project_numpy,  # noqa: E402
-                         umap_init_transform)
+from test_browser import Page, browser, playwright  # noqa: E402,F401 - the browser fixtures
+
+from export.umap import add_to_manifest, build_umap, fit, format_report, project_numpy, umap_init_transform  # noqa: E402
 from runtime.bundle import Bundle  # noqa: E402
 from runtime.native import NativeBackend, to_numpy  # noqa: E402
 from runtime.pipeline import Pipeline, Request, run_sync  # noqa: E402
-from test_browser import Page, browser, playwright  # noqa: E402,F401 - the browser fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-artifacts" / "views"
@@ -80,6 +79,7 @@ def _held_out(bundle_dir: Path, prompts=HELD_OUT, seed=5):
 
 # ---- the store -------------------------------------------------------------------------------------
 
+
 def test_store_has_what_the_page_needs(umap_bundle):
     bundle_dir, result = umap_bundle
     bundle = Bundle.from_dir(bundle_dir)  # sizes and hashes of the new files check out
@@ -98,7 +98,9 @@ def test_store_has_what_the_page_needs(umap_bundle):
     np.testing.assert_allclose(emb, ref_xy, atol=1e-5)  # the JSON's coordinates are the graph's
     assert bases["prompts"] == PROMPTS and bases["seeds"] == list(SEEDS)
     pts = bases["points"]
-    assert pts["prompt"][:per_run] == [0] * per_run and pts["step"][:per_run] == list(range(per_run)) and pts["seed"][per_run] == 1
+    assert (
+        pts["prompt"][:per_run] == [0] * per_run and pts["step"][:per_run] == list(range(per_run)) and pts["seed"][per_run] == 1
+    )
     assert bases["fit"]["random_state"] == 0 and bases["fit"]["metric"] == "euclidean" and bases["fit"]["seconds"] >= 0
     assert bases["extent"]["x"] == [pytest.approx(float(emb[:, 0].min())), pytest.approx(float(emb[:, 0].max()))]
     report = result["report"]
@@ -122,6 +124,7 @@ def test_fit_is_deterministic(umap_bundle, tmp_path):
 
 # ---- the projection --------------------------------------------------------------------------------
 
+
 def test_projection_matches_umap_learn(umap_bundle):
     """The graph (onnxruntime, through the runtime's own pipeline) = numpy re-implementation = umap-learn's
     transform initialisation on held-out runs; and its agreement with umap-learn's full transform."""
@@ -138,8 +141,10 @@ def test_projection_matches_umap_learn(umap_bundle):
     assert err <= 1e-4, f"graph vs umap-learn's transform initialisation: {err:.2e} of the extent"
     full = reducer.transform(flat)
     dist = np.linalg.norm(native - full, axis=1) / ext
-    print(f"\nvs umap-learn's full transform on {len(x)} held-out points: median {np.median(dist):.1%} of the extent, "
-          f"max {dist.max():.1%}; vs its initialisation: max {err:.1e}")
+    print(
+        f"\nvs umap-learn's full transform on {len(x)} held-out points: median {np.median(dist):.1%} of the extent, "
+        f"max {dist.max():.1%}; vs its initialisation: max {err:.1e}"
+    )
     assert np.median(dist) < 0.15  # the SGD refinement moves points only locally
     # the bisection is one Loop, not 64 unrolled copies: the page optimises this graph at every start-up
     graph = onnx.load(str(bundle_dir / "umap_project.onnx")).graph
@@ -161,30 +166,6 @@ def test_duplicate_of_a_reference_point_lands_on_it(umap_bundle):
 
 # ---- the page --------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def umap_dist(web_dist, tmp_path_factory):
-    """The page with the UMAP view on it: web/dist once App.svelte places <Umap>, until then a build of a
-    copy of web/ whose App.svelte does (node_modules and the prepared public/ are shared, not copied)."""
-    app = (ROOT / "web" / "src" / "App.svelte").read_text()
-    if "<Umap" in app:
-        return web_dist
-    web = tmp_path_factory.mktemp("umap-web") / "web"
-    web.mkdir()
-    for name in ("index.html", "package.json", "tsconfig.json", "vite.config.ts"):
-        shutil.copy(ROOT / "web" / name, web / name)
-    shutil.copytree(ROOT / "web" / "src", web / "src")
-    for name in ("node_modules", "public"):
-        (web / name).symlink_to(ROOT / "web" / name)
-    app = app.replace("import Seeds from './views/Seeds.svelte';",
-                      "import Seeds from './views/Seeds.svelte';\n  import Umap from './views/Umap.svelte';")
-    app, n = re.subn(r"(\n(\s*)<Seeds [^\n]*/>)", r"\1\n\2<Umap {engine} />", app, count=1)
-    assert n == 1 and "import Umap" in app, "App.svelte changed shape; place <Umap {engine} /> by hand"
-    (web / "src" / "App.svelte").write_text(app)
-    dist = web.parent / "dist"
-    subprocess.run(["npx", "vite", "build", "--outDir", str(dist), "--emptyOutDir", "--logLevel", "error"], cwd=web, check=True,
-                   timeout=600)
-    return dist
-
 
 def _serve(bundle_dir, dist):
     from app.serve import start_background
@@ -193,9 +174,9 @@ def _serve(bundle_dir, dist):
 
 
 @pytest.mark.browser
-def test_page_projects_like_native(browser, umap_bundle, umap_dist):
+def test_page_projects_like_native(browser, umap_bundle, web_dist):
     bundle_dir, _ = umap_bundle
-    srv, url = _serve(bundle_dir, umap_dist)
+    srv, url = _serve(bundle_dir, web_dist)
     p = Page(browser, url)
     try:
         p.open()
@@ -247,8 +228,8 @@ def plain_bundle(tiny_bundle, tmp_path_factory):
 
 
 @pytest.mark.browser
-def test_bundle_without_umap_hides_the_view(browser, plain_bundle, umap_dist):
-    srv, url = _serve(plain_bundle, umap_dist)
+def test_bundle_without_umap_hides_the_view(browser, plain_bundle, web_dist):
+    srv, url = _serve(plain_bundle, web_dist)
     p = Page(browser, url)
     try:
         p.open()
@@ -265,26 +246,29 @@ def test_bundle_without_umap_hides_the_view(browser, plain_bundle, umap_dist):
 
 
 @pytest.mark.browser
-def test_screenshots_with_the_default_bundle(browser, umap_dist, tmp_path_factory):
-    """The trained model, wide and at 375 px: bundles/default when it carries UMAP bases, DX_UMAP_BUNDLE, or a
-    copy of bundles/default with bases built here (the full default fit: about a minute)."""
-    default = ROOT / "bundles" / "default"
+def test_screenshots_with_the_default_bundle(browser, web_dist, tmp_path_factory, request):
+    """The trained model, wide and at 375 px: DX_UMAP_BUNDLE, else bundles/default (derived by the session,
+    tests/conftest.py) when it carries UMAP bases, or a copy of it with bases built here (about a minute)."""
     if os.environ.get("DX_UMAP_BUNDLE"):
         bundle_dir = Path(os.environ["DX_UMAP_BUNDLE"])
-    elif not (default / "manifest.json").is_file():
-        pytest.skip("no bundles/default here")
-    elif "umap_project" in json.loads((default / "manifest.json").read_text())["components"]:
-        bundle_dir = default
     else:
-        bundle_dir = tmp_path_factory.mktemp("umap-default") / "default"
-        shutil.copytree(default, bundle_dir)
-        add_to_manifest(bundle_dir, build_umap(bundle_dir))
-    srv, url = _serve(bundle_dir, umap_dist)
+        bundle_dir = request.getfixturevalue("default_bundle")
+        if "umap_project" not in json.loads((bundle_dir / "manifest.json").read_text())["components"]:
+            default, bundle_dir = bundle_dir, tmp_path_factory.mktemp("umap-default") / "default"
+            shutil.copytree(default, bundle_dir)
+            add_to_manifest(bundle_dir, build_umap(bundle_dir))
+    srv, url = _serve(bundle_dir, web_dist)
     p = Page(browser, url)
     try:
         p.open()
-        p.generate(prompt="a small cat at the top left on a blue background", negative="", seed=3, guidance=3.0, steps=20,
-                   scheduler="euler")
+        p.generate(
+            prompt="a small cat at the top left on a blue background",
+            negative="",
+            seed=3,
+            guidance=3.0,
+            steps=20,
+            scheduler="euler",
+        )
         p.page.add_style_tag(content="[data-view=timeline] { position: static !important; }")  # sticky: it would cover the view
         p.page.set_viewport_size({"width": 1280, "height": 1600})  # the whole view on screen: no scroll moves the pointer
         view = p.page.locator("#view-umap")

@@ -5,6 +5,7 @@ the differing tokens are marked, the URL carries both prompts. CLIP: the scores 
 the native runtime's for the same images and prompts (default bundle, which ships the image tower);
 a bundle without the tower says so instead of showing numbers.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,15 +13,21 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
-
 from test_browser import (  # noqa: F401 - pytest fixtures
-    ARTIFACTS, RUN_TIMEOUT_MS, Page, assert_same_image, browser, bundle, native, playwright, server,
+    ARTIFACTS,
+    RUN_TIMEOUT_MS,
+    Page,
+    assert_same_image,
+    browser,
+    bundle,
+    native,
+    playwright,
+    server,
 )
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_BUNDLE = ROOT / "bundles" / "default"
 SHOTS = ARTIFACTS / "views"
 
 
@@ -33,8 +40,11 @@ def page(browser, server):
 
 
 def side_image(p: Page, key_prefix: str = "compare:") -> np.ndarray:
-    p.page.wait_for_function("() => document.querySelector('[data-testid=compare-b] canvas') && "
-                             "!document.querySelector('[data-testid=compare-b]').innerText.includes('running')", timeout=RUN_TIMEOUT_MS)
+    p.page.wait_for_function(
+        "() => document.querySelector('[data-testid=compare-b] canvas') && "
+        "!document.querySelector('[data-testid=compare-b]').innerText.includes('running')",
+        timeout=RUN_TIMEOUT_MS,
+    )
     shape, data = p.page.evaluate("""() => { const t = window.__compareTrace; const im = t.image;
         return [im.shape, Array.from(new Uint8Array(im.data))]; }""")
     return np.array(data, dtype=np.uint8).reshape(shape)
@@ -56,7 +66,7 @@ def test_compare_two_prompts(page, bundle):
     assert q["prompt"] == ["a cat"] and q["compare"] == ["a dog"]
     p.wait_for_selector("[data-testid=compare-summary]")
     # a shared link runs both again
-    page.open(f"?provider=wasm&prompt=a%20cat&seed=2&scale=4&steps=3&scheduler=ddim&compare=a%20dog")
+    page.open("?provider=wasm&prompt=a%20cat&seed=2&scale=4&steps=3&scheduler=ddim&compare=a%20dog")
     p.wait_for_function("() => window.__compareTrace && window.__compareTrace.done", timeout=RUN_TIMEOUT_MS)
     assert_same_image(side_image(page), want)
 
@@ -67,15 +77,15 @@ def test_clip_view_without_an_image_tower_says_why(page):
     assert "no CLIP image encoder" in page.page.inner_text("[data-testid=clip-absent]")
 
 
-@pytest.mark.skipif(not (DEFAULT_BUNDLE / "clip_image.onnx").exists(), reason="the default bundle (with CLIP's tower) is not exported here")
-def test_clip_scores_equal_native(browser, web_dist):
+def test_clip_scores_equal_native(browser, web_dist, default_bundle):
+    if not (default_bundle / "clip_image.onnx").exists():
+        pytest.skip("models/default has no CLIP image tower (train it: diffusion-explainer train clip_image)")
     from app.serve import start_background
     from runtime.bundle import Bundle
     from runtime.native import NativeBackend
     from runtime.pipeline import Pipeline, Request, run_sync
 
-
-    srv, url = start_background(DEFAULT_BUNDLE, dist=web_dist)
+    srv, url = start_background(default_bundle, dist=web_dist)
     page = Page(browser, url)
     try:
         p = page.page
@@ -88,9 +98,11 @@ def test_clip_scores_equal_native(browser, web_dist):
         assert sorted(shown) == sorted(clip["final"])
 
         async def go():
-            pipe = Pipeline(Bundle.from_dir(DEFAULT_BUNDLE), NativeBackend(DEFAULT_BUNDLE))
+            pipe = Pipeline(Bundle.from_dir(default_bundle), NativeBackend(default_bundle))
             await pipe.load()
-            trace = await pipe.generate(Request("a cat on a blue background", seed=1, guidance=3, steps=10, scheduler="ddim", preview_every=1))
+            trace = await pipe.generate(
+                Request("a cat on a blue background", seed=1, guidance=3, steps=10, scheduler="ddim", preview_every=1)
+            )
             return await pipe.clip_scores(trace, clip["prompts"])
 
         ref = run_sync(go())

@@ -5,6 +5,7 @@ What a reader does: clicks a pipeline stage and lands on its view; steps through
 keyboard or a thumbnail and every view follows; opens a shared link and gets the same image at the
 same step; reads the model's real sizes; uses the page at 375 px without sideways scrolling.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,16 +14,22 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-
 from test_browser import (  # noqa: F401 - pytest fixtures
-    ARTIFACTS, RUN_TIMEOUT_MS, Page, assert_same_image, browser, bundle, native, playwright, server,
+    ARTIFACTS,
+    RUN_TIMEOUT_MS,
+    Page,
+    assert_same_image,
+    browser,
+    bundle,
+    native,
+    playwright,
+    server,
 )
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ARTIFACTS / "views"
-DEFAULT_BUNDLE = ROOT / "bundles" / "default"
 VIEWS = ["overview", "timeline", "decoder", "article"]
 
 
@@ -53,7 +60,9 @@ def in_view_and_focused(p: Page, id_: str):
     p.page.wait_for_function(
         """id => { const el = document.getElementById(id); if (!el || document.activeElement !== el) return false;
                    const r = el.getBoundingClientRect(); return r.top >= 0 && r.top < innerHeight * 0.6; }""",
-        arg=id_, timeout=10_000)
+        arg=id_,
+        timeout=10_000,
+    )
 
 
 def test_sources_have_no_math_random():
@@ -78,8 +87,13 @@ def test_overview_stages_lead_to_their_views(page):
     assert "Done: 4 steps" in p.inner_text("[data-testid=overview-status]")
     assert "a cat" in p.inner_text("[data-testid=overview-prompt]")
     assert re.search(r"step 4 of 4, timestep \d+", p.inner_text("[data-testid=overview-loop]"))
-    for stage, view in [("text", "view-text"), ("refiner", "view-refiner"), ("guidance", "view-guidance"),
-                        ("scheduler", "view-scheduler"), ("decoder", "view-decoder")]:
+    for stage, view in [
+        ("text", "view-text"),
+        ("refiner", "view-refiner"),
+        ("guidance", "view-guidance"),
+        ("scheduler", "view-scheduler"),
+        ("decoder", "view-decoder"),
+    ]:
         p.evaluate("window.scrollTo(0, 0)")
         p.click(f"[data-testid=stage-{stage}]")
         in_view_and_focused(page, view)
@@ -170,10 +184,13 @@ def test_url_round_trip(page, bundle):
     assert p.evaluate("history.length") == length
 
 
-@pytest.mark.parametrize("query,message", [
-    ("scale=99", "guidance scale must be a number from 0 to 20"),
-    ("seed=abc&prompt=x", "seed must be a whole number from 0 to"),
-])
+@pytest.mark.parametrize(
+    "query,message",
+    [
+        ("scale=99", "guidance scale must be a number from 0 to 20"),
+        ("seed=abc&prompt=x", "seed must be a whole number from 0 to"),
+    ],
+)
 def test_url_invalid_value_shows_validator_line(page, query, message):
     p = page.page
     page.open(f"?provider=wasm&{query}")
@@ -213,16 +230,14 @@ def test_narrow_layout_and_screenshots(page):
     _screens(page, "-tiny")
 
 
-def test_screenshots_default_bundle(browser, web_dist):
-    """The same views with the real default model, when its bundle is here (not in CI)."""
-    if not (DEFAULT_BUNDLE / "manifest.json").exists():
-        pytest.skip("no bundles/default")
+def test_screenshots_default_bundle(browser, web_dist, default_bundle):
+    """The same views with the real default model (bundles/default, derived by the session: tests/conftest.py)."""
     from app.serve import start_background
 
-    srv, url = start_background(DEFAULT_BUNDLE, dist=web_dist)
+    srv, url = start_background(default_bundle, dist=web_dist)
     page = Page(browser, url)
     try:
-        examples = json.loads((DEFAULT_BUNDLE / "manifest.json").read_text()).get("about", {}).get("examples") or []
+        examples = json.loads((default_bundle / "manifest.json").read_text()).get("about", {}).get("examples") or []
         prompt = examples[0] if examples else "a red apple on a blue background"
         from urllib.parse import quote
 

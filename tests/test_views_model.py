@@ -6,6 +6,7 @@ the native Trace to the precision shown. Also: unknown words are marked, the gui
 never disagree, the scales row runs five real generations, and nothing scrolls sideways at 375 px.
 Screenshots of each view go to test-artifacts/views/ (with the trained default bundle when present).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,16 +19,16 @@ import pytest
 np = pytest.importorskip("numpy")
 pytest.importorskip("onnxruntime")
 
+from test_browser import RUN_TIMEOUT_MS, Page, browser, playwright  # noqa: E402,F401  (fixtures)
+
 from runtime.bundle import Bundle  # noqa: E402
 from runtime.native import NativeBackend, to_numpy  # noqa: E402
 from runtime.pipeline import Pipeline, Request, run_sync  # noqa: E402
-from test_browser import RUN_TIMEOUT_MS, Page, browser, playwright  # noqa: E402,F401  (fixtures)
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-artifacts" / "views"
-DEFAULT_BUNDLE = ROOT / "bundles" / "default"
 PROMPT = "a small cat at the top left on a blue background"
 NEGATIVE = "blurry"
 REQ = dict(prompt=PROMPT, negative_prompt=NEGATIVE, seed=3, guidance=7.5, steps=4, scheduler="euler")
@@ -36,6 +37,7 @@ VIEWS = ("text", "refiner", "guidance")
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
+
 
 def native_trace(bundle: Path, **request):
     pipe = Pipeline(Bundle.from_dir(bundle), NativeBackend(bundle))
@@ -63,7 +65,8 @@ def fill_and_run(p: Page, prompt=PROMPT, negative=NEGATIVE, seed=3, guidance=7.5
 
 
 def no_sideways_scroll(page, width: int):
-    over = page.evaluate("""(w) => {
+    over = page.evaluate(
+        """(w) => {
         const out = [];
         if (document.documentElement.scrollWidth > w) out.push('document ' + document.documentElement.scrollWidth);
         for (const v of ['text', 'refiner', 'guidance']) {
@@ -73,7 +76,9 @@ def no_sideways_scroll(page, width: int):
             }
         }
         return out;
-    }""", width)
+    }""",
+        width,
+    )
     assert not over, f"wider than {width}px: {over}"
 
 
@@ -95,6 +100,7 @@ def shoot(p: Page, suffix: str = ""):
 
 # ---- fixtures ----------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def vocab_bundle(tiny_bundle, tmp_path_factory):
     """The tiny bundle with a model card vocabulary (manifest.about; the manifest hashes only the files)."""
@@ -102,8 +108,13 @@ def vocab_bundle(tiny_bundle, tmp_path_factory):
     shutil.copytree(tiny_bundle, dst)
     manifest = json.loads((dst / "manifest.json").read_text())
     about = manifest.setdefault("about", {}) or {}
-    about["vocabulary"] = {"objects": ["cat", "apple"], "backgrounds": ["on a blue background"], "positions": ["top left"],
-                           "sizes": ["small", "big"], "words": sorted(set(PROMPT.split() + NEGATIVE.split()))}
+    about["vocabulary"] = {
+        "objects": ["cat", "apple"],
+        "backgrounds": ["on a blue background"],
+        "positions": ["top left"],
+        "sizes": ["small", "big"],
+        "words": sorted(set(PROMPT.split() + NEGATIVE.split())),
+    }
     manifest["about"] = about
     (dst / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return dst
@@ -131,25 +142,34 @@ def run(vpage, vocab_bundle):
 
 # ---- tests -------------------------------------------------------------------------------------------
 
+
 def test_text_view_shows_the_native_tokens_and_embeddings(vpage, run):
     page = vpage.page
     chips = page.locator("#view-text [data-testid=text-tokens] [data-testid=token-chip]")
     n = run.tokens.length
     assert [int(x) for x in chips.evaluate_all("els => els.map(e => e.dataset.id)")] == run.tokens.ids[:n]
-    assert [int(t) for t in page.locator("#view-text [data-testid=text-tokens] [data-testid=token-chip] .id").all_inner_texts()] == run.tokens.ids[:n]
+    assert [
+        int(t) for t in page.locator("#view-text [data-testid=text-tokens] [data-testid=token-chip] .id").all_inner_texts()
+    ] == run.tokens.ids[:n]
     pad = page.locator("#view-text [data-testid=text-tokens] [data-testid=padding-chip]")
     assert pad.count() == 1 and int(pad.get_attribute("data-count")) == len(run.tokens.ids) - n
     assert f"+ {len(run.tokens.ids) - n} × <|endoftext|> padding" in pad.inner_text()
     neg = page.locator("#view-text [data-testid=text-negative-tokens] [data-testid=token-chip]")
-    assert [int(x) for x in neg.evaluate_all("els => els.map(e => e.dataset.id)")] == run.negative_tokens.ids[:run.negative_tokens.length]
+    assert [int(x) for x in neg.evaluate_all("els => els.map(e => e.dataset.id)")] == run.negative_tokens.ids[
+        : run.negative_tokens.length
+    ]
     # the prompt's words are all in the card: nothing marked
     assert page.locator("#view-text [data-testid=oov]").count() == 0
     assert page.locator("#view-text [data-testid=text-tokens] [data-known=false]").count() == 0
     # the heat maps' stated ranges are the native embeddings' per branch
     emb = to_numpy(run.embeddings)
     for b in (0, 1):
-        assert_shown(page.inner_text(f"#view-text [data-testid=emb-range-{b}] [data-testid=emb-min]"), float(emb[b].min()), f"emb[{b}] min")
-        assert_shown(page.inner_text(f"#view-text [data-testid=emb-range-{b}] [data-testid=emb-max]"), float(emb[b].max()), f"emb[{b}] max")
+        assert_shown(
+            page.inner_text(f"#view-text [data-testid=emb-range-{b}] [data-testid=emb-min]"), float(emb[b].min()), f"emb[{b}] min"
+        )
+        assert_shown(
+            page.inner_text(f"#view-text [data-testid=emb-range-{b}] [data-testid=emb-max]"), float(emb[b].max()), f"emb[{b}] max"
+        )
     # hovering reads one value from the map; clicking a token selects it (shared with the run card's list)
     box = box_of(page.locator("#view-text [data-testid=emb-canvas-1]"))
     L, D = emb.shape[1], emb.shape[2]
@@ -167,7 +187,9 @@ def _pick_step(page, index: int):
         cur = int(page.get_attribute("#view-refiner [data-testid=refiner-step]", "data-index"))
         if cur == index:
             return
-        page.click("#view-refiner button[aria-label='previous step']" if cur > index else "#view-refiner button[aria-label='next step']")
+        page.click(
+            "#view-refiner button[aria-label='previous step']" if cur > index else "#view-refiner button[aria-label='next step']"
+        )
     raise AssertionError("could not pick the step")
 
 
@@ -177,7 +199,9 @@ def test_refiner_states_the_native_ranges_of_the_step(vpage, run):
     st = run.steps[1]
     assert f"timestep {round(st.timestep)}" in page.inner_text("#view-refiner [data-testid=refiner-step]")
     latent = to_numpy(st.latent)
-    noise = np.concatenate([to_numpy(st.noise_uncond).ravel(), to_numpy(st.noise_cond).ravel(), to_numpy(st.noise_guided).ravel()])
+    noise = np.concatenate(
+        [to_numpy(st.noise_uncond).ravel(), to_numpy(st.noise_cond).ravel(), to_numpy(st.noise_guided).ravel()]
+    )
     x0 = to_numpy(st.pred_x0)
     for key, arr in (("latent", latent), ("noise", noise), ("x0", x0)):
         sel = f"#view-refiner [data-testid=refiner-range-{key}]"
@@ -202,7 +226,11 @@ def test_guidance_numbers_at_a_hovered_pixel_are_the_runtimes(vpage, run):
         box = box_of(page.locator(f"#view-guidance [data-testid=guidance-{q}] canvas").nth(ch))
         page.mouse.move(box["x"] + (col + 0.5) * box["width"] / W, box["y"] + (row + 0.5) * box["height"] / H)
         px = page.locator("#view-guidance [data-testid=guidance-pixel]")
-        assert (int(px.get_attribute("data-c")), int(px.get_attribute("data-row")), int(px.get_attribute("data-col"))) == (ch, row, col)
+        assert (int(px.get_attribute("data-c")), int(px.get_attribute("data-row")), int(px.get_attribute("data-col"))) == (
+            ch,
+            row,
+            col,
+        )
         assert_shown(page.inner_text("#view-guidance [data-testid=eps-u]"), float(u[ch, row, col]), "eps_u")
         assert_shown(page.inner_text("#view-guidance [data-testid=eps-c]"), float(c[ch, row, col]), "eps_c")
         assert_shown(page.inner_text("#view-guidance [data-testid=eps-g]"), float(g[ch, row, col]), "eps_hat")
@@ -257,8 +285,12 @@ def test_guidance_scales_row_runs_five_generations(vpage, run, vocab_bundle):
 def test_unknown_words_are_marked(vpage, vocab_bundle):
     page = vpage.page
     fill_and_run(vpage, prompt=OOV_PROMPT, negative="", steps=2)
-    want = native_trace(vocab_bundle, prompt=OOV_PROMPT, negative_prompt="", seed=3, guidance=7.5, steps=1, scheduler="euler").plan.token_known
-    known = page.locator("#view-text [data-testid=text-tokens] [data-testid=token-chip]").evaluate_all("els => els.map(e => e.dataset.known)")
+    want = native_trace(
+        vocab_bundle, prompt=OOV_PROMPT, negative_prompt="", seed=3, guidance=7.5, steps=1, scheduler="euler"
+    ).plan.token_known
+    known = page.locator("#view-text [data-testid=text-tokens] [data-testid=token-chip]").evaluate_all(
+        "els => els.map(e => e.dataset.known)"
+    )
     assert known == [str(k).lower() for k in want]
     note = page.inner_text("#view-text [data-testid=oov]")
     assert "never saw" in note and "‘astronaut’" in note and "‘horse’" in note and "‘riding’" in note and "‘small’" not in note
@@ -279,21 +311,21 @@ def test_375px_long_prompt_does_not_scroll_sideways(vpage):
         page.set_viewport_size({"width": 1280, "height": 900})
 
 
-def test_screenshots_with_the_default_bundle(browser, web_dist):  # noqa: F811
-    """The trained model (when bundles/default exists): each view wide and at 375 px, and its card's vocabulary."""
-    if not (DEFAULT_BUNDLE / "manifest.json").is_file():
-        pytest.skip("no bundles/default here")
+def test_screenshots_with_the_default_bundle(browser, web_dist, default_bundle):  # noqa: F811
+    """The trained model (bundles/default, derived by the session): each view wide and at 375 px, and its card's vocabulary."""
     from app.serve import start_background
 
-    srv, url = start_background(DEFAULT_BUNDLE, dist=web_dist)
+    srv, url = start_background(default_bundle, dist=web_dist)
     p = Page(browser, url)
     try:
         p.open()
         fill_and_run(p, prompt="a small astronaut cat at the top left on a blue background", negative="", guidance=3.0, steps=15)
         assert "‘astronaut’" in p.page.inner_text("#view-text [data-testid=oov]")
         p.page.click("#view-guidance [data-testid=guidance-row-run]")
-        p.page.wait_for_function("() => document.querySelectorAll('#view-guidance [data-testid=guidance-row] canvas').length === 5",
-                                 timeout=RUN_TIMEOUT_MS * 3)
+        p.page.wait_for_function(
+            "() => document.querySelectorAll('#view-guidance [data-testid=guidance-row] canvas').length === 5",
+            timeout=RUN_TIMEOUT_MS * 3,
+        )
         shoot(p)
         p.page.set_viewport_size({"width": 375, "height": 800})
         no_sideways_scroll(p.page, 375)

@@ -6,6 +6,7 @@ curve, and at a picked step the update rule's coefficients exactly as the runtim
 that scheduler. The seeds view must show five initial noises, and a seed's stated noise range must
 be the native run's first latent range. Nothing may scroll sideways at 375 px.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,16 +17,16 @@ import pytest
 np = pytest.importorskip("numpy")
 pytest.importorskip("onnxruntime")
 
+from test_browser import ARTIFACTS, PROMPT, RUN_TIMEOUT_MS, Page, browser, bundle, playwright, server  # noqa: E402,F401
+
 from runtime.bundle import Bundle  # noqa: E402
 from runtime.native import NativeBackend, to_numpy  # noqa: E402
 from runtime.pipeline import Pipeline, Request, run_sync  # noqa: E402
-from test_browser import ARTIFACTS, PROMPT, RUN_TIMEOUT_MS, Page, browser, bundle, playwright, server  # noqa: E402,F401
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
 VIEWS = ARTIFACTS / "views"
-DEFAULT_BUNDLE = ROOT / "bundles" / "default"
 SEED, STEPS, GUIDANCE = 3, 4, 7.5
 _NATIVE: dict = {}
 
@@ -63,11 +64,14 @@ def assert_shown(shown: float, want: float, digits: int, what: str):
 
 
 def canvas_rgba(page, selector: str) -> np.ndarray:
-    h, w, data = page.evaluate("""(sel) => {
+    h, w, data = page.evaluate(
+        """(sel) => {
         const c = document.querySelector(sel);
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height);
         return [c.height, c.width, Array.from(d.data)];
-    }""", selector)
+    }""",
+        selector,
+    )
     return np.array(data, dtype=np.uint8).reshape(h, w, 4)
 
 
@@ -90,9 +94,12 @@ def read_rule(page, testid: str) -> list[tuple[str, float]]:
 def check_no_sideways_scroll(page, views=("scheduler", "seeds")):
     assert page.evaluate("document.documentElement.scrollWidth") <= 375, "the page scrolls sideways at 375 px"
     for v in views:
-        over = page.evaluate("""(id) => { const r = document.getElementById(id);
+        over = page.evaluate(
+            """(id) => { const r = document.getElementById(id);
             return [...r.querySelectorAll('*')].filter(e => e.getBoundingClientRect().right > window.innerWidth + 0.5)
-                .map(e => e.tagName + ': ' + (e.textContent || '').slice(0, 40)).slice(0, 5); }""", f"view-{v}")
+                .map(e => e.tagName + ': ' + (e.textContent || '').slice(0, 40)).slice(0, 5); }""",
+            f"view-{v}",
+        )
         assert not over, f"{v}: elements past the right edge at 375 px: {over}"
 
 
@@ -163,8 +170,9 @@ def test_scheduler_view_matches_native(pg, bundle):
     assert_same_image(canvas_rgba(page, "#view-scheduler [data-testid=scheduler-compare-image] canvas"), to_numpy(ddim.image))
     assert view.locator("[data-testid=other-timesteps] .ts").all_inner_texts() == [fmt_t(t) for t in ddim.plan.timesteps]
     # the main run's image beside it is still this run's (DPM++ 2M)
-    assert_same_image(canvas_rgba(page, "#view-scheduler [data-testid=scheduler-compare] figure:first-child canvas"),
-                      to_numpy(want.image))
+    assert_same_image(
+        canvas_rgba(page, "#view-scheduler [data-testid=scheduler-compare] figure:first-child canvas"), to_numpy(want.image)
+    )
     shoot(page, "scheduler-tiny")
 
     # a main run with PNDM (PLMS with its repeated warm-up timestep) and one with DDIM (no σ chart)
@@ -181,23 +189,34 @@ def test_seeds_view_matches_native(pg, bundle):
     assert view.locator("[data-testid=seed-cell]").first.get_attribute("data-seed") == str(SEED)
     view.get_by_role("button", name="Try 4 other seeds").click()
     for s in range(SEED + 1, SEED + 5):
-        page.wait_for_selector(f"#view-seeds [data-testid=seed-cell][data-seed='{s}'] canvas[data-testid=seed-noise]",
-                               timeout=RUN_TIMEOUT_MS)
-    page.wait_for_function("() => [...document.querySelectorAll('#view-seeds [data-testid=seed-cell]')]"
-                           ".every(c => c.querySelector('[data-testid=seed-status]').textContent.trim() === 'final image')",
-                           timeout=RUN_TIMEOUT_MS)
+        page.wait_for_selector(
+            f"#view-seeds [data-testid=seed-cell][data-seed='{s}'] canvas[data-testid=seed-noise]", timeout=RUN_TIMEOUT_MS
+        )
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#view-seeds [data-testid=seed-cell]')]"
+        ".every(c => c.querySelector('[data-testid=seed-status]').textContent.trim() === 'final image')",
+        timeout=RUN_TIMEOUT_MS,
+    )
     page.wait_for_selector("main[data-engine=ready]")
     assert view.locator("canvas[data-testid=seed-noise]").count() == 5
-    assert [c.get_attribute("data-seed") for c in view.locator("[data-testid=seed-cell]").all()] == [str(SEED + k) for k in range(5)]
+    assert [c.get_attribute("data-seed") for c in view.locator("[data-testid=seed-cell]").all()] == [
+        str(SEED + k) for k in range(5)
+    ]
     for s in (SEED, SEED + 1):
         want = native_trace(bundle, **req("euler", seed=s))
         first = to_numpy(want.steps[0].latent)
-        lo, hi = (float(x) for x in view.locator(f"[data-testid=seed-cell][data-seed='{s}'] [data-testid=seed-noise-range]")
-                  .inner_text().split("…"))
+        lo, hi = (
+            float(x)
+            for x in view.locator(f"[data-testid=seed-cell][data-seed='{s}'] [data-testid=seed-noise-range]")
+            .inner_text()
+            .split("…")
+        )
         assert_shown(lo, float(first.min()), 3, f"seed {s} noise min")
         assert_shown(hi, float(first.max()), 3, f"seed {s} noise max")
-        assert_same_image(canvas_rgba(page, f"#view-seeds [data-testid=seed-cell][data-seed='{s}'] [data-view=image] canvas"),
-                          to_numpy(want.image))
+        assert_same_image(
+            canvas_rgba(page, f"#view-seeds [data-testid=seed-cell][data-seed='{s}'] [data-view=image] canvas"),
+            to_numpy(want.image),
+        )
     # the seeds differ: their noises are not the same
     n3 = to_numpy(native_trace(bundle, **req("euler", seed=SEED)).steps[0].latent)
     n4 = to_numpy(native_trace(bundle, **req("euler", seed=SEED + 1)).steps[0].latent)
@@ -212,13 +231,11 @@ def test_seeds_view_matches_native(pg, bundle):
     page.set_viewport_size({"width": 1280, "height": 900})
 
 
-def test_screenshots_default_bundle(browser, web_dist):
-    """Both views on the real model, wide and at 375 px (only where bundles/default exists)."""
-    if not DEFAULT_BUNDLE.exists():
-        pytest.skip("bundles/default is not here")
+def test_screenshots_default_bundle(browser, web_dist, default_bundle):
+    """Both views on the real model (bundles/default, derived by the session), wide and at 375 px."""
     from app.serve import start_background
 
-    srv, url = start_background(DEFAULT_BUNDLE, dist=web_dist)
+    srv, url = start_background(default_bundle, dist=web_dist)
     p = Page(browser, url)
     try:
         p.open("?provider=wasm")
@@ -231,8 +248,11 @@ def test_screenshots_default_bundle(browser, web_dist):
         view.get_by_role("button", name="Re-run with this scheduler").click()
         page.locator("#view-seeds").get_by_role("button", name="Try 4 other seeds").click()
         page.wait_for_selector("#view-scheduler [data-testid=scheduler-compare][data-state=done]", timeout=RUN_TIMEOUT_MS)
-        page.wait_for_function("() => [...document.querySelectorAll('#view-seeds [data-testid=seed-status]')]"
-                               ".every(c => c.textContent.trim() === 'final image')", timeout=RUN_TIMEOUT_MS)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#view-seeds [data-testid=seed-status]')]"
+            ".every(c => c.textContent.trim() === 'final image')",
+            timeout=RUN_TIMEOUT_MS,
+        )
         for name in ("scheduler", "seeds"):
             shoot(page, name)
         page.set_viewport_size({"width": 375, "height": 800})

@@ -1,4 +1,5 @@
 """How well the UNet's cross-attention maps (a bundle's attention_probs) locate the object a word names: mean IoU on held-out prompts."""
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,9 @@ def _ious(heat: np.ndarray, target: np.ndarray) -> dict:
     return {"otsu": iou(norm > otsu(norm), target), "daam_tau": iou(norm > DAAM_TAU, target)}
 
 
-def evaluate_attention(bundle_dir, seeds=(0, 1), steps: int = 25, guidance: float | None = None, prompts: int | None = None,
-                       log=print) -> dict:
+def evaluate_attention(
+    bundle_dir, seeds=(0, 1), steps: int = 25, guidance: float | None = None, prompts: int | None = None, log=print
+) -> dict:
     """mIoU over held-out single-object prompts × seeds of the object word's map (summed over steps and
     over the phrase's tokens) vs the object's pixels, and of the background word's map vs the rest."""
     from runtime.bundle import Bundle
@@ -105,10 +107,17 @@ def evaluate_attention(bundle_dir, seeds=(0, 1), steps: int = 25, guidance: floa
                 mask = object_mask(image, bg)
                 obj_heat = upsample(total[obj_pos].sum(0), size)
                 bg_heat = upsample(total[bg_pos].sum(0), size)
-                rows.append({"prompt": prompt, "seed": seed, "object_fraction": float(mask.mean()),
-                             "object": _ious(obj_heat, mask), "background_word": _ious(bg_heat, ~mask),
-                             "background_word_vs_object": _ious(bg_heat, mask)})
-            log(f"{prompt}: object IoU {np.mean([r['object']['otsu'] for r in rows[-len(seeds):]]):.3f}")
+                rows.append(
+                    {
+                        "prompt": prompt,
+                        "seed": seed,
+                        "object_fraction": float(mask.mean()),
+                        "object": _ious(obj_heat, mask),
+                        "background_word": _ious(bg_heat, ~mask),
+                        "background_word_vs_object": _ious(bg_heat, mask),
+                    }
+                )
+            log(f"{prompt}: object IoU {np.mean([r['object']['otsu'] for r in rows[-len(seeds) :]]):.3f}")
 
     t = time.perf_counter()
     run_sync(go())
@@ -117,15 +126,20 @@ def evaluate_attention(bundle_dir, seeds=(0, 1), steps: int = 25, guidance: floa
         return float(np.mean([r[key][how] for r in rows]))
 
     return {
-        "miou_object": mean("object"), "miou_background_word": mean("background_word"),
+        "miou_object": mean("object"),
+        "miou_background_word": mean("background_word"),
         "miou_background_word_vs_object": mean("background_word_vs_object"),
         "daam_tau": {k: mean(k, "daam_tau") for k in ("object", "background_word", "background_word_vs_object")},
         "threshold": "Otsu on the min–max-normalised map (daam_tau: fixed 0.4, DAAM's choice)",
         "object_pixels": f"RGB distance > {OBJECT_DISTANCE} from every background colour of the prompt's background",
         "maps": "attention_probs summed over all steps and over the word's tokens, bilinear to image size; conditional branch",
-        "prompts": len(held), "seeds": list(seeds), "steps": steps, "guidance": guidance,
+        "prompts": len(held),
+        "seeds": list(seeds),
+        "steps": steps,
+        "guidance": guidance,
         "mean_object_fraction": float(np.mean([r["object_fraction"] for r in rows])),
-        "seconds": time.perf_counter() - t, "rows": rows,
+        "seconds": time.perf_counter() - t,
+        "rows": rows,
     }
 
 
@@ -146,8 +160,11 @@ def unet_cost(plain_dir, attention_dir, repeats: int = 40, threads: int | None =
     m = b.manifest["model"]
     rng = np.random.default_rng(0)
     h, w = m["latent_size"]
-    feeds = {"sample": rng.standard_normal((2, 4, h, w), dtype=np.float32), "timestep": np.array(500.0, np.float32),
-             "encoder_hidden_states": rng.standard_normal((2, m["text_max_length"], m["text_hidden_size"]), dtype=np.float32)}
+    feeds = {
+        "sample": rng.standard_normal((2, 4, h, w), dtype=np.float32),
+        "timestep": np.array(500.0, np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, m["text_max_length"], m["text_hidden_size"]), dtype=np.float32),
+    }
     times = {"without": [], "with": []}
     for s in (plain, attn):
         s.run(None, feeds)  # warm-up

@@ -6,6 +6,7 @@ encoder stays exactly as shipped (frozen, its pooled outputs computed once), so 
 learns to meet it, with train_clip's multi-positive contrastive loss.
 Result: models/default/clip_image/ (model.safetensors: the tower + projection in float16, config.json).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -69,8 +70,9 @@ def _soften(x: torch.Tensor, gen: torch.Generator, rate: float = 0.5) -> torch.T
     return (on * y.clamp(-1, 1) + (1 - on) * x).contiguous()
 
 
-def train_clip_image(minutes: float = 12.0, batch: int = 128, lr: float = 1e-3, text_dir: Path = MODEL_DIR / "text_encoder",
-                     out: Path = OUT_DIR):
+def train_clip_image(
+    minutes: float = 12.0, batch: int = 128, lr: float = 1e-3, text_dir: Path = MODEL_DIR / "text_encoder", out: Path = OUT_DIR
+):
     from transformers import CLIPTextModel
 
     torch.manual_seed(6)
@@ -120,12 +122,26 @@ def train_clip_image(minutes: float = 12.0, batch: int = 128, lr: float = 1e-3, 
     _loop(ck, minutes, step, "clip_image", log_every=25)
     image.eval()
     after = clip_object_retrieval(text, image, proj, tok, dev)
-    log.info("clip_image: object retrieval on 400 fresh scenes (48 captions each, background given): %.3f before, %.3f after",
-             before, after)
-    save(out, image, proj, float(logit_scale.detach().clamp(max=math.log(100)).exp()), fp, {
-        "object_retrieval_before": before, "object_retrieval_after": after, "steps": ck.step, "batch": batch,
-        "minutes": round(ck.elapsed / 60, 2), "dataset": len(captions),
-    })
+    log.info(
+        "clip_image: object retrieval on 400 fresh scenes (48 captions each, background given): %.3f before, %.3f after",
+        before,
+        after,
+    )
+    save(
+        out,
+        image,
+        proj,
+        float(logit_scale.detach().clamp(max=math.log(100)).exp()),
+        fp,
+        {
+            "object_retrieval_before": before,
+            "object_retrieval_after": after,
+            "steps": ck.step,
+            "batch": batch,
+            "minutes": round(ck.elapsed / 60, 2),
+            "dataset": len(captions),
+        },
+    )
     return after
 
 
@@ -143,7 +159,7 @@ def save(out: Path, image: torch.nn.Module, proj: torch.nn.Linear, logit_scale: 
         "embed_dim": int(proj.weight.shape[0]),
         "text_hidden_size": int(proj.weight.shape[1]),
         "projection": "proj: Linear(text_hidden_size, embed_dim, bias=False) on the text encoder's pooled output "
-                      "(last_hidden_state at the first eos token)",
+        "(last_hidden_state at the first eos token)",
         "similarity": "cosine(normalize(image_tower(pixels)), normalize(proj(pooled_text)))",
         "logit_scale": logit_scale,
         "image_size": M.IMAGE_SIZE,

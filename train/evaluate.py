@@ -5,6 +5,7 @@ only on real dataset images (never on generated ones, never shared with the gene
 are object × background combinations and object pairs held out of training, so a high score means
 the model composes words, not that it remembers pictures.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,12 +68,20 @@ def adherence(bundle_dir, seeds=(0, 1), guidance: float = 7.5, steps: int = 25) 
     from runtime.pipeline import Request
 
     held = [h for h in S.held_out_prompts() if len(h[1]) == 1]
-    requests = [Request(prompt, seed=seed, guidance=guidance, steps=steps, preview_every=0) for prompt, _, _ in held for seed in seeds]
+    requests = [
+        Request(prompt, seed=seed, guidance=guidance, steps=steps, preview_every=0) for prompt, _, _ in held for seed in seeds
+    ]
     top, bg = judge_images(load_judge(), np.stack(images(bundle_dir, requests)).astype(np.uint8))
     want_obj = np.repeat([o[0] for _, o, _ in held], len(seeds))
     want_bg = np.repeat([b for _, _, b in held], len(seeds))
-    return {"object_accuracy": float((top[:, 0] == want_obj).mean()), "background_accuracy": float((bg == want_bg).mean()),
-            "prompts": len(held), "seeds": list(seeds), "guidance": guidance, "steps": steps}
+    return {
+        "object_accuracy": float((top[:, 0] == want_obj).mean()),
+        "background_accuracy": float((bg == want_bg).mean()),
+        "prompts": len(held),
+        "seeds": list(seeds),
+        "guidance": guidance,
+        "steps": steps,
+    }
 
 
 @torch.no_grad()
@@ -84,8 +93,11 @@ def reconstruction_ceiling(vae, judge, n: int = 1000) -> dict:
     x = M.to_tensor(images[single])
     rec = torch.cat([vae.decode(vae.encode(x[i : i + 100]).latent_dist.mean).sample.clamp(-1, 1) for i in range(0, len(x), 100)])
     lo, lb = judge(rec)
-    return {"objects": float((lo.argmax(1).numpy() == objs[single].argmax(1)).mean()),
-            "background": float((lb.argmax(1).numpy() == bgs[single]).mean()), "scenes": int(single.sum())}
+    return {
+        "objects": float((lo.argmax(1).numpy() == objs[single].argmax(1)).mean()),
+        "background": float((lb.argmax(1).numpy() == bgs[single]).mean()),
+        "scenes": int(single.sum()),
+    }
 
 
 REAL_RENDERS = 16  # real renders per held-out prompt for the judge's own per-prompt accuracy
@@ -106,31 +118,64 @@ def judge_on_real_renders(judge, held, n: int = REAL_RENDERS, seed: int = 505, t
     for i, (prompt, objs, b) in enumerate(held):
         obj = top[:, :, 0][i] == objs[0] if len(objs) == 1 else np.array([set(t[:2]) == set(objs) for t in top[i]])
         back = bg[i] == b
-        per.append({"prompt": prompt, "pair": len(objs) == 2, "right": float((obj & back).mean()),
-                    "objects": float(obj.mean()), "background": float(back.mean())})
+        per.append(
+            {
+                "prompt": prompt,
+                "pair": len(objs) == 2,
+                "right": float((obj & back).mean()),
+                "objects": float(obj.mean()),
+                "background": float(back.mean()),
+            }
+        )
     single = [p for p in per if not p["pair"]]
     pairs = [p for p in per if p["pair"]]
-    return {"renders": n, "seed": seed, "threshold": threshold, "per_prompt": per,
-            "single_right": float(np.mean([p["right"] for p in single])) if single else float("nan"),
-            "pairs_right": float(np.mean([p["right"] for p in pairs])) if pairs else float("nan"),
-            "failing": [p["prompt"] for p in per if p["right"] < threshold]}
+    return {
+        "renders": n,
+        "seed": seed,
+        "threshold": threshold,
+        "per_prompt": per,
+        "single_right": float(np.mean([p["right"] for p in single])) if single else float("nan"),
+        "pairs_right": float(np.mean([p["right"] for p in pairs])) if pairs else float("nan"),
+        "failing": [p["prompt"] for p in per if p["right"] < threshold],
+    }
 
 
 DIVERSITY_GUIDANCE = 3.0  # seeds should move and resize an object whose prompt names no position or size
-QUICK = {"guidances": (1.0, 3.0, 7.5), "seeds": 2, "guidance_seeds": "", "steps": 10, "diversity_seeds": 4, "diversity_prompts": 4,
-         "word_prompts": 3, "word_seeds": 2, "singles": 6, "pairs": 2}
+QUICK = {
+    "guidances": (1.0, 3.0, 7.5),
+    "seeds": 2,
+    "guidance_seeds": "",
+    "steps": 10,
+    "diversity_seeds": 4,
+    "diversity_prompts": 4,
+    "word_prompts": 3,
+    "word_seeds": 2,
+    "singles": 6,
+    "pairs": 2,
+}
 
 
 def _settings(args) -> dict:
     """args (the CLI's namespace or this module's own parser) → every setting, --quick applied."""
     o = {k: getattr(args, k, None) for k in OPTIONS}
     o = {k: (OPTIONS[k] if v is None else v) for k, v in o.items()}
-    o.update(model=args.model, seeds=args.seeds, steps=args.steps, scheduler=getattr(args, "scheduler", None), out=args.out,
-             singles=None, pairs=None)
+    o.update(
+        model=args.model,
+        seeds=args.seeds,
+        steps=args.steps,
+        scheduler=getattr(args, "scheduler", None),
+        out=args.out,
+        singles=None,
+        pairs=None,
+    )
     if o["quick"]:
         o.update(QUICK)
     o["guidances"] = tuple(float(g) for g in o["guidances"])
-    over = dict(kv.split("=") for kv in o["guidance_seeds"].split(",") if kv) if isinstance(o["guidance_seeds"], str) else o["guidance_seeds"]
+    over = (
+        dict(kv.split("=") for kv in o["guidance_seeds"].split(",") if kv)
+        if isinstance(o["guidance_seeds"], str)
+        else o["guidance_seeds"]
+    )
     o["seeds_for"] = {g: int(over.get(f"{g:g}", o["seeds"])) for g in o["guidances"]}
     return o
 
@@ -145,8 +190,10 @@ def _clip(pipe, model_dir):
             want = json.loads((folder / "config.json").read_text()).get("text_encoder_sha256")
             if not want or want == have:
                 return X.Clip.load(model_dir, folder, pipe.text_encoder, pipe.tokenizer), None
-    return None, (f"no clip_image tower trained against this text encoder (neither {Path(model_dir) / 'clip_image'} "
-                  f"nor {DEFAULT_CLIP} matches its text_encoder_sha256); train one (diffusion-explainer train clip_image)")
+    return None, (
+        f"no clip_image tower trained against this text encoder (neither {Path(model_dir) / 'clip_image'} "
+        f"nor {DEFAULT_CLIP} matches its text_encoder_sha256); train one (diffusion-explainer train clip_image)"
+    )
 
 
 def _per_prompt(top, bg, held, idx):
@@ -194,7 +241,9 @@ def main(args) -> int:
         real_dist["fid_real_vs_real"][n] = X.fid(fa[:, :n].reshape(-1, fa.shape[-1]), fb[:, :n].reshape(-1, fb.shape[-1]))
     if clip:
         real_dist["clip_real"] = X.clip_score(clip, real_a, prompts)
-        shuffled = [prompts[(i + len(prompts) // 2) % len(prompts)] for i in range(len(prompts))]  # every image with another prompt
+        shuffled = [
+            prompts[(i + len(prompts) // 2) % len(prompts)] for i in range(len(prompts))
+        ]  # every image with another prompt
         real_dist["clip_real_shuffled"] = X.clip_score(clip, real_a, shuffled)
     judge_real = judge_on_real_renders(judge, held)
     real_rate = {p["prompt"]: p["right"] for p in judge_real["per_prompt"]}
@@ -209,8 +258,11 @@ def main(args) -> int:
         seeds = list(range(n))
         images = generate(pipe, prompts, g, seeds, steps)
         if g == DIVERSITY_GUIDANCE:  # more seeds of the single-object prompts, for seed diversity
-            extra = generate(pipe, [prompts[i] for i in div_idx], g, list(range(n, o["diversity_seeds"])), steps) \
-                if o["diversity_seeds"] > n else images[div_idx, :0]
+            extra = (
+                generate(pipe, [prompts[i] for i in div_idx], g, list(range(n, o["diversity_seeds"])), steps)
+                if o["diversity_seeds"] > n
+                else images[div_idx, :0]
+            )
             div_images = np.concatenate([images[div_idx, : o["diversity_seeds"]], extra], axis=1)
         if g not in o["guidances"]:
             timing[f"guidance {g:g} (diversity only)"] = time.time() - t
@@ -228,31 +280,54 @@ def main(args) -> int:
         f = X.features(judge, images)
         fid = X.fid(f, fa[:, :n].reshape(-1, fa.shape[-1]))
         cs = X.clip_score(clip, images, prompts) if clip else float("nan")
-        rows.append({"guidance": g, "seeds": n, "object_accuracy": float(obj), "background_accuracy": float(back),
-                     "pair_both_objects": float(pair), "pair_background": float(pair_bg),
-                     "single_min_hits": int(min(hits)), "single_prompts_below_half": below, "single_hits": hits,
-                     "below_half_judge_fails_on_real": judge_fails,
-                     "fid": fid, "fid_real_vs_real": real_dist["fid_real_vs_real"][n], "clip_score": cs,
-                     "seconds": time.time() - t})
+        rows.append(
+            {
+                "guidance": g,
+                "seeds": n,
+                "object_accuracy": float(obj),
+                "background_accuracy": float(back),
+                "pair_both_objects": float(pair),
+                "pair_background": float(pair_bg),
+                "single_min_hits": int(min(hits)),
+                "single_prompts_below_half": below,
+                "single_hits": hits,
+                "below_half_judge_fails_on_real": judge_fails,
+                "fid": fid,
+                "fid_real_vs_real": real_dist["fid_real_vs_real"][n],
+                "clip_score": cs,
+                "seconds": time.time() - t,
+            }
+        )
         timing[f"guidance {g:g}"] = time.time() - t
-        print(f"guidance {g:5.1f}: object {obj:.3f}  background {back:.3f}  pairs {pair:.3f}  min {min(hits)}/{n}  "
-              f"FID {fid:.2f}  CLIP {cs:.2f}  ({time.time() - t:.0f} s)", flush=True)
+        print(
+            f"guidance {g:5.1f}: object {obj:.3f}  background {back:.3f}  pairs {pair:.3f}  min {min(hits)}/{n}  "
+            f"FID {fid:.2f}  CLIP {cs:.2f}  ({time.time() - t:.0f} s)",
+            flush=True,
+        )
 
     # seed diversity: where the object lands over diversity_seeds seeds of prompts without position or size words
     t = time.time()
     div_held = [held[i] for i in div_idx]
+
     def groups(imgs):
         return [X.locate_all(imgs[k], h[2], h[1][0]) for k, h in enumerate(div_held)]
+
     nd = div_images.shape[1]
-    diversity = {"guidance": DIVERSITY_GUIDANCE, "model": X.position_coverage(groups(div_images)),
-                 "real_current": X.position_coverage(groups(X.real_scenes(div_held, nd, seed=303))),
-                 # rounds 1 and 2 trained on objects clamped flush to the edge (no scenes.MARGIN)
-                 "real_round2": X.position_coverage(groups(X.real_scenes(div_held, nd, seed=303, edge_margin=0))),
-                 "real_round1": X.position_coverage(groups(X.real_scenes(div_held, nd, seed=303, old=True, edge_margin=0))),
-                 "margin_px": getattr(S, "MARGIN", 0)}
-    print(f"seed diversity at guidance {DIVERSITY_GUIDANCE:g}: {diversity['model']['mean_positions']:.2f} of 9 positions "
-          f"(real data: {diversity['real_current']['mean_positions']:.2f}), {diversity['model']['mean_sizes']:.2f} of 3 sizes, "
-          f"{diversity['model']['inside']:.3f} inside the frame (real data: {diversity['real_current']['inside']:.3f})", flush=True)
+    diversity = {
+        "guidance": DIVERSITY_GUIDANCE,
+        "model": X.position_coverage(groups(div_images)),
+        "real_current": X.position_coverage(groups(X.real_scenes(div_held, nd, seed=303))),
+        # rounds 1 and 2 trained on objects clamped flush to the edge (no scenes.MARGIN)
+        "real_round2": X.position_coverage(groups(X.real_scenes(div_held, nd, seed=303, edge_margin=0))),
+        "real_round1": X.position_coverage(groups(X.real_scenes(div_held, nd, seed=303, old=True, edge_margin=0))),
+        "margin_px": getattr(S, "MARGIN", 0),
+    }
+    print(
+        f"seed diversity at guidance {DIVERSITY_GUIDANCE:g}: {diversity['model']['mean_positions']:.2f} of 9 positions "
+        f"(real data: {diversity['real_current']['mean_positions']:.2f}), {diversity['model']['mean_sizes']:.2f} of 3 sizes, "
+        f"{diversity['model']['inside']:.3f} inside the frame (real data: {diversity['real_current']['inside']:.3f})",
+        flush=True,
+    )
     timing["diversity (locate, real)"] = time.time() - t
 
     # position and size words on held-out (object, background) pairs
@@ -267,12 +342,27 @@ def main(args) -> int:
         real_imgs = X.real_word_scenes(items, key, o["word_seeds"], seed=404)
         real_loc = [f for (_, ob, b, _), im in zip(items, real_imgs) for f in X.locate_all(im, b, ob)]
         frame, real_frame = X.inside_frame([located]), X.inside_frame([real_loc])
-        words[key] = {"model": X.obedience(located, asked, key), "real": X.obedience(real_loc, asked, key),
-                      "inside": frame["inside"], "touching_edge": frame["touching_edge"], "real_inside": real_frame["inside"],
-                      "not_found": sum(1 for f in located if not f["area"]), "prompts": [p for p, *_ in items],
-                      "per_prompt": [X.obedience(located[k * o["word_seeds"]:(k + 1) * o["word_seeds"]],
-                                                 asked[k * o["word_seeds"]:(k + 1) * o["word_seeds"]], key) for k in range(len(items))]}
-        print(f"{key} words at guidance {o['word_guidance']:g}: {words[key]['model']:.3f} obeyed (real scenes: {words[key]['real']:.3f})", flush=True)
+        words[key] = {
+            "model": X.obedience(located, asked, key),
+            "real": X.obedience(real_loc, asked, key),
+            "inside": frame["inside"],
+            "touching_edge": frame["touching_edge"],
+            "real_inside": real_frame["inside"],
+            "not_found": sum(1 for f in located if not f["area"]),
+            "prompts": [p for p, *_ in items],
+            "per_prompt": [
+                X.obedience(
+                    located[k * o["word_seeds"] : (k + 1) * o["word_seeds"]],
+                    asked[k * o["word_seeds"] : (k + 1) * o["word_seeds"]],
+                    key,
+                )
+                for k in range(len(items))
+            ],
+        }
+        print(
+            f"{key} words at guidance {o['word_guidance']:g}: {words[key]['model']:.3f} obeyed (real scenes: {words[key]['real']:.3f})",
+            flush=True,
+        )
     timing["words"] = time.time() - t
     timing["total"] = time.time() - t_all
 
@@ -289,63 +379,121 @@ def main(args) -> int:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        table.append(f"| {r['guidance']:g} | {r['seeds']} | {r['object_accuracy']:.3f} | {r['background_accuracy']:.3f} "
-                     f"| {r['pair_both_objects']:.3f} | {r['pair_background']:.3f} | {r['single_min_hits']}/{r['seeds']} "
-                     f"| {len(r['single_prompts_below_half'])} | {len(r['below_half_judge_fails_on_real'])} | {r['fid']:.2f} | {r['clip_score']:.2f} |")
+        table.append(
+            f"| {r['guidance']:g} | {r['seeds']} | {r['object_accuracy']:.3f} | {r['background_accuracy']:.3f} "
+            f"| {r['pair_both_objects']:.3f} | {r['pair_background']:.3f} | {r['single_min_hits']}/{r['seeds']} "
+            f"| {len(r['single_prompts_below_half'])} | {len(r['below_half_judge_fails_on_real'])} | {r['fid']:.2f} | {r['clip_score']:.2f} |"
+        )
     table += ["", "A single-object seed is right when the judge names both its object (top-1) and its background."]
     for r in rows:
-        lst = ", ".join(f"{p} ({h}/{r['seeds']}; judge on real renders {real_rate[p]:.2f})"
-                        for p, h in r["single_prompts_below_half"]) or "none"
+        lst = (
+            ", ".join(
+                f"{p} ({h}/{r['seeds']}; judge on real renders {real_rate[p]:.2f})" for p, h in r["single_prompts_below_half"]
+            )
+            or "none"
+        )
         table.append(f"Under half the seeds right at guidance {r['guidance']:g}: {lst}.")
     jr = judge_real
     fails = [p for p in jr["per_prompt"] if p["right"] < JUDGE_FAILS_BELOW]
-    table += ["", f"The judge itself on {jr['renders']} real renders of every held-out prompt (placed and sized as the "
-              f"data generator draws captions without position words): right on {jr['single_right']:.3f} of the single-object "
-              f"renders (object and background), {jr['pairs_right']:.3f} of the pairs' (both objects). Prompts it gets right "
-              f"on under {JUDGE_FAILS_BELOW:.0%} of their real renders (where a low score measures the judge, not the model): "
-              + (", ".join(f"{p['prompt']} ({p['right']:.2f}: object {p['objects']:.2f}, background {p['background']:.2f})"
-                           for p in fails) or "none") + "."]
+    table += [
+        "",
+        f"The judge itself on {jr['renders']} real renders of every held-out prompt (placed and sized as the "
+        f"data generator draws captions without position words): right on {jr['single_right']:.3f} of the single-object "
+        f"renders (object and background), {jr['pairs_right']:.3f} of the pairs' (both objects). Prompts it gets right "
+        f"on under {JUDGE_FAILS_BELOW:.0%} of their real renders (where a low score measures the judge, not the model): "
+        + (
+            ", ".join(
+                f"{p['prompt']} ({p['right']:.2f}: object {p['objects']:.2f}, background {p['background']:.2f})" for p in fails
+            )
+            or "none"
+        )
+        + ".",
+    ]
     rr = ", ".join(f"{v:.2f} (N = {n * len(held)})" for n, v in sorted(real_dist["fid_real_vs_real"].items()))
-    table += ["", f"Real data beside it: FID of real held-out scenes vs a second, disjoint real set of the same size: {rr} "
-              f"(generated sets are compared with the first real set at the same N: {len(held)} prompts × the row's seeds). "
-              + (f"CLIP score (the model's own text encoder + clip_image tower; 100 × mean cosine) of real scenes with their "
-                 f"prompts: {real_dist['clip_real']:.2f}; with another prompt's: {real_dist['clip_real_shuffled']:.2f}."
-                 if clip else f"No CLIP score: {clip_note}.")]
-    table += ["", f"Seed diversity: {len(div_held)} held-out single-object prompts without a position or size word, {nd} seeds each, "
-              f"guidance {DIVERSITY_GUIDANCE:g}; the object located by background subtraction (centroid → nearest of the 9 "
-              "positions; mask area → size class, calibrated on real renders). Inside the frame: the share of located "
-              "objects whose mask touches no image edge (an object cut off by the frame touches it; the current generator "
-              f"keeps every object {diversity['margin_px']} px inside, the generators of rounds 1 and 2 clamped it flush to the edge).", "",
-              "| images | positions covered (mean of 9) | fewest | inside the frame | size classes (mean of 3) | side std (px) "
-              "| no object found |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, key in (("model", "model"), (f"real scenes, current generator (uniform over 9, {diversity['margin_px']} px margin)", "real_current"),
-                      ("real scenes, round-2 generator (uniform over 9, flush to the edge)", "real_round2"),
-                      ("real scenes, round-1 generator (70% centred, flush to the edge)", "real_round1")):
+    table += [
+        "",
+        f"Real data beside it: FID of real held-out scenes vs a second, disjoint real set of the same size: {rr} "
+        f"(generated sets are compared with the first real set at the same N: {len(held)} prompts × the row's seeds). "
+        + (
+            f"CLIP score (the model's own text encoder + clip_image tower; 100 × mean cosine) of real scenes with their "
+            f"prompts: {real_dist['clip_real']:.2f}; with another prompt's: {real_dist['clip_real_shuffled']:.2f}."
+            if clip
+            else f"No CLIP score: {clip_note}."
+        ),
+    ]
+    table += [
+        "",
+        f"Seed diversity: {len(div_held)} held-out single-object prompts without a position or size word, {nd} seeds each, "
+        f"guidance {DIVERSITY_GUIDANCE:g}; the object located by background subtraction (centroid → nearest of the 9 "
+        "positions; mask area → size class, calibrated on real renders). Inside the frame: the share of located "
+        "objects whose mask touches no image edge (an object cut off by the frame touches it; the current generator "
+        f"keeps every object {diversity['margin_px']} px inside, the generators of rounds 1 and 2 clamped it flush to the edge).",
+        "",
+        "| images | positions covered (mean of 9) | fewest | inside the frame | size classes (mean of 3) | side std (px) "
+        "| no object found |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, key in (
+        ("model", "model"),
+        (f"real scenes, current generator (uniform over 9, {diversity['margin_px']} px margin)", "real_current"),
+        ("real scenes, round-2 generator (uniform over 9, flush to the edge)", "real_round2"),
+        ("real scenes, round-1 generator (70% centred, flush to the edge)", "real_round1"),
+    ):
         d = diversity[key]
-        table.append(f"| {name} | {d['mean_positions']:.2f} | {d['min_positions']} | {d['inside']:.3f} ({d['touching_edge']} of {d['located']} touch) "
-                     f"| {d['mean_sizes']:.2f} | {d['mean_side_std']:.1f} | {d['not_found']} |")
-    table += ["", f"Position and size words on held-out (object, background) pairs, guidance {o['word_guidance']:g}, "
-              f"{o['word_seeds']} seeds each: share of images whose located object is at the asked position / of the asked size.", "",
-              "| words | prompts | model | real scenes (locator ceiling) | inside the frame: model | real scenes | no object found |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+        table.append(
+            f"| {name} | {d['mean_positions']:.2f} | {d['min_positions']} | {d['inside']:.3f} ({d['touching_edge']} of {d['located']} touch) "
+            f"| {d['mean_sizes']:.2f} | {d['mean_side_std']:.1f} | {d['not_found']} |"
+        )
+    table += [
+        "",
+        f"Position and size words on held-out (object, background) pairs, guidance {o['word_guidance']:g}, "
+        f"{o['word_seeds']} seeds each: share of images whose located object is at the asked position / of the asked size.",
+        "",
+        "| words | prompts | model | real scenes (locator ceiling) | inside the frame: model | real scenes | no object found |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for key, w in words.items():
-        table.append(f"| {key} | {len(w['prompts'])} | {w['model']:.3f} | {w['real']:.3f} | {w['inside']:.3f} | {w['real_inside']:.3f} "
-                     f"| {w['not_found']} |")
+        table.append(
+            f"| {key} | {len(w['prompts'])} | {w['model']:.3f} | {w['real']:.3f} | {w['inside']:.3f} | {w['real_inside']:.3f} "
+            f"| {w['not_found']} |"
+        )
     table.append("")
     if real:
-        table.append(f"The judge itself on 2,000 fresh real scenes: objects {real['objects']:.3f}, background {real['background']:.3f}.")
-    table += [f"The judge on the VAE's reconstructions of {ceiling['scenes']} fresh real single-object scenes "
-              f"(a ceiling for any UNet): objects {ceiling['objects']:.3f}, background {ceiling['background']:.3f}.",
-              "", "Run time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timing.items()) + "."]
+        table.append(
+            f"The judge itself on 2,000 fresh real scenes: objects {real['objects']:.3f}, background {real['background']:.3f}."
+        )
+    table += [
+        f"The judge on the VAE's reconstructions of {ceiling['scenes']} fresh real single-object scenes "
+        f"(a ceiling for any UNet): objects {ceiling['objects']:.3f}, background {ceiling['background']:.3f}.",
+        "",
+        "Run time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in timing.items()) + ".",
+    ]
     (out / "table.md").write_text("\n".join(table) + "\n")
-    (out / "results.json").write_text(json.dumps({
-        "rows": rows, "prompts": prompts, "seeds": o["seeds_for"], "steps": steps, "scheduler": scheduler, "quick": o["quick"],
-        "judge_on_real": real, "judge_on_real_renders": judge_real, "judge_on_vae_reconstructions": ceiling, "real_distribution": real_dist, "clip_note": clip_note,
-        "diversity": {**diversity, "prompts": [p for p, _, _ in div_held], "seeds": nd}, "words": words,
-        "word_guidance": o["word_guidance"], "timing_seconds": timing}, indent=1, default=str))
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "prompts": prompts,
+                "seeds": o["seeds_for"],
+                "steps": steps,
+                "scheduler": scheduler,
+                "quick": o["quick"],
+                "judge_on_real": real,
+                "judge_on_real_renders": judge_real,
+                "judge_on_vae_reconstructions": ceiling,
+                "real_distribution": real_dist,
+                "clip_note": clip_note,
+                "diversity": {**diversity, "prompts": [p for p, _, _ in div_held], "seeds": nd},
+                "words": words,
+                "word_guidance": o["word_guidance"],
+                "timing_seconds": timing,
+            },
+            indent=1,
+            default=str,
+        )
+    )
     _grid(grids, prompts, out / "grid.png")
-    _grid({f"position words": word_grids["position"]}, [p for p, *_ in wp["position"]], out / "grid_words.png", n_seeds=8)
+    _grid({"position words": word_grids["position"]}, [p for p, *_ in wp["position"]], out / "grid_words.png", n_seeds=8)
     _grid({f"guidance {DIVERSITY_GUIDANCE:g}": div_images}, [p for p, _, _ in div_held], out / "grid_diversity.png", n_seeds=16)
     print("\n".join(table))
     print(f"wrote {out}/table.md, results.json, grid.png, grid_words.png, grid_diversity.png")
@@ -384,9 +532,20 @@ def grid_tiles(path, n_prompts: int, n_seeds: int, size: int = S.SIZE) -> np.nda
     width = GRID_LABEL_W + max(n_seeds * (size + 2), 80) + GRID_PAD
     if im.shape[:2] != (GRID_HEAD + n_prompts * (size + 2), width):
         return None
-    return np.stack([np.stack([im[GRID_HEAD + r * (size + 2):GRID_HEAD + r * (size + 2) + size,
-                                  GRID_LABEL_W + k * (size + 2):GRID_LABEL_W + k * (size + 2) + size] for k in range(n_seeds)])
-                     for r in range(n_prompts)])
+    return np.stack(
+        [
+            np.stack(
+                [
+                    im[
+                        GRID_HEAD + r * (size + 2) : GRID_HEAD + r * (size + 2) + size,
+                        GRID_LABEL_W + k * (size + 2) : GRID_LABEL_W + k * (size + 2) + size,
+                    ]
+                    for k in range(n_seeds)
+                ]
+            )
+            for r in range(n_prompts)
+        ]
+    )
 
 
 def frame_from_grids(folder) -> dict:
@@ -409,8 +568,11 @@ def frame_from_grids(folder) -> dict:
         n = min(8, int(res.get("word_seeds") or 8))
         tiles = grid_tiles(folder / "grid_words.png", len(pos["prompts"]), n)
         items = {p: (o, b) for p, o, b, _ in X.word_prompts(len(pos["prompts"]))["position"]}  # deterministic
-        found = [X.locate_all(t, items[p][1], items[p][0]) for p, t in zip(pos["prompts"], tiles if tiles is not None else [])
-                 if p in items]
+        found = [
+            X.locate_all(t, items[p][1], items[p][0])
+            for p, t in zip(pos["prompts"], tiles if tiles is not None else [])
+            if p in items
+        ]
         if found and len(found) == len(pos["prompts"]):
             out["position words"] = X.inside_frame(found)
     return out
@@ -418,11 +580,15 @@ def frame_from_grids(folder) -> dict:
 
 # ---------------------------------------------------------------- evaluation/README.md: the shipped round first, history below
 
+
 def _rounds(root: Path) -> list[tuple[int, Path]]:
     import re
 
-    return sorted((int(m.group(1)), d) for d in root.iterdir()
-                  if d.is_dir() and (m := re.fullmatch(r"round(\d+)", d.name)) and (d / "results.json").is_file())
+    return sorted(
+        (int(m.group(1)), d)
+        for d in root.iterdir()
+        if d.is_dir() and (m := re.fullmatch(r"round(\d+)", d.name)) and (d / "results.json").is_file()
+    )
 
 
 def _figures(folder: Path, later_real: dict | None = None) -> dict:
@@ -448,8 +614,12 @@ def _figures(folder: Path, later_real: dict | None = None) -> dict:
             put(f"single prompts: fewest seeds right, guidance {g}", r["single_min_hits"], "{}", f"/{n}")
             below = r["single_prompts_below_half"]
             fails = r.get("below_half_judge_fails_on_real")
-            put(f"prompts under half their seeds, guidance {g}", len(below), "{}",
-                f" ({len(fails)} where the judge fails on real renders)" if fails is not None and below else "")
+            put(
+                f"prompts under half their seeds, guidance {g}",
+                len(below),
+                "{}",
+                f" ({len(fails)} where the judge fails on real renders)" if fails is not None and below else "",
+            )
         if "fid" in r:
             put(f"FID (judge features), guidance {g}", r["fid"], "{:.2f}", f" (real vs real {r['fid_real_vs_real']:.2f})")
         put(f"CLIP score, guidance {g}", r.get("clip_score"), "{:.2f}")
@@ -479,8 +649,12 @@ def _figures(folder: Path, later_real: dict | None = None) -> dict:
     if jr:
         put("judge on real renders of the held-out prompts: single right", jr["single_right"])
         put("judge on real renders: pairs both named", jr["pairs_right"])
-        put(f"prompts the judge gets right on under {jr['threshold']:.0%} of real renders", len(jr["failing"]), "{}",
-            f" ({', '.join(jr['failing'])})" if jr["failing"] else "")
+        put(
+            f"prompts the judge gets right on under {jr['threshold']:.0%} of real renders",
+            len(jr["failing"]),
+            "{}",
+            f" ({', '.join(jr['failing'])})" if jr["failing"] else "",
+        )
     c = res.get("judge_on_vae_reconstructions") or {}
     put("judge on the VAE's reconstructions (ceiling): objects", c.get("objects"))
     put("steps", res.get("steps"), "{}")
@@ -507,21 +681,34 @@ def write_index(root="evaluation", shipped: str | None = None) -> Path:
     figs = {d.name: _figures(d, newest) for _, d in rounds}
     quick = {d.name for _, d in rounds if json.loads((d / "results.json").read_text()).get("quick")}
     prev = [d.name for n, d in rounds if n < ship_n]
-    lines = ["# Evaluation of the default model", "",
-             f"The page ships **{ship}** (`models/default`). Each round's folder holds what `diffusion-explainer evaluate "
-             f"--out evaluation/roundN` wrote: `table.md`, `results.json` and the grids. This page is written by "
-             f"`python -m train.evaluate index --shipped {ship}` from those files; do not edit it by hand.", "",
-             f"## Shipped: {ship}", "",
-             f"[table.md]({ship}/table.md) · [results.json]({ship}/results.json) · grids: "
-             + " · ".join(f"[{g}]({ship}/{g})" for g in ("grid.png", "grid_diversity.png", "grid_words.png") if (root / ship / g).is_file()),
-             "", (root / ship / "table.md").read_text().strip(), ""]
+    lines = [
+        "# Evaluation of the default model",
+        "",
+        f"The page ships **{ship}** (`models/default`). Each round's folder holds what `diffusion-explainer evaluate "
+        f"--out evaluation/roundN` wrote: `table.md`, `results.json` and the grids. This page is written by "
+        f"`python -m train.evaluate index --shipped {ship}` from those files; do not edit it by hand.",
+        "",
+        f"## Shipped: {ship}",
+        "",
+        f"[table.md]({ship}/table.md) · [results.json]({ship}/results.json) · grids: "
+        + " · ".join(
+            f"[{g}]({ship}/{g})" for g in ("grid.png", "grid_diversity.png", "grid_words.png") if (root / ship / g).is_file()
+        ),
+        "",
+        (root / ship / "table.md").read_text().strip(),
+        "",
+    ]
     if (root / ship / "grid.png").is_file():
         lines += [f"![held-out prompts, {ship}]({ship}/grid.png)", ""]
     cols = names
-    lines += ["## Every figure, round by round" + (f" ({ship} against {prev[-1]})" if prev else ""), "",
-              "| figure | " + " | ".join((f"**{c}** (shipped)" if c == ship else c) + (" (--quick)" if c in quick else "") for c in cols)
-              + (f" | {ship} − {prev[-1]} |" if prev else " |"),
-              "|---|" + "---:|" * len(cols) + ("---:|" if prev else "")]
+    lines += [
+        "## Every figure, round by round" + (f" ({ship} against {prev[-1]})" if prev else ""),
+        "",
+        "| figure | "
+        + " | ".join((f"**{c}** (shipped)" if c == ship else c) + (" (--quick)" if c in quick else "") for c in cols)
+        + (f" | {ship} − {prev[-1]} |" if prev else " |"),
+        "|---|" + "---:|" * len(cols) + ("---:|" if prev else ""),
+    ]
     keys = list(dict.fromkeys(k for c in [ship] + cols for k in figs[c]))
     by_guidance = [k for k in keys if ", guidance " in k]
     first = {k: i for i, k in enumerate(by_guidance)}  # each figure's place within a guidance's rows
@@ -532,26 +719,49 @@ def write_index(root="evaluation", shipped: str | None = None) -> Path:
         row = f"| {k} | " + " | ".join(f"**{v}**" if c == ship and v != "—" else v for c, v in zip(cols, cells)) + " |"
         if prev:
             a, b = figs[prev[-1]].get(k), figs[ship].get(k)
-            same = a is not None and b is not None and b[1] is not None and a[1] is not None and not any(w in k for w in ("seeds per prompt", "fewest seeds", "steps"))
+            same = (
+                a is not None
+                and b is not None
+                and b[1] is not None
+                and a[1] is not None
+                and not any(w in k for w in ("seeds per prompt", "fewest seeds", "steps"))
+            )
             if same:
                 whole = b[2] == "{}"
-                row += " " + ("{:+d}" if whole else b[2].replace("{:", "{:+")).format(int(b[1] - a[1]) if whole else b[1] - a[1]) + " |"
+                row += (
+                    " "
+                    + ("{:+d}" if whole else b[2].replace("{:", "{:+")).format(int(b[1] - a[1]) if whole else b[1] - a[1])
+                    + " |"
+                )
             else:
                 row += " |"
         lines.append(row)
-    lines += ["", "Seeds differ between rounds (see the seeds rows): a figure over more seeds is the firmer one. "
-              "† measured on the images the round's grid holds (grid_diversity.png: every diversity prompt × 16 seeds; "
-              "grid_words.png: the position-word prompts × 8 seeds), with the same locator, since the figure is newer than "
-              "the round's evaluation. ‡ real scenes of that round's training generator, measured by the newest evaluation "
-              "(its seed-diversity table: rounds 1 and 2 trained on objects clamped flush to the edge).", "", "## History", ""]
+    lines += [
+        "",
+        "Seeds differ between rounds (see the seeds rows): a figure over more seeds is the firmer one. "
+        "† measured on the images the round's grid holds (grid_diversity.png: every diversity prompt × 16 seeds; "
+        "grid_words.png: the position-word prompts × 8 seeds), with the same locator, since the figure is newer than "
+        "the round's evaluation. ‡ real scenes of that round's training generator, measured by the newest evaluation "
+        "(its seed-diversity table: rounds 1 and 2 trained on objects clamped flush to the edge).",
+        "",
+        "## History",
+        "",
+    ]
     for n, d in sorted(rounds, reverse=True):
         if d.name == ship:
             continue
         note = " (newer, not shipped)" if n > ship_n else ""
-        lines += [f"### {d.name}{note}", "",
-                  f"[table.md]({d.name}/table.md) · [results.json]({d.name}/results.json) · grids: "
-                  + " · ".join(f"[{g}]({d.name}/{g})" for g in ("grid.png", "grid_diversity.png", "grid_words.png") if (d / g).is_file()),
-                  "", (d / "table.md").read_text().strip(), ""]
+        lines += [
+            f"### {d.name}{note}",
+            "",
+            f"[table.md]({d.name}/table.md) · [results.json]({d.name}/results.json) · grids: "
+            + " · ".join(
+                f"[{g}]({d.name}/{g})" for g in ("grid.png", "grid_diversity.png", "grid_words.png") if (d / g).is_file()
+            ),
+            "",
+            (d / "table.md").read_text().strip(),
+            "",
+        ]
         for sub in sorted(p for p in d.iterdir() if p.is_dir() and (p / "table.md").is_file()):
             about = (sub / "README.md").read_text().strip() if (sub / "README.md").is_file() else ""
             lines += [f"Also in {d.name}: [{sub.name}/]({d.name}/{sub.name}/table.md)" + (f" — {about}" if about else ""), ""]

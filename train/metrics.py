@@ -1,11 +1,12 @@
 """Image metrics for evaluation: object location by background subtraction, seed diversity, objects kept inside the
 frame, word obedience, judge-feature FID, CLIP score."""
+
 from __future__ import annotations
 
 import json
 import random
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ SIZE_NAMES = list(S.SIZES)
 
 
 # ---------------------------------------------------------------- locating objects
+
 
 def background_distance(image: np.ndarray, bg: int) -> np.ndarray:
     """Per-pixel RGB distance to background `bg`'s plain colour(s): for the two-colour scenes (grass,
@@ -60,7 +62,7 @@ def nearest_position(x: float, y: float) -> str:
     return min(POSITION_NAMES, key=lambda p: (S.POSITIONS[p][0] - x) ** 2 + (S.POSITIONS[p][1] - y) ** 2)
 
 
-@lru_cache(maxsize=None)
+@cache
 def calibration(obj: int | None, bg: int) -> tuple[tuple[float, ...], tuple[tuple[float, float], ...]]:
     """Real renders of the object at each of scenes.SIZES, centred on this background (6 seeds; obj=None:
     every object once) → (mean mask area per size, mean offset of the mask's centroid from the sprite's
@@ -112,8 +114,15 @@ def locate(image: np.ndarray, bg: int, obj: int | None = None) -> dict:
     size = size_class(area, obj, bg)
     dx, dy = calibration(obj, bg)[1][SIZE_NAMES.index(size)]
     x, y = (xs.mean() + 0.5) / w - dx, (ys.mean() + 0.5) / h - dy
-    return {"x": float(x), "y": float(y), "area": area, "position": nearest_position(x, y),
-            "size": size, "side": side_px(area, obj, bg), "edge": touches_edge(mask)}
+    return {
+        "x": float(x),
+        "y": float(y),
+        "area": area,
+        "position": nearest_position(x, y),
+        "size": size,
+        "side": side_px(area, obj, bg),
+        "edge": touches_edge(mask),
+    }
 
 
 def locate_all(images: np.ndarray, bg, obj=None) -> list[dict]:
@@ -126,13 +135,18 @@ def locate_all(images: np.ndarray, bg, obj=None) -> list[dict]:
 
 # ---------------------------------------------------------------- diversity and word obedience
 
+
 def coverage(found: list[dict]) -> dict:
     """One prompt's seeds → distinct positions and size classes covered, std of the side (px), misses."""
     pos = {f["position"] for f in found if f["position"]}
     sizes = {f["size"] for f in found if f["size"]}
     sides = [f["side"] for f in found if f["area"]]
-    return {"positions": len(pos), "sizes": len(sizes), "side_std": float(np.std(sides)) if len(sides) > 1 else 0.0,
-            "not_found": sum(1 for f in found if not f["area"])}
+    return {
+        "positions": len(pos),
+        "sizes": len(sizes),
+        "side_std": float(np.std(sides)) if len(sides) > 1 else 0.0,
+        "not_found": sum(1 for f in found if not f["area"]),
+    }
 
 
 def inside_frame(groups: list[list[dict]]) -> dict:
@@ -140,9 +154,12 @@ def inside_frame(groups: list[list[dict]]) -> dict:
     (`inside`; nan when none was located), how many were located and touched, and the lowest share of one prompt."""
     per = [[not f["edge"] for f in g if f["area"]] for g in groups]
     flat = [v for p in per for v in p]
-    return {"inside": float(np.mean(flat)) if flat else float("nan"), "located": len(flat),
-            "touching_edge": int(len(flat) - sum(flat)),
-            "min_prompt_inside": float(min(np.mean(p) for p in per if p)) if flat else float("nan")}
+    return {
+        "inside": float(np.mean(flat)) if flat else float("nan"),
+        "located": len(flat),
+        "touching_edge": int(len(flat) - sum(flat)),
+        "min_prompt_inside": float(min(np.mean(p) for p in per if p)) if flat else float("nan"),
+    }
 
 
 def position_coverage(groups: list[list[dict]]) -> dict:
@@ -150,14 +167,19 @@ def position_coverage(groups: list[list[dict]]) -> dict:
     and inside_frame's share of objects clear of the image's edge."""
     per = [coverage(g) for g in groups]
     frame = inside_frame(groups)
-    return {"mean_positions": float(np.mean([p["positions"] for p in per])),
-            "min_positions": int(min(p["positions"] for p in per)),
-            "mean_sizes": float(np.mean([p["sizes"] for p in per])),
-            "mean_side_std": float(np.mean([p["side_std"] for p in per])),
-            "not_found": int(sum(p["not_found"] for p in per)), "prompts": len(per),
-            "seeds": len(groups[0]) if groups else 0,
-            "inside": frame["inside"], "located": frame["located"], "touching_edge": frame["touching_edge"],
-            "min_prompt_inside": frame["min_prompt_inside"]}
+    return {
+        "mean_positions": float(np.mean([p["positions"] for p in per])),
+        "min_positions": int(min(p["positions"] for p in per)),
+        "mean_sizes": float(np.mean([p["sizes"] for p in per])),
+        "mean_side_std": float(np.mean([p["side_std"] for p in per])),
+        "not_found": int(sum(p["not_found"] for p in per)),
+        "prompts": len(per),
+        "seeds": len(groups[0]) if groups else 0,
+        "inside": frame["inside"],
+        "located": frame["located"],
+        "touching_edge": frame["touching_edge"],
+        "min_prompt_inside": frame["min_prompt_inside"],
+    }
 
 
 def obedience(found: list[dict], asked: list[str], key: str) -> float:
@@ -181,14 +203,19 @@ def word_prompts(n: int = 24) -> dict:
     """Held-out (object, background) pairs with position words (n prompts, positions in turn) and size
     words (n prompts, small and big in turn): {"position": [(prompt, obj, bg, pos)], "size": [...]}."""
     held = [(o[0], bg) for _, o, bg in S.held_out_prompts() if len(o) == 1]
-    pos = [(position_prompt(o, bg, POSITION_NAMES[k % 9]), o, bg, POSITION_NAMES[k % 9])
-           for k, (o, bg) in enumerate(held[:: 2] + held[1:: 2])][:n]
-    sz = [(size_prompt(o, bg, ("small", "big")[k % 2]), o, bg, ("small", "big")[k % 2])
-          for k, (o, bg) in enumerate(held[1:: 2] + held[:: 2])][:n]
+    pos = [
+        (position_prompt(o, bg, POSITION_NAMES[k % 9]), o, bg, POSITION_NAMES[k % 9])
+        for k, (o, bg) in enumerate(held[::2] + held[1::2])
+    ][:n]
+    sz = [
+        (size_prompt(o, bg, ("small", "big")[k % 2]), o, bg, ("small", "big")[k % 2])
+        for k, (o, bg) in enumerate(held[1::2] + held[::2])
+    ][:n]
     return {"position": pos, "size": sz}
 
 
 # ---------------------------------------------------------------- real scenes (ceilings)
+
 
 def _unspecified_rng_scene(rng: random.Random, pair: bool) -> S.Scene:
     """A scene from the data generator itself: a pair, or a single object whose caption has no position word."""
@@ -246,12 +273,17 @@ def real_word_scenes(items: list, key: str, n: int, seed: int = 0, edge_margin: 
 
 # ---------------------------------------------------------------- distribution: judge features, FID
 
+
 @torch.no_grad()
 def features(judge: M.Judge, images: np.ndarray, batch: int = 256) -> np.ndarray:
     """The judge's penultimate features (after global pooling, before its two heads): float64 [N,128]."""
     flat = images.reshape(-1, *images.shape[-3:])
-    return np.concatenate([judge.features(M.to_tensor(np.ascontiguousarray(flat[i : i + batch]))).double().numpy()
-                           for i in range(0, len(flat), batch)])
+    return np.concatenate(
+        [
+            judge.features(M.to_tensor(np.ascontiguousarray(flat[i : i + batch]))).double().numpy()
+            for i in range(0, len(flat), batch)
+        ]
+    )
 
 
 def fid(a: np.ndarray, b: np.ndarray) -> float:
@@ -266,6 +298,7 @@ def fid(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------- CLIP score with the model's own CLIP
+
 
 def text_fingerprint(text_dir: Path) -> str:
     """sha256 of a text encoder's weights (as train/clip_image.py records it in clip_image/config.json)."""
@@ -284,7 +317,7 @@ class Clip:
         self.text, self.tok, self.tower, self.proj, self.cfg = text_encoder.eval(), tokenizer, tower.eval(), proj.eval(), cfg
 
     @classmethod
-    def load(cls, model_dir, clip_dir=None, text_encoder=None, tokenizer=None) -> "Clip":
+    def load(cls, model_dir, clip_dir=None, text_encoder=None, tokenizer=None) -> Clip:
         """From a diffusers folder (text_encoder/, tokenizer/) and a clip_image folder (default: model_dir/clip_image)."""
         from safetensors.torch import load_file
         from transformers import CLIPTextModel, CLIPTokenizer
@@ -298,7 +331,7 @@ class Clip:
         tower = M.ImageEncoder(cfg["embed_dim"])
         if list(cfg.get("channels", [3, 32, 64, 128, 256])) != [3, 32, 64, 128, 256]:
             raise ValueError(f"{folder}: channels {cfg['channels']} differ from train.models.ImageEncoder's")
-        tower.load_state_dict({k[len("image."):]: v.float() for k, v in weights.items() if k.startswith("image.")})
+        tower.load_state_dict({k[len("image.") :]: v.float() for k, v in weights.items() if k.startswith("image.")})
         proj = torch.nn.Linear(cfg["text_hidden_size"], cfg["embed_dim"], bias=False)
         proj.load_state_dict({"weight": weights["proj.weight"].float()})
         text = text_encoder if text_encoder is not None else CLIPTextModel.from_pretrained(model_dir / "text_encoder")

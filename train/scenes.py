@@ -5,12 +5,13 @@ npm package the setup installs (Twitter's emoji, CC-BY 4.0), and it lets us hold
 background combinations and object pairs that training never sees, so evaluation measures whether
 the model composes words it learned rather than recalls pictures it memorised.
 """
+
 from __future__ import annotations
 
 import json
 import random
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -90,9 +91,15 @@ BACKGROUNDS = [
 BACKGROUND_NAMES = [b[0] for b in BACKGROUNDS]
 
 POSITIONS = {  # name → (x, y) centre as a fraction of the image
-    "top left": (0.28, 0.28), "top": (0.5, 0.28), "top right": (0.72, 0.28),
-    "left": (0.28, 0.5), "center": (0.5, 0.5), "right": (0.72, 0.5),
-    "bottom left": (0.28, 0.72), "bottom": (0.5, 0.72), "bottom right": (0.72, 0.72),
+    "top left": (0.28, 0.28),
+    "top": (0.5, 0.28),
+    "top right": (0.72, 0.28),
+    "left": (0.28, 0.5),
+    "center": (0.5, 0.5),
+    "right": (0.72, 0.5),
+    "bottom left": (0.28, 0.72),
+    "bottom": (0.5, 0.72),
+    "bottom right": (0.72, 0.72),
 }
 SIZES = {"small": 20, "medium": 28, "big": 38}
 MARGIN = 2  # px kept free between every object and the image edge
@@ -121,7 +128,7 @@ class Scene:
     said_position: bool = field(default=False)
 
 
-@lru_cache(maxsize=None)
+@cache
 def emoji_image(short_name: str) -> Image.Image:
     meta = {n: e for e in json.loads((EMOJI_DIR / "emoji.json").read_text()) for n in e["short_names"]}
     if short_name not in meta:

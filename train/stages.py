@@ -5,12 +5,14 @@ AutoencoderKL; latents and text states encoded once; a UNet trained on them with
 The judge (an independent classifier for evaluation) is trained on real images only.
 Each stage checkpoints to RUN_DIR every few minutes and continues from there when rerun.
 """
+
 from __future__ import annotations
 
 import copy
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -22,7 +24,6 @@ from . import models as M
 from . import scenes as S
 
 ROOT = Path(__file__).resolve().parent.parent
-import os
 
 RUN_DIR = Path(os.environ.get("DX_RUN_DIR", ROOT / "train" / "runs"))
 MODEL_DIR = ROOT / "models" / "default"
@@ -157,8 +158,10 @@ def train_clip(minutes: float = 15.0, batch: int = 128):
 
     _loop(ck, minutes, step, "clip", log_every=25)
     text.save_pretrained(RUN_DIR / "text_encoder")
-    log.info("clip: object retrieval on 400 fresh scenes (48 captions each, background given): %.3f",
-             clip_object_retrieval(text.eval(), image.eval(), proj, tok, dev))
+    log.info(
+        "clip: object retrieval on 400 fresh scenes (48 captions each, background given): %.3f",
+        clip_object_retrieval(text.eval(), image.eval(), proj, tok, dev),
+    )
 
 
 @torch.no_grad()
@@ -282,7 +285,9 @@ def train_judge(minutes: float = 36.0, batch: int = 64):
         idx = gen.integers(0, len(images), batch)
         x = _augment(M.to_tensor(images[idx]), tgen).to(dev)
         lo, lb = judge(x)
-        loss = F.binary_cross_entropy_with_logits(lo, torch.from_numpy(objs[idx]).to(dev)) * 10 + F.cross_entropy(lb, torch.from_numpy(bgs[idx]).to(dev))
+        loss = F.binary_cross_entropy_with_logits(lo, torch.from_numpy(objs[idx]).to(dev)) * 10 + F.cross_entropy(
+            lb, torch.from_numpy(bgs[idx]).to(dev)
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -357,7 +362,9 @@ def train_unet(minutes: float = 88.0, batch: int = 32, lr: float | None = None, 
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     ck = Checkpointed("unet", {"unet": unet, "ema": ema, "opt": opt})
-    noise_sched = DDPMScheduler(**{k: v for k, v in M.SCHEDULER_CONFIG.items() if k not in ("skip_prk_steps", "set_alpha_to_one")})
+    noise_sched = DDPMScheduler(
+        **{k: v for k, v in M.SCHEDULER_CONFIG.items() if k not in ("skip_prk_steps", "set_alpha_to_one")}
+    )
     alphas = noise_sched.alphas_cumprod.to(dev)
     gen = torch.Generator().manual_seed(3000 + ck.step)
 
@@ -401,9 +408,14 @@ def package(out: Path = MODEL_DIR):
     vae = AutoencoderKL.from_pretrained(RUN_DIR / ("vae_decoder" if (RUN_DIR / "vae_decoder").exists() else "vae"))
     vae.register_to_config(scaling_factor=enc["scaling_factor"])
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=CLIPTextModel.from_pretrained(RUN_DIR / "text_encoder"), tokenizer=tokenizer(),
-        unet=UNet2DConditionModel.from_pretrained(RUN_DIR / "unet_ema"), scheduler=getattr(diffusers, M.SCHEDULER_CLASS).from_config(M.SCHEDULER_CONFIG),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=CLIPTextModel.from_pretrained(RUN_DIR / "text_encoder"),
+        tokenizer=tokenizer(),
+        unet=UNet2DConditionModel.from_pretrained(RUN_DIR / "unet_ema"),
+        scheduler=getattr(diffusers, M.SCHEDULER_CLASS).from_config(M.SCHEDULER_CONFIG),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     tmp = out.with_name(out.name + ".tmp")
     pipe.save_pretrained(tmp, safe_serialization=True)
@@ -412,7 +424,11 @@ def package(out: Path = MODEL_DIR):
 
     # the CLIP image tower belongs to the text encoder it was trained against: keep it while that is unchanged
     old_tower, old_text = out / "clip_image", out / "text_encoder" / "model.safetensors"
-    if old_tower.is_dir() and old_text.exists() and old_text.read_bytes() == (tmp / "text_encoder" / "model.safetensors").read_bytes():
+    if (
+        old_tower.is_dir()
+        and old_text.exists()
+        and old_text.read_bytes() == (tmp / "text_encoder" / "model.safetensors").read_bytes()
+    ):
         shutil.copytree(old_tower, tmp / "clip_image")
     if out.exists():
         shutil.rmtree(out)
@@ -434,62 +450,98 @@ def about(evaluation: Path | None = None) -> dict:
 
     card = {
         "description": "A tiny Stable Diffusion trained by this project on 64×64 emoji scenes: "
-                       f"{len(S.OBJECTS)} objects on {len(S.BACKGROUNDS)} backgrounds, one or two objects, with positions and sizes.",
-        "examples": ["a cat on a blue background", "a small rocket at the top left at night", "a big sunflower on the grass",
-                     "a pizza and a banana on a yellow background", "a penguin on the beach", "a red car on a pink background",
-                     "a rainbow in the night sky", "a guitar on the left and a cactus on the right on white"],
+        f"{len(S.OBJECTS)} objects on {len(S.BACKGROUNDS)} backgrounds, one or two objects, with positions and sizes.",
+        "examples": [
+            "a cat on a blue background",
+            "a small rocket at the top left at night",
+            "a big sunflower on the grass",
+            "a pizza and a banana on a yellow background",
+            "a penguin on the beach",
+            "a red car on a pink background",
+            "a rainbow in the night sky",
+            "a guitar on the left and a cactus on the right on white",
+        ],
         # measured (facts.guidance.evaluation below): this small model names its objects best near
         # guidance 3, not at SD's usual 7.5; the page starts at this value
         "guidance": 3.0,
-        "vocabulary": {"objects": S.OBJECT_NAMES, "backgrounds": [b[1][0] for b in S.BACKGROUNDS],
-                       "positions": list(S.POSITIONS), "sizes": ["small", "big"], "words": S.caption_words()},
+        "vocabulary": {
+            "objects": S.OBJECT_NAMES,
+            "backgrounds": [b[1][0] for b in S.BACKGROUNDS],
+            "positions": list(S.POSITIONS),
+            "sizes": ["small", "big"],
+            "words": S.caption_words(),
+        },
     }
     # ---- facts the page's text quotes (export/manifest.py passes "facts" on as about.facts) ----
     readme = "train/README.md"
     unet_blocks = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")  # train/models.py unet()
     facts: dict = {
         "trained_by": "this project",
-        "training_minutes": 170, "source_training_minutes": readme + " (the committed run, 2026-11-25)",
+        "training_minutes": 170,
+        "source_training_minutes": readme + " (the committed run, 2026-11-25)",
         "data": {
-            "kind": "captioned emoji scenes", "images": N_TRAIN, "image_size": [S.SIZE, S.SIZE],
-            "objects": len(S.OBJECTS), "backgrounds": len(S.BACKGROUNDS),
+            "kind": "captioned emoji scenes",
+            "images": N_TRAIN,
+            "image_size": [S.SIZE, S.SIZE],
+            "objects": len(S.OBJECTS),
+            "backgrounds": len(S.BACKGROUNDS),
             "emoji": "Twemoji (CC-BY 4.0), via the npm package emoji-datasource-twitter",
             "source": "train/scenes.py; train/stages.py N_TRAIN",
         },
         "text_encoder": {
-            "class": "CLIPTextModel", "layers": 4, "hidden_size": M.TEXT_HIDDEN, "vocab_size": 49408, "max_length": 77,
+            "class": "CLIPTextModel",
+            "layers": 4,
+            "hidden_size": M.TEXT_HIDDEN,
+            "vocab_size": 49408,
+            "max_length": 77,
             "causal": True,  # CLIP's text transformer masks attention to later tokens (Radford et al. 2021)
             "trained_on": "this project's captioned emoji scenes",
-            "pairs": N_TRAIN, "objective": "contrastive (CLIP), scene-level positives",
-            "minutes": 15, "steps": 1225, "batch": default(train_clip, "batch"),
+            "pairs": N_TRAIN,
+            "objective": "contrastive (CLIP), scene-level positives",
+            "minutes": 15,
+            "steps": 1225,
+            "batch": default(train_clip, "batch"),
             "object_retrieval": 0.76,  # right object among 48 captions, fresh scenes
             "frozen_after": True,
             "source": readme + " (CLIP stage); train/stages.py train_clip",
         },
-        "sizes": {"image": [M.IMAGE_SIZE, M.IMAGE_SIZE], "latent": [M.LATENT_CHANNELS, M.LATENT_SIZE, M.LATENT_SIZE],
-                  "source": "train/models.py"},
+        "sizes": {
+            "image": [M.IMAGE_SIZE, M.IMAGE_SIZE],
+            "latent": [M.LATENT_CHANNELS, M.LATENT_SIZE, M.LATENT_SIZE],
+            "source": "train/models.py",
+        },
         "unet": {
             "caption_dropout": default(train_unet, "dropout"),  # share of examples with the empty caption (CFG)
             "prediction": M.SCHEDULER_CONFIG["prediction_type"],
-            "cross_attention_resolutions": [M.LATENT_SIZE // 2 ** i for i, b in enumerate(unet_blocks) if b.startswith("CrossAttn")],
+            "cross_attention_resolutions": [
+                M.LATENT_SIZE // 2**i for i, b in enumerate(unet_blocks) if b.startswith("CrossAttn")
+            ],
             "source": "train/stages.py train_unet (dropout); train/models.py unet()",
         },
         "scheduler": {
-            "ships": "DDIM", "timestep_spacing": M.SCHEDULER_CONFIG["timestep_spacing"],
+            "ships": "DDIM",
+            "timestep_spacing": M.SCHEDULER_CONFIG["timestep_spacing"],
             "set_alpha_to_one": M.SCHEDULER_CONFIG["set_alpha_to_one"],
             "why": "with earlier weights of this model PNDM diverged at guidance 7.5 (object accuracy 0.05 on 4 seeds) while DDIM, "
-                   "DPM-Solver++ 2M and Euler ancestral held (DDIM 0.68)",
+            "DPM-Solver++ 2M and Euler ancestral held (DDIM 0.68)",
             "source": "README.md ('Scheduler matters at high guidance'); evaluation/pndm/",
         },
-        "attention": {"miou_object": 0.39, "miou_background_word": 0.53, "daam_coco": [0.59, 0.65],
-                      "source": "README.md ('How well the attention maps locate things')"},
+        "attention": {
+            "miou_object": 0.39,
+            "miou_background_word": 0.53,
+            "daam_coco": [0.59, 0.65],
+            "source": "README.md ('How well the attention maps locate things')",
+        },
     }
     tower = MODEL_DIR / "clip_image" / "config.json"
     if tower.is_file():  # trained after `package` (train/clip_image.py) against the frozen text encoder
         t = json.loads(tower.read_text()).get("training", {})
         facts["clip_image"] = {
-            "trained": "afterwards, against the frozen text encoder", "knows": "only emoji scenes",
-            "minutes": round(float(t.get("minutes", 0)), 1), "steps": t.get("steps"), "batch": t.get("batch"),
+            "trained": "afterwards, against the frozen text encoder",
+            "knows": "only emoji scenes",
+            "minutes": round(float(t.get("minutes", 0)), 1),
+            "steps": t.get("steps"),
+            "batch": t.get("batch"),
             "object_retrieval": t.get("object_retrieval_after"),
             "source": "models/default/clip_image/config.json; train/clip_image.py",
         }
@@ -497,23 +549,43 @@ def about(evaluation: Path | None = None) -> dict:
     if path.is_file():
         ev = json.loads(path.read_text())
         keys = ("object_accuracy", "background_accuracy", "pair_both_objects")
-        rows = [{"scale": r["guidance"], "seeds": r.get("seeds"), **{k: round(float(r[k]), 3) for k in keys if k in r}}
-                for r in ev.get("rows", []) if r.get("guidance", 0) > 0]
+        rows = [
+            {"scale": r["guidance"], "seeds": r.get("seeds"), **{k: round(float(r[k]), 3) for k in keys if k in r}}
+            for r in ev.get("rows", [])
+            if r.get("guidance", 0) > 0
+        ]
         facts["guidance"] = {
-            "default": card["guidance"], "sd_default": 7.5, "caption_dropout": facts["unet"]["caption_dropout"],
-            "evaluation": {"prompts": len(ev.get("prompts", [])), "steps": ev.get("steps"), "scheduler": ev.get("scheduler"),
-                           "rows": rows, "source": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)},
+            "default": card["guidance"],
+            "sd_default": 7.5,
+            "caption_dropout": facts["unet"]["caption_dropout"],
+            "evaluation": {
+                "prompts": len(ev.get("prompts", [])),
+                "steps": ev.get("steps"),
+                "scheduler": ev.get("scheduler"),
+                "rows": rows,
+                "source": str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path),
+            },
         }
         real = ev.get("real_distribution") or {}
         if "clip_real" in real:  # CLIP score = 100 × mean cosine, real scenes with their own / another prompt
-            facts["clip_cosine"] = {"real_own_prompt": round(real["clip_real"] / 100, 2),
-                                    "real_other_prompt": round(real.get("clip_real_shuffled", 0) / 100, 2),
-                                    "source": facts["guidance"]["evaluation"]["source"] + " real_distribution"}
+            facts["clip_cosine"] = {
+                "real_own_prompt": round(real["clip_real"] / 100, 2),
+                "real_other_prompt": round(real.get("clip_real_shuffled", 0) / 100, 2),
+                "source": facts["guidance"]["evaluation"]["source"] + " real_distribution",
+            }
     card["facts"] = facts
     return card
 
-STAGES = {"clip": train_clip, "vae": train_vae, "encode": encode, "decoder": finetune_decoder, "unet": train_unet,
-          "package": package, "judge": train_judge}
+
+STAGES = {
+    "clip": train_clip,
+    "vae": train_vae,
+    "encode": encode,
+    "decoder": finetune_decoder,
+    "unet": train_unet,
+    "package": package,
+    "judge": train_judge,
+}
 # what `train` runs with no stage named: the model. The judge is evaluation's instrument, trained on its own
 # (`train judge`), so the model's budget (3 hours, 90 minutes a stage) is the model's alone.
 MODEL_STAGES = ("clip", "vae", "encode", "decoder", "unet", "package")

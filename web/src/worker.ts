@@ -6,7 +6,8 @@ import type { PyProxy } from 'pyodide/ffi';
 import { runWorkerBench, setWasmOwner, watchWasmMemories, type OrtModule } from './bench/workerBench';
 import { BundleLoadError, fetchManifest, loadBundleFiles, type Manifest } from './lib/bundleLoader';
 import { fetchRuntimeZip, installRuntime, openSnapshotCache, snapshotKey } from './lib/pythonSnapshot';
-import type { BenchOptions, EngineInfo, FromWorker, InitMsg, ModelFacts, Provider, RequestMsg, SchedulerInfo, ToWorker } from './lib/protocol';
+import type { BenchOptions, EngineInfo, FromWorker, InitMsg, Provider, RequestMsg, ToWorker } from './lib/protocol';
+import type { CheckManifest, EngineDescription, PythonEngine, WebModule } from './lib/pythonEngine';
 
 declare const self: DedicatedWorkerGlobalScope;
 
@@ -17,7 +18,7 @@ function post(msg: FromWorker, transfer: Transferable[] = []) {
   self.postMessage(msg, transfer);
 }
 
-let engine: PyProxy | null = null;
+let engine: PythonEngine | null = null;
 /** The ORT module the sessions were made with (the bench view makes its own tensors with it). */
 let ortModule: OrtModule | null = null;
 let initStarted = false;
@@ -53,12 +54,17 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
 function describeError(err: unknown): string {
   if (err instanceof BundleLoadError) return err.message;
   const text = err instanceof Error ? err.message : String(err);
-  const lines = text.trim().split('\n').filter((l) => l.trim());
+  const lines = text
+    .trim()
+    .split('\n')
+    .filter((l) => l.trim());
   const last = lines[lines.length - 1] ?? text;
   if (/bad_alloc|out of memory|Array buffer allocation failed|Aborted\(OOM\)/i.test(text)) {
-    return 'the browser ran out of memory running this model: WebAssembly can address at most 4 GB, and this bundle’s ' +
+    return (
+      'the browser ran out of memory running this model: WebAssembly can address at most 4 GB, and this bundle’s ' +
       'weights and working memory need more. Use a smaller build (int8, int4) or a smaller model, or WebGPU if this ' +
-      `machine has a GPU. (${last.replace(/^.*ERROR_MESSAGE: /, '')})`;
+      `machine has a GPU. (${last.replace(/^.*ERROR_MESSAGE: /, '')})`
+    );
   }
   // "runtime.bundle.BundleError: msg" → "BundleError: msg"; ValueError text as is.
   return last.replace(/^[\w.]*\.(\w+Error): /, '$1: ').replace(/^(ValueError|BundleError): /, '');
@@ -67,7 +73,10 @@ function describeError(err: unknown): string {
 class ProviderError extends Error {}
 
 async function chooseProvider(choice: InitMsg['provider'], needsF16: boolean) {
-  type Adapter = { features: Set<string>; info?: { vendor?: string; architecture?: string; description?: string; isFallbackAdapter?: boolean } };
+  type Adapter = {
+    features: Set<string>;
+    info?: { vendor?: string; architecture?: string; description?: string; isFallbackAdapter?: boolean };
+  };
   const gpu = (self.navigator as unknown as { gpu?: { requestAdapter(o?: object): Promise<Adapter | null> } }).gpu;
   let adapter: Adapter | null = null;
   let why = '';
@@ -89,17 +98,36 @@ async function chooseProvider(choice: InitMsg['provider'], needsF16: boolean) {
   const info = adapter?.info;
   const name = info ? [info.vendor, info.architecture, info.description].filter(Boolean).join(' ') || 'unnamed adapter' : null;
   const software = !!info && (info.isFallbackAdapter === true || /swiftshader|llvmpipe|software/i.test(name ?? ''));
-  if (choice === 'wasm') return { provider: 'wasm' as Provider, reason: 'WASM on the CPU, as chosen in the settings', adapter: null, software: null };
+  if (choice === 'wasm')
+    return { provider: 'wasm' as Provider, reason: 'WASM on the CPU, as chosen in the settings', adapter: null, software: null };
   if (choice === 'webgpu') {
     if (!adapter) throw new ProviderError(`WebGPU was chosen, but ${why}. Choose “auto” or “WASM” in the settings.`);
-    return { provider: 'webgpu' as Provider, reason: `WebGPU, as chosen in the settings (adapter: ${name}${software ? ', software' : ''})`, adapter, software };
+    return {
+      provider: 'webgpu' as Provider,
+      reason: `WebGPU, as chosen in the settings (adapter: ${name}${software ? ', software' : ''})`,
+      adapter,
+      software,
+    };
   }
-  if (adapter && !software) return { provider: 'webgpu' as Provider, reason: `WebGPU: a GPU adapter is available (${name})`, adapter, software };
-  if (adapter) return { provider: 'wasm' as Provider, reason: `WASM on the CPU: the only WebGPU adapter is a software one (${name}), slower than WASM`, adapter: null, software: null };
+  if (adapter && !software)
+    return { provider: 'webgpu' as Provider, reason: `WebGPU: a GPU adapter is available (${name})`, adapter, software };
+  if (adapter)
+    return {
+      provider: 'wasm' as Provider,
+      reason: `WASM on the CPU: the only WebGPU adapter is a software one (${name}), slower than WASM`,
+      adapter: null,
+      software: null,
+    };
   return { provider: 'wasm' as Provider, reason: `WASM on the CPU: ${why}`, adapter: null, software: null };
 }
 
-async function startPython(): Promise<{ py: PyodideAPI; pyodideMs: number; runtimeMs: number; web: PyProxy; snapshot: 'restored' | 'fresh' }> {
+async function startPython(): Promise<{
+  py: PyodideAPI;
+  pyodideMs: number;
+  runtimeMs: number;
+  web: WebModule;
+  snapshot: 'restored' | 'fresh';
+}> {
   post({ type: 'status', phase: 'pyodide', text: 'starting Python (Pyodide)…' });
   let t = performance.now();
   const zipFetch = fetchRuntimeZip(BASE);
@@ -124,7 +152,7 @@ async function startPython(): Promise<{ py: PyodideAPI; pyodideMs: number; runti
   const pyodideMs = performance.now() - t;
   t = performance.now();
   installRuntime(py, zip);
-  const web = py.pyimport('runtime.web') as PyProxy;
+  const web = py.pyimport('runtime.web') as WebModule;
   return { py, pyodideMs, runtimeMs: performance.now() - t, web, snapshot };
 }
 
@@ -149,7 +177,8 @@ function makeSnapshotSoon(delayMs: number) {
 
 /** A one-node ONNX graph (Identity, 91 bytes): creating a session from it starts onnxruntime-web's
  * wasm and thread pool while Python starts, instead of after it. */
-const WARMUP_MODEL = 'CAgSE2RpZmZ1c2lvbi1leHBsYWluZXI6PAoQCgF4EgF5IghJZGVudGl0eRIGd2FybXVwWg8KAXgSCgoICAESBAoCCAFiDwoBeRIKCggIARIECgIIAUIECgAQEQ==';
+const WARMUP_MODEL =
+  'CAgSE2RpZmZ1c2lvbi1leHBsYWluZXI6PAoQCgF4EgF5IghJZGVudGl0eRIGd2FybXVwWg8KAXgSCgoICAESBAoCCAFiDwoBeRIKCggIARIECgIIAUIECgAQEQ==';
 
 async function startOrt(provider: Provider, threads: number, adapter: unknown) {
   const ort = await loadOrt(provider, threads, adapter);
@@ -169,6 +198,9 @@ async function loadOrt(provider: Provider, threads: number, adapter: unknown) {
   return ort;
 }
 
+/** Worker start-up, as named stages: read the manifest; start Python (or restore its snapshot) in
+ * parallel with choosing the provider, starting ORT and downloading the bundle; check the manifest
+ * with the runtime's own schema; create the sessions; ask the runtime what it offers. */
 async function init(msg: InitMsg) {
   const t0 = performance.now();
   stopView = msg.stopFlag ? new Int32Array(msg.stopFlag) : null;
@@ -177,116 +209,149 @@ async function init(msg: InitMsg) {
 
   post({ type: 'status', phase: 'bundle', text: 'reading the bundle manifest…' });
   const python = startPython(); // in parallel with the downloads: it is CPU-bound, they are not
-  python.catch(() => {}); // reported below, once awaited
-  let tBundle = performance.now();
+  python.catch(() => {}); // reported where awaited
+  const tBundle = performance.now();
   const { manifest, text } = await fetchManifest(bundleUrl);
-  // The manifest's one schema is runtime/bundle.py's check_manifest (Python). Python starts in
-  // parallel with the download, so the JS below reads the manifest first; if a malformed manifest
-  // trips it, the schema's own one-line message replaces the JS error.
-  const validate = async () => {
-    const { py } = await python;
-    const check = py.pyimport('runtime.bundle').check_manifest_json as PyProxy & ((t: string) => unknown);
-    try {
-      const r = check(text);
-      if (r instanceof py.ffi.PyProxy) r.destroy();
-    } catch (e) {
-      throw new BundleLoadError(describeError(e));
-    } finally {
-      check.destroy();
-    }
-  };
-  let precision: string[];
-  let choice: Awaited<ReturnType<typeof chooseProvider>>;
-  let threads: number;
-  let bundle: Awaited<ReturnType<typeof loadBundleFiles>>;
-  let ortEarly: ReturnType<typeof startOrt> | null = null;
-  const isolated = self.crossOriginIsolated;
-  const autoThreads = Math.max(1, Math.min(self.navigator.hardwareConcurrency || 1, 4));
-  try {
-    precision = [...new Set(Object.values(manifest.components).map((c) => c.precision ?? 'fp32'))];
-    choice = await chooseProvider(msg.provider, precision.includes('fp16'));
-    threads = choice.provider === 'webgpu' ? 1 : isolated ? msg.threads || autoThreads : 1;
-    // not in the bench: it attributes WebAssembly memories to Pyodide or ORT by the order they start
-    if (!msg.bench) {
-      ortEarly = startOrt(choice.provider, threads, choice.adapter);
-      ortEarly.catch(() => {}); // awaited below; its error is reported there
-    }
-    if (!isolated && choice.provider === 'wasm') {
-      post({ type: 'notice', level: 'warning', text: 'the page is not cross-origin isolated (no COOP/COEP headers), so WASM runs on one thread' });
-    }
-
-    post({ type: 'status', phase: 'bundle', text: `downloading the bundle “${manifest.name ?? 'bundle'}”…` });
-    bundle = await loadBundleFiles(bundleUrl, manifest, text, {
-      progress: (file, loaded, total, fromCache) => post({ type: 'progress', file, loaded, total, fromCache }),
-      notice: (t) => post({ type: 'notice', level: 'warning', text: t }),
-    });
-  } catch (e) {
-    if (e instanceof BundleLoadError) throw e;
-    await validate(); // the schema's line, when the manifest is what broke
-    throw e;
-  }
-  await validate(); // before any session or run reads the model's facts
+  const { runtime, bundle } = await withSchemaErrors(python, text, async () => {
+    const runtime = await chooseRuntime(msg, manifest);
+    return { runtime, bundle: await downloadBundle(bundleUrl, manifest, text) };
+  });
+  await checkManifest(python, text); // before any session or run reads the model's facts
   const bundleMs = performance.now() - tBundle;
-  const ort = await (ortEarly ?? loadOrt(choice.provider, threads, choice.adapter));
+  const ort = await (runtime.ortEarly ?? loadOrt(runtime.provider, runtime.threads, runtime.adapter));
   ortModule = ort;
-  const { py, pyodideMs, runtimeMs, web, snapshot } = await python;
+  const started = await python;
   setWasmOwner('onnxruntime'); // Pyodide's memory exists by now; ORT instantiates its wasm at the first session
 
-  post({ type: 'status', phase: 'sessions', text: 'creating onnxruntime-web sessions…' });
-  const create = web.Engine as unknown as (...a: unknown[]) => PyProxy;
-  engine = create(bundle.manifestText, bundle.files, ort, choice.provider, bundleUrl);
-  pyodide = py;
-  const sessions = (await (engine.load as (cb: unknown) => Promise<Record<string, number>>)(
-    (name: string, i: number, n: number) => post({ type: 'status', phase: 'sessions', text: `creating session ${i + 1}/${n}: ${name}…` }),
-  )) as Record<string, number>;
-  // What the controls need from the runtime: its scheduler list (labels, the bundle's default) and
-  // the tokenizer's window. Engine.describe converts to a JS object itself; a PyProxy is converted here.
-  type Described = { schedulers: SchedulerInfo[]; maxLength: number; vocabulary: Record<string, string[]>; model: ModelFacts; previewBudget: number; hasClip: boolean };
-  const raw = (engine.describe as () => unknown)();
-  let described = raw as Described;
-  if (raw instanceof py.ffi.PyProxy) {
-    described = raw.toJs({ dict_converter: Object.fromEntries }) as Described;
-    raw.destroy();
-  }
-  const { schedulers, maxLength, vocabulary, model, previewBudget, hasClip } = described;
+  const created = await createEngine(started.web, bundle.manifestText, bundle.files, ort, runtime.provider, bundleUrl, '');
+  engine = created.engine;
+  pyodide = started.py;
+  const described = describeEngine(started.py, created.engine);
+  const sessions = created.sessions;
 
   const info: EngineInfo = {
-    provider: choice.provider,
-    reason: choice.reason,
-    threads,
-    crossOriginIsolated: isolated,
-    adapter: choice.adapter ? describeAdapter(choice.adapter) : null,
-    adapterSoftware: choice.software,
+    provider: runtime.provider,
+    reason: runtime.reason,
+    threads: runtime.threads,
+    crossOriginIsolated: self.crossOriginIsolated,
+    adapter: runtime.adapter ? describeAdapter(runtime.adapter) : null,
+    adapterSoftware: runtime.software,
     ortVersion: ort.env.versions.web ?? '?',
-    pythonVersion: py.runPython('import sys; sys.version.split()[0]') as string,
+    pythonVersion: started.py.runPython('import sys; sys.version.split()[0]') as string,
     bundle: {
       name: manifest.name ?? 'bundle',
       url: bundleUrl,
       imageSize: manifest.model.image_size,
       latentSize: manifest.model.latent_size,
-      schedulers,
-      defaultScheduler: schedulers.find((s) => s.isDefault)?.name ?? manifest.scheduler.default,
-      maxLength,
-      vocabulary: vocabulary ?? {},
-      model,
-      previewBudget,
-      hasClip: !!hasClip,
+      schedulers: described.schedulers,
+      defaultScheduler: described.schedulers.find((s) => s.isDefault)?.name ?? manifest.scheduler.default,
+      maxLength: described.maxLength,
+      vocabulary: described.vocabulary ?? {},
+      model: described.model,
+      previewBudget: described.previewBudget,
+      hasClip: !!described.hasClip,
       bytes: bundle.totalBytes,
-      precision,
+      precision: runtime.precision,
       description: manifest.about?.description ?? '',
       examples: manifest.about?.examples ?? [],
-      guidance: typeof manifest.about?.guidance === 'number' ? manifest.about.guidance : null,
     },
-    pythonSnapshot: snapshot,
-    timingsMs: { pyodide: pyodideMs, runtime: runtimeMs, bundle: bundleMs, sessions, total: performance.now() - t0 },
+    request: described.request,
+    pythonSnapshot: started.snapshot,
+    timingsMs: { pyodide: started.pyodideMs, runtime: started.runtimeMs, bundle: bundleMs, sessions, total: performance.now() - t0 },
     downloadedBytes: bundle.downloadedBytes,
   };
   post({ type: 'status', phase: 'ready', text: 'ready' });
   post({ type: 'ready', info });
-  made = { manifestText: bundle.manifestText, files: bundle.files, bundleUrl, wasmThreads: isolated ? msg.threads || autoThreads : 1, info };
-  if (choice.provider === 'webgpu') void watchGpuDevice(ort);
-  snapshotWanted = snapshot === 'fresh' && !msg.bench;
+  made = { manifestText: bundle.manifestText, files: bundle.files, bundleUrl, wasmThreads: runtime.wasmThreads, info };
+  if (runtime.provider === 'webgpu') void watchGpuDevice(ort);
+  snapshotWanted = started.snapshot === 'fresh' && !msg.bench;
   makeSnapshotSoon(10_000);
+}
+
+type Started = Awaited<ReturnType<typeof startPython>>;
+
+/** Stage: the provider (WebGPU or WASM) and thread count for this bundle; starts ORT early. */
+async function chooseRuntime(msg: InitMsg, manifest: Manifest) {
+  const precision = [...new Set(Object.values(manifest.components).map((c) => c.precision ?? 'fp32'))];
+  const choice = await chooseProvider(msg.provider, precision.includes('fp16'));
+  const isolated = self.crossOriginIsolated;
+  const wasmThreads = isolated ? msg.threads || Math.max(1, Math.min(self.navigator.hardwareConcurrency || 1, 4)) : 1;
+  const threads = choice.provider === 'webgpu' ? 1 : wasmThreads;
+  // not in the bench: it attributes WebAssembly memories to Pyodide or ORT by the order they start
+  const ortEarly = msg.bench ? null : startOrt(choice.provider, threads, choice.adapter);
+  ortEarly?.catch(() => {}); // awaited by init; its error is reported there
+  if (!isolated && choice.provider === 'wasm') {
+    post({
+      type: 'notice',
+      level: 'warning',
+      text: 'the page is not cross-origin isolated (no COOP/COEP headers), so WASM runs on one thread',
+    });
+  }
+  return { ...choice, precision, threads, wasmThreads, ortEarly };
+}
+
+/** Stage: every bundle file, from the Cache API or the network, checked against its sha256. */
+async function downloadBundle(bundleUrl: string, manifest: Manifest, text: string) {
+  post({ type: 'status', phase: 'bundle', text: `downloading the bundle “${manifest.name ?? 'bundle'}”…` });
+  return loadBundleFiles(bundleUrl, manifest, text, {
+    progress: (file, loaded, total, fromCache) => post({ type: 'progress', file, loaded, total, fromCache }),
+    notice: (t) => post({ type: 'notice', level: 'warning', text: t }),
+  });
+}
+
+/** Stage: the manifest's one schema is runtime/bundle.py's check_manifest (Python); its one-line
+ * message is the error a reader sees for a malformed manifest. */
+async function checkManifest(python: Promise<Started>, text: string) {
+  const { py } = await python;
+  const check = py.pyimport('runtime.bundle').check_manifest_json as CheckManifest;
+  try {
+    const r = check(text);
+    if (r instanceof py.ffi.PyProxy) r.destroy();
+  } catch (e) {
+    throw new BundleLoadError(describeError(e));
+  } finally {
+    check.destroy();
+  }
+}
+
+/** Python starts in parallel with the download, so the JS reads the manifest first; if a malformed
+ * manifest trips that JS, the schema's own message replaces the JS error. */
+async function withSchemaErrors<T>(python: Promise<Started>, text: string, stage: () => Promise<T>): Promise<T> {
+  try {
+    return await stage();
+  } catch (e) {
+    if (e instanceof BundleLoadError) throw e;
+    await checkManifest(python, text);
+    throw e;
+  }
+}
+
+/** Stage: runtime/web.py's Engine over the loaded files, with every ORT session created. */
+async function createEngine(
+  web: WebModule,
+  manifestText: string,
+  files: unknown,
+  ort: OrtModule,
+  provider: Provider,
+  bundleUrl: string,
+  on: string,
+) {
+  post({ type: 'status', phase: 'sessions', text: `creating onnxruntime-web sessions${on}…` });
+  const created = web.Engine(manifestText, files, ort, provider, bundleUrl);
+  const sessions = await created.load((name, i, n) =>
+    post({ type: 'status', phase: 'sessions', text: `creating session ${i + 1}/${n}${on}: ${name}…` }),
+  );
+  return { engine: created, sessions };
+}
+
+/** Stage: what the controls need from the runtime (schedulers, token window, request limits and
+ * defaults …). Engine.describe converts to a JS object itself; a PyProxy is converted here. */
+function describeEngine(py: PyodideAPI, e: PythonEngine): EngineDescription {
+  const raw = e.describe();
+  if (!(raw instanceof py.ffi.PyProxy)) return raw as EngineDescription;
+  const described = raw.toJs({ dict_converter: Object.fromEntries }) as EngineDescription;
+  raw.destroy();
+  return described;
 }
 
 /** What the engine was made from, so it can be made again on WASM if the GPU device is lost. */
@@ -315,7 +380,7 @@ function fallBackToWasm(): Promise<void> {
     if (!made || !engine) throw new Error('the engine is not ready yet');
     post({ type: 'notice', level: 'warning', text: `the WebGPU device was lost (${gpuLost}); moving to WASM on the CPU…` });
     try {
-      (engine.close as () => void)();
+      engine.close();
     } catch {
       /* sessions on a lost device: dropped either way */
     }
@@ -323,18 +388,25 @@ function fallBackToWasm(): Promise<void> {
     engine = null;
     const ort = await loadOrt('wasm', made.wasmThreads, null);
     ortModule = ort;
-    const create = pyodide!.pyimport('runtime.web').Engine as unknown as (...a: unknown[]) => PyProxy;
-    const next = create(made.manifestText, made.files, ort, 'wasm', made.bundleUrl);
-    await (next.load as (cb: unknown) => Promise<unknown>)((name: string, i: number, n: number) =>
-      post({ type: 'status', phase: 'sessions', text: `creating session ${i + 1}/${n} on WASM: ${name}…` }));
+    const web = pyodide!.pyimport('runtime.web') as WebModule;
+    const { engine: next } = await createEngine(web, made.manifestText, made.files, ort, 'wasm', made.bundleUrl, ' on WASM');
     engine = next;
     const info: EngineInfo = {
-      ...made.info, provider: 'wasm', threads: made.wasmThreads, adapter: null, adapterSoftware: null,
-      reason: `WASM on the CPU: the WebGPU device was lost (${gpuLost})`, ortVersion: ort.env.versions.web ?? '?',
+      ...made.info,
+      provider: 'wasm',
+      threads: made.wasmThreads,
+      adapter: null,
+      adapterSoftware: null,
+      reason: `WASM on the CPU: the WebGPU device was lost (${gpuLost})`,
+      ortVersion: ort.env.versions.web ?? '?',
     };
     post({ type: 'status', phase: 'ready', text: 'ready' });
     post({ type: 'engine-changed', info });
-    post({ type: 'notice', level: 'warning', text: `now running on WASM on the CPU (${made.wasmThreads} thread${made.wasmThreads > 1 ? 's' : ''}): the WebGPU device was lost` });
+    post({
+      type: 'notice',
+      level: 'warning',
+      text: `now running on WASM on the CPU (${made.wasmThreads} thread${made.wasmThreads > 1 ? 's' : ''}): the WebGPU device was lost`,
+    });
   })();
   return fallback;
 }
@@ -357,8 +429,8 @@ function memoryStats() {
   // defined once: compiling a snippet per call would itself leave objects behind
   if (!pyodide.globals.has('_dx_memory_stats')) {
     pyodide.runPython(
-      "def _dx_memory_stats():\n    import gc\n    gc.collect()\n    o = gc.get_objects()\n" +
-      "    return [len(o), sum(1 for x in o if type(x).__name__.startswith('JsProxy'))]",
+      'def _dx_memory_stats():\n    import gc\n    gc.collect()\n    o = gc.get_objects()\n' +
+        "    return [len(o), sum(1 for x in o if type(x).__name__.startswith('JsProxy'))]",
     );
   }
   const fn = pyodide.globals.get('_dx_memory_stats') as PyProxy & (() => PyProxy & { toJs(): number[] });
@@ -375,7 +447,7 @@ async function clip(prompts: string[]) {
   if (!engine || busy) return;
   busy = true;
   try {
-    await (engine.post_clip as (...a: unknown[]) => Promise<void>)((m: FromWorker) => post(m), prompts);
+    await engine.post_clip((m) => post(m), prompts);
   } catch (err) {
     post({ type: 'notice', level: 'warning', text: `CLIP: ${describeError(err)}` });
   } finally {
@@ -407,8 +479,14 @@ async function generate(runId: number, request: RequestMsg, side = false) {
   const gpuLostSignal = new Promise<void>((r) => (onGpuLost = r));
   try {
     // runtime/web.py posts run-start / run-step / run-done (or run-invalid), then any run-image, itself.
-    const running = (engine.generate as (...a: unknown[]) => Promise<void>)(
-      runId, request, postRun, () => isStopped() || run.superseded, stopView ? undefined : yieldToEvents, undefined, !side,
+    const running = engine.generate(
+      runId,
+      request,
+      postRun,
+      () => isStopped() || run.superseded,
+      stopView ? undefined : yieldToEvents,
+      undefined,
+      !side,
     );
     // a lost device can leave a session's run waiting for ever: stop between steps, and stop waiting soon after
     const lost = gpuLostSignal.then(() => {
@@ -425,7 +503,12 @@ async function generate(runId: number, request: RequestMsg, side = false) {
     if (onGpu && gpuLost !== null) {
       try {
         await fallBackToWasm();
-        if (!finished) post({ type: 'run-error', runId, text: `the WebGPU device was lost during this run (${gpuLost}); the page now runs on WASM on the CPU: press Generate to run it again` });
+        if (!finished)
+          post({
+            type: 'run-error',
+            runId,
+            text: `the WebGPU device was lost during this run (${gpuLost}); the page now runs on WASM on the CPU: press Generate to run it again`,
+          });
       } catch (err) {
         post({ type: 'fatal', text: `the WebGPU device was lost and WASM could not take over: ${describeError(err)}` });
       }
@@ -443,7 +526,9 @@ async function bench(options: BenchOptions) {
   if (busy) return post({ type: 'bench-error', text: 'a run is already going on' });
   busy = true;
   try {
-    const result = await runWorkerBench(engine, ortModule, options, (text, done, total) => post({ type: 'bench-progress', text, done, total }));
+    const result = await runWorkerBench(engine, ortModule, options, (text, done, total) =>
+      post({ type: 'bench-progress', text, done, total }),
+    );
     post({ type: 'bench-done', result });
   } catch (err) {
     post({ type: 'bench-error', text: describeError(err) });

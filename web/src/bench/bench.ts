@@ -6,6 +6,7 @@
 // message, loader and provider choice as the explainer, so the bench loads the bundle exactly as
 // the app does; `bench: true` adds the worker's memory records, `EngineClient.bench()` the runs.
 import type { BenchOptions, BenchResourceBytes, BenchResourceEntry, EngineInfo, ProviderChoice, WorkerBenchResult } from '../lib/protocol';
+import { wholeIn } from '../derive/limits';
 import type { EngineClient } from '../state/engine.svelte';
 
 declare global {
@@ -43,15 +44,15 @@ export function parseBenchParams(params: URLSearchParams, defaultBundle: string)
   if (!['auto', 'webgpu', 'wasm'].includes(provider)) errors.push(`provider must be auto, webgpu or wasm (got “${provider}”)`);
   // checked against the runtime's list once the engine is ready (checkScheduler)
   const scheduler = params.get('scheduler') ?? '';
-  const guidanceRaw = params.get('guidance');
-  let guidance = 7.5;
-  if (guidanceRaw !== null && guidanceRaw !== '') {
-    guidance = Number(guidanceRaw);
-    if (!Number.isFinite(guidance) || guidance < 0 || guidance > 20) {
-      errors.push(`guidance must be a number from 0 to 20 (got “${guidanceRaw}”)`);
-      guidance = 7.5;
-    }
-  }
+  // guidance and seed: their ranges and defaults are the runtime's (checkRequest, once it is ready)
+  const number = (name: string, whole: boolean): number => {
+    const raw = params.get(name);
+    if (raw === null || raw === '') return NaN; // the runtime's default
+    const v = Number(raw);
+    if (!Number.isFinite(v) || (whole && !Number.isInteger(v)))
+      errors.push(`${name} must be a ${whole ? 'whole ' : ''}number (got “${raw}”)`);
+    return v;
+  };
   return {
     params: {
       bundleUrl: params.get('bundle') || defaultBundle,
@@ -59,15 +60,40 @@ export function parseBenchParams(params: URLSearchParams, defaultBundle: string)
       threads: int('threads', 0, 0, 16),
       options: {
         prompt: params.get('prompt') ?? DEFAULT_PROMPT,
-        seed: int('seed', 0, 0, 2 ** 32 - 1),
-        guidance,
-        steps: int('steps', 10, 1, 100),
+        seed: number('seed', true),
+        guidance: number('guidance', false),
+        steps: orDefault(number('steps', true), BENCH_STEPS),
         repeats: int('repeats', 3, 1, 50),
         scheduler,
       },
     },
     errors,
   };
+}
+
+const orDefault = (v: number, d: number) => (Number.isNaN(v) ? d : v);
+
+/** The bench's own run length (short: it times steps, not pictures), unless ?steps= says otherwise. */
+export const BENCH_STEPS = 10;
+
+/** The request fields against the runtime's limits (EngineInfo.request), the unset ones filled with
+ * its defaults: the options to run, or the reader's error. */
+export function checkRequest(options: BenchOptions, info: EngineInfo): { options: BenchOptions; error: string | null } {
+  const { limits, defaults } = info.request;
+  const out = {
+    ...options,
+    seed: Number.isNaN(options.seed) ? defaults.seed : options.seed,
+    guidance: Number.isNaN(options.guidance) ? defaults.guidance : options.guidance,
+  };
+  const errors: string[] = [];
+  if (!wholeIn(out.seed, limits.seed))
+    errors.push(`seed must be a whole number from ${limits.seed.min} to ${limits.seed.max} (got “${out.seed}”)`);
+  if (!wholeIn(out.steps, limits.steps))
+    errors.push(`steps must be a whole number from ${limits.steps.min} to ${limits.steps.max} (got “${out.steps}”)`);
+  if (!(out.guidance >= limits.guidance.min && out.guidance <= limits.guidance.max)) {
+    errors.push(`guidance must be a number from ${limits.guidance.min} to ${limits.guidance.max} (got “${out.guidance}”)`);
+  }
+  return { options: out, error: errors.length ? errors.join('; ') : null };
 }
 
 /** The ?scheduler= check, against the schedulers the runtime offers: an error, or null. */
@@ -77,7 +103,10 @@ export function checkScheduler(scheduler: string, info: EngineInfo): string | nu
 }
 
 /** The query string that opens the bench (or, with bench=false, the app) with these settings. */
-export function benchQuery(p: { provider: ProviderChoice; threads: number; bundle?: string | null; steps?: number; repeats?: number; prompt?: string }, bench = true): string {
+export function benchQuery(
+  p: { provider: ProviderChoice; threads: number; bundle?: string | null; steps?: number; repeats?: number; prompt?: string },
+  bench = true,
+): string {
   const q = new URLSearchParams();
   if (p.bundle) q.set('bundle', p.bundle);
   q.set('provider', p.provider);
@@ -126,7 +155,11 @@ export function resourceBytes(entries: BenchResourceEntry[], base: string, bundl
 /** This context's own Resource Timing entries (the main thread's; the worker sends its own). */
 export function ownResourceEntries(): BenchResourceEntry[] {
   return (performance.getEntriesByType('resource') as (PerformanceResourceTiming & { responseStatus?: number })[]).map((e) => ({
-    url: e.name, transferSize: e.transferSize, encodedBodySize: e.encodedBodySize, decodedBodySize: e.decodedBodySize, status: e.responseStatus ?? null,
+    url: e.name,
+    transferSize: e.transferSize,
+    encodedBodySize: e.encodedBodySize,
+    decodedBodySize: e.decodedBodySize,
+    status: e.responseStatus ?? null,
   }));
 }
 
@@ -205,23 +238,54 @@ export interface BenchResult {
   /** Caveats a reader needs to read the figures right. */
   notes: string[];
   samples: {
-    controller: { warmup: boolean; timings_ms: Record<string, number>; js_wall_ms: number; steps: Record<string, number>[]; session_run_ms: Record<string, number[]> }[];
+    controller: {
+      warmup: boolean;
+      timings_ms: Record<string, number>;
+      js_wall_ms: number;
+      steps: Record<string, number>[];
+      session_run_ms: Record<string, number[]>;
+    }[];
     raw: { warmup: boolean; runs_ms: Record<string, number[]> }[];
   } | null;
 }
 
 export function emptyResult(params: BenchParams, error: string | null): BenchResult {
   return {
-    schema: BENCH_SCHEMA, ok: error === null, error,
+    schema: BENCH_SCHEMA,
+    ok: error === null,
+    error,
     params: {
-      provider: params.provider, threads: params.threads, steps: params.options.steps, repeats: params.options.repeats,
-      prompt: params.options.prompt, seed: params.options.seed, guidance: params.options.guidance,
-      scheduler: params.options.scheduler || null, bundle_url: params.bundleUrl,
+      provider: params.provider,
+      threads: params.threads,
+      steps: params.options.steps,
+      repeats: params.options.repeats,
+      prompt: params.options.prompt,
+      seed: params.options.seed,
+      guidance: params.options.guidance,
+      scheduler: params.options.scheduler || null,
+      bundle_url: params.bundleUrl,
     },
-    scheduler: params.options.scheduler || null, engine: null, bundle: null, startup_ms: null, startup_bytes: null, steps_per_run: 0, timesteps_per_run: 0, calls_per_run: {},
-    measured_runs: 0, controller_ms: {}, raw_ms: {}, overhead_ms: {}, session_in_controller_ms: {}, ffi_ms: {},
+    scheduler: params.options.scheduler || null,
+    engine: null,
+    bundle: null,
+    startup_ms: null,
+    startup_bytes: null,
+    steps_per_run: 0,
+    timesteps_per_run: 0,
+    calls_per_run: {},
+    measured_runs: 0,
+    controller_ms: {},
+    raw_ms: {},
+    overhead_ms: {},
+    session_in_controller_ms: {},
+    ffi_ms: {},
     views_ms: { step_off: null, step_on: null, ratio: null, wall_off: null, wall_on: null },
-    memory: { notes: ['not measured'] }, notes: [], page_resources: null, page_ms: { ready: null, done: null }, first_image_ms: null, samples: null,
+    memory: { notes: ['not measured'] },
+    notes: [],
+    page_resources: null,
+    page_ms: { ready: null, done: null },
+    first_image_ms: null,
+    samples: null,
   };
 }
 
@@ -229,15 +293,29 @@ function startup(info: EngineInfo) {
   const sessions = info.timingsMs.sessions;
   return {
     startup_ms: {
-      pyodide: info.timingsMs.pyodide, runtime_zip: info.timingsMs.runtime, bundle: info.timingsMs.bundle,
-      sessions: { ...sessions }, sessions_total: Object.values(sessions).reduce((a, b) => a + b, 0), ready: info.timingsMs.total,
+      pyodide: info.timingsMs.pyodide,
+      runtime_zip: info.timingsMs.runtime,
+      bundle: info.timingsMs.bundle,
+      sessions: { ...sessions },
+      sessions_total: Object.values(sessions).reduce((a, b) => a + b, 0),
+      ready: info.timingsMs.total,
     },
-    startup_bytes: { bundle_total: info.bundle.bytes, bundle_downloaded: info.downloadedBytes, bundle_from_cache: info.downloadedBytes === 0 },
+    startup_bytes: {
+      bundle_total: info.bundle.bytes,
+      bundle_downloaded: info.downloadedBytes,
+      bundle_from_cache: info.downloadedBytes === 0,
+    },
   };
 }
 
-export function summarize(params: BenchParams, info: EngineInfo, w: WorkerBenchResult, memory: PageMemory, resources: BenchResourceBytes,
-  pageMs: { ready: number | null; done: number | null }): BenchResult {
+export function summarize(
+  params: BenchParams,
+  info: EngineInfo,
+  w: WorkerBenchResult,
+  memory: PageMemory,
+  resources: BenchResourceBytes,
+  pageMs: { ready: number | null; done: number | null },
+): BenchResult {
   const runs = w.controller.filter((r) => !r.warmup);
   const steps = runs.flatMap((r) => r.steps);
   const passes = w.raw.filter((p) => !p.warmup);
@@ -255,13 +333,19 @@ export function summarize(params: BenchParams, info: EngineInfo, w: WorkerBenchR
   const onRuns = (w.viewsOn ?? []).filter((r) => !r.warmup);
   const stepOn = median(onRuns.flatMap((r) => r.steps).map((s) => s.total));
   const views_ms = {
-    step_off: controller_ms.step_total, step_on: stepOn,
+    step_off: controller_ms.step_total,
+    step_on: stepOn,
     ratio: stepOn != null && controller_ms.step_total ? stepOn / controller_ms.step_total : null,
-    wall_off: controller_ms.generate_wall, wall_on: median(onRuns.map((r) => r.jsWallMs)),
+    wall_off: controller_ms.generate_wall,
+    wall_on: median(onRuns.map((r) => r.jsWallMs)),
   };
   const raw_ms = { text_encoder: rawOf('text_encoder'), unet_step: rawOf('unet'), vae_decode: rawOf('vae_decoder') };
   const innerOf = (name: string) => median(runs.flatMap((r) => r.sessionRunMs[name] ?? []));
-  const session_in_controller_ms = { text_encoder: innerOf('text_encoder'), unet_step: innerOf('unet'), vae_decode: innerOf('vae_decoder') };
+  const session_in_controller_ms = {
+    text_encoder: innerOf('text_encoder'),
+    unet_step: innerOf('unet'),
+    vae_decode: innerOf('vae_decoder'),
+  };
   const diff = (x: Record<string, number | null>, y: Record<string, number | null>) =>
     Object.fromEntries(Object.keys(y).map((k) => [k, x[k] == null || y[k] == null ? null : x[k]! - y[k]!]));
   const overhead_ms = diff(controller_ms, raw_ms);
@@ -280,20 +364,38 @@ export function summarize(params: BenchParams, info: EngineInfo, w: WorkerBenchR
     ...emptyResult(params, null),
     scheduler: params.options.scheduler || info.bundle.defaultScheduler,
     engine: {
-      provider: info.provider, reason: info.reason, threads: info.threads, cross_origin_isolated: info.crossOriginIsolated,
-      adapter: info.adapter, adapter_software: info.adapterSoftware ?? null, ort_version: info.ortVersion, python_version: info.pythonVersion,
-      backend: w.backend, hardware_concurrency: navigator.hardwareConcurrency ?? null, user_agent: navigator.userAgent,
+      provider: info.provider,
+      reason: info.reason,
+      threads: info.threads,
+      cross_origin_isolated: info.crossOriginIsolated,
+      adapter: info.adapter,
+      adapter_software: info.adapterSoftware ?? null,
+      ort_version: info.ortVersion,
+      python_version: info.pythonVersion,
+      backend: w.backend,
+      hardware_concurrency: navigator.hardwareConcurrency ?? null,
+      user_agent: navigator.userAgent,
     },
     bundle: {
-      name: info.bundle.name, url: info.bundle.url, bytes: info.bundle.bytes, image_size: info.bundle.imageSize,
-      latent_size: info.bundle.latentSize, precision: info.bundle.precision, default_scheduler: info.bundle.defaultScheduler,
+      name: info.bundle.name,
+      url: info.bundle.url,
+      bytes: info.bundle.bytes,
+      image_size: info.bundle.imageSize,
+      latent_size: info.bundle.latentSize,
+      precision: info.bundle.precision,
+      default_scheduler: info.bundle.defaultScheduler,
     },
     ...startup(info),
     steps_per_run: runs[0]?.steps.length ?? 0,
     timesteps_per_run: w.timestepsPerRun,
     calls_per_run: w.callsPerRun,
     measured_runs: runs.length,
-    controller_ms, raw_ms, overhead_ms, session_in_controller_ms, ffi_ms, views_ms,
+    controller_ms,
+    raw_ms,
+    overhead_ms,
+    session_in_controller_ms,
+    ffi_ms,
+    views_ms,
     memory: {
       wasm_bytes: w.wasmMemories.length ? { ...wasm, total: wasmTotal } : null,
       wasm_memories: w.wasmMemories,
@@ -305,14 +407,22 @@ export function summarize(params: BenchParams, info: EngineInfo, w: WorkerBenchR
     first_image_ms: w.controller[0] ? info.timingsMs.total + w.controller[0].jsWallMs : null,
     notes: [
       ...(info.provider === 'webgpu'
-        ? ['WebGPU: session.run resolves once the work is queued and outputs stay on the GPU, so GPU time shows up where results are read back (the rest of a step); raw passes feed CPU tensors and do not wait for the GPU']
+        ? [
+            'WebGPU: session.run resolves once the work is queued and outputs stay on the GPU, so GPU time shows up where results are read back (the rest of a step); raw passes feed CPU tensors and do not wait for the GPU',
+          ]
         : []),
       ...(info.adapterSoftware ? ['the WebGPU adapter is a software one (e.g. SwiftShader): these times say nothing about a GPU'] : []),
       ...(runs.length < 3 ? ['fewer than 3 measured runs: medians are rough'] : []),
     ],
     page_ms: pageMs,
     samples: {
-      controller: w.controller.map((r) => ({ warmup: r.warmup, timings_ms: r.timingsMs, js_wall_ms: r.jsWallMs, steps: r.steps, session_run_ms: r.sessionRunMs })),
+      controller: w.controller.map((r) => ({
+        warmup: r.warmup,
+        timings_ms: r.timingsMs,
+        js_wall_ms: r.jsWallMs,
+        steps: r.steps,
+        session_run_ms: r.sessionRunMs,
+      })),
       raw: w.raw.map((p) => ({ warmup: p.warmup, runs_ms: p.runsMs })),
     },
   };
@@ -329,6 +439,9 @@ export async function runBench(engine: EngineClient, params: BenchParams, measur
   const readyMs = performance.now();
   const bad = checkScheduler(params.options.scheduler, info);
   if (bad) throw new Error(bad);
+  const checked = checkRequest(params.options, info);
+  if (checked.error) throw new Error(checked.error);
+  params.options = checked.options; // the result reports the request that ran
   const w: WorkerBenchResult = await engine.bench(params.options);
   const resources = resourceBytes([...ownResourceEntries(), ...w.resources], base, info.bundle.url);
   const pageMs = { ready: readyMs, done: performance.now() };

@@ -3,9 +3,16 @@
 // Engine.generate in runtime/web.py, whose Trace records each component's time — and (b) the same
 // ORT sessions called straight from JS with the very feeds (a) gave them, no Pyodide in between.
 // (a) − (b) is what the controller and the FFI cost.
-import type { PyProxy } from 'pyodide/ffi';
+import type { PythonEngine } from '../lib/pythonEngine';
 import type {
-  BenchControllerRun, BenchOptions, BenchRawPass, BenchResourceEntry, BenchWasmMemory, FromWorker, RequestMsg, WorkerBenchResult,
+  BenchControllerRun,
+  BenchOptions,
+  BenchRawPass,
+  BenchResourceEntry,
+  BenchWasmMemory,
+  FromWorker,
+  RequestMsg,
+  WorkerBenchResult,
 } from '../lib/protocol';
 
 type OrtSession = { run(feeds: Record<string, unknown>): Promise<Record<string, { dispose?(): void }>> };
@@ -81,18 +88,22 @@ function wasmMemoryFigures(): BenchWasmMemory[] {
 /** What this worker fetched (Pyodide, ORT's wasm, runtime.zip, bundle files not in the Cache API). */
 function resourceEntries(): BenchResourceEntry[] {
   return (performance.getEntriesByType('resource') as (PerformanceResourceTiming & { responseStatus?: number })[]).map((e) => ({
-    url: e.name, transferSize: e.transferSize, encodedBodySize: e.encodedBodySize, decodedBodySize: e.decodedBodySize, status: e.responseStatus ?? null,
+    url: e.name,
+    transferSize: e.transferSize,
+    encodedBodySize: e.encodedBodySize,
+    decodedBodySize: e.decodedBodySize,
+    status: e.responseStatus ?? null,
   }));
 }
 
 // ---- the two levels ------------------------------------------------------------------------------
 
 /** The JS InferenceSession that runtime/web.py's backend holds for a component. */
-function sessionOf(engine: PyProxy, name: string): OrtSession {
-  const backend = engine.backend as PyProxy;
-  const sessions = backend.sessions as PyProxy;
+function sessionOf(engine: PythonEngine, name: string): OrtSession {
+  const backend = engine.backend;
+  const sessions = backend.sessions;
   try {
-    const s = (sessions.get as (k: string) => unknown)(name);
+    const s = sessions.get(name);
     if (!s) throw new Error(`the engine has no ${name} session`);
     return s as OrtSession;
   } finally {
@@ -123,7 +134,13 @@ function disposeAll(out: Record<string, { dispose?(): void }>) {
 type ControllerRun = Omit<BenchControllerRun, 'sessionRunMs'> & { timesteps: number; backend: string };
 
 /** (a) One Engine.generate, its messages collected here instead of posted to the page. */
-async function controllerRun(engine: PyProxy, runId: number, options: BenchOptions, warmup: boolean, views = false): Promise<ControllerRun> {
+async function controllerRun(
+  engine: PythonEngine,
+  runId: number,
+  options: BenchOptions,
+  warmup: boolean,
+  views = false,
+): Promise<ControllerRun> {
   const steps: Record<string, number>[] = [];
   let timesteps = 0;
   let done: Extract<FromWorker, { type: 'run-done' }> | null = null;
@@ -135,17 +152,21 @@ async function controllerRun(engine: PyProxy, runId: number, options: BenchOptio
     else if (m.type === 'run-done') {
       done = m;
       doneAt = performance.now();
-    }
-    else if (m.type === 'run-invalid') refused = m.text;
+    } else if (m.type === 'run-invalid') refused = m.text;
   };
   const request: RequestMsg = {
-    prompt: options.prompt, negativePrompt: '', seed: options.seed, guidance: options.guidance, steps: options.steps,
+    prompt: options.prompt,
+    negativePrompt: '',
+    seed: options.seed,
+    guidance: options.guidance,
+    steps: options.steps,
     // views on: what the explainer asks for (previews within the runtime's budget, the rest decoded
     // after run-done); off: the plain loop (no previews)
-    scheduler: options.scheduler, previewEvery: views ? 1 : 0,
+    scheduler: options.scheduler,
+    previewEvery: views ? 1 : 0,
   };
   const t = performance.now();
-  await (engine.generate as (...a: unknown[]) => Promise<void>)(runId, request, collect, () => false);
+  await engine.generate(runId, request, collect, () => false);
   const jsWallMs = (doneAt || performance.now()) - t; // until run-done: previews decoded later are off the run's path
   if (refused) throw new Error(`the bench request was refused: ${refused}`);
   const d = done as Extract<FromWorker, { type: 'run-done' }> | null;
@@ -156,7 +177,10 @@ async function controllerRun(engine: PyProxy, runId: number, options: BenchOptio
 /** The whole benchmark on a loaded engine: a warm-up and `repeats` measured rounds, each a
  * controller run (a) then a raw pass (b). Throws on any failure; the worker words it for the page. */
 export async function runWorkerBench(
-  engine: PyProxy, ort: OrtModule, options: BenchOptions, progress: (text: string, done: number, total: number) => void,
+  engine: PythonEngine,
+  ort: OrtModule,
+  options: BenchOptions,
+  progress: (text: string, done: number, total: number) => void,
 ): Promise<WorkerBenchResult> {
   const total = 2 * (options.repeats + 1);
   let done = 0;
@@ -190,7 +214,11 @@ export async function runWorkerBench(
     for (let r = 0; r <= options.repeats; r++) {
       const warmup = r === 0;
       // (a) through the Python controller
-      progress(warmup ? 'warm-up run through the Python controller…' : `run ${r} of ${options.repeats} through the Python controller…`, done, total);
+      progress(
+        warmup ? 'warm-up run through the Python controller…' : `run ${r} of ${options.repeats} through the Python controller…`,
+        done,
+        total,
+      );
       capture = warmup;
       sessionRunMs = {};
       const run = await controllerRun(engine, -1 - r, options, warmup);
@@ -204,7 +232,11 @@ export async function runWorkerBench(
       viewsOn.push({ warmup, timingsMs: on.timingsMs, jsWallMs: on.jsWallMs, steps: on.steps, sessionRunMs: {} });
       done++;
       // (b) raw onnxruntime-web from JS: the same sessions and feeds, no Pyodide
-      progress(warmup ? 'warm-up pass of raw onnxruntime-web session.run…' : `raw onnxruntime-web pass ${r} of ${options.repeats}…`, done, total);
+      progress(
+        warmup ? 'warm-up pass of raw onnxruntime-web session.run…' : `raw onnxruntime-web pass ${r} of ${options.repeats}…`,
+        done,
+        total,
+      );
       const runsMs: Record<string, number[]> = {};
       for (const { name, feeds } of captured) {
         const tensors = Object.fromEntries(
@@ -223,7 +255,16 @@ export async function runWorkerBench(
     const callsPerRun: Record<string, number> = {};
     for (const { name } of captured) callsPerRun[name] = (callsPerRun[name] ?? 0) + 1;
     progress('done', done, total);
-    return { controller, viewsOn, raw, callsPerRun, timestepsPerRun: timesteps, backend, wasmMemories: wasmMemoryFigures(), resources: resourceEntries() };
+    return {
+      controller,
+      viewsOn,
+      raw,
+      callsPerRun,
+      timestepsPerRun: timesteps,
+      backend,
+      wasmMemories: wasmMemoryFigures(),
+      resources: resourceEntries(),
+    };
   } finally {
     for (const s of Object.values(sessions)) delete (s as { run?: unknown }).run; // back to the prototype's run
   }

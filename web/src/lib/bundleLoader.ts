@@ -46,10 +46,14 @@ export async function fetchManifest(url: string): Promise<{ manifest: Manifest; 
   try {
     res = await fetch(where, { cache: 'no-cache' });
   } catch (e) {
-    throw new BundleLoadError(`cannot reach the bundle at ${where} (${(e as Error).message}); start the page with \`diffusion-explainer serve\` or pass ?bundle=URL`);
+    throw new BundleLoadError(
+      `cannot reach the bundle at ${where} (${(e as Error).message}); start the page with \`diffusion-explainer serve\` or pass ?bundle=URL`,
+    );
   }
   if (!res.ok) {
-    throw new BundleLoadError(`no bundle at ${where} (HTTP ${res.status}); start the page with \`diffusion-explainer serve\` or pass ?bundle=URL`);
+    throw new BundleLoadError(
+      `no bundle at ${where} (HTTP ${res.status}); start the page with \`diffusion-explainer serve\` or pass ?bundle=URL`,
+    );
   }
   const text = await res.text();
   let manifest: Manifest;
@@ -102,14 +106,18 @@ async function download(url: string, rel: string, info: FileInfo, onBytes: (n: n
     if (done) break;
     if (at + value.length > out.length) {
       await reader.cancel();
-      throw new BundleLoadError(`${rel} from the server is larger than the manifest's ${info.bytes} bytes; the bundle on the server is inconsistent — re-export it. Nothing was run.`);
+      throw new BundleLoadError(
+        `${rel} from the server is larger than the manifest's ${info.bytes} bytes; the bundle on the server is inconsistent — re-export it. Nothing was run.`,
+      );
     }
     out.set(value, at);
     at += value.length;
     onBytes(value.length);
   }
   if (at !== info.bytes) {
-    throw new BundleLoadError(`${rel} from the server has ${at} bytes, the manifest says ${info.bytes}; the bundle on the server is incomplete — re-export it. Nothing was run.`);
+    throw new BundleLoadError(
+      `${rel} from the server has ${at} bytes, the manifest says ${info.bytes}; the bundle on the server is incomplete — re-export it. Nothing was run.`,
+    );
   }
   return out;
 }
@@ -157,7 +165,9 @@ export async function loadBundleFiles(url: string, manifest: Manifest, manifestT
       });
       const digest = await sha256Hex(fresh);
       if (digest !== info.sha256) {
-        throw new BundleLoadError(`${rel} from the server does not match the bundle manifest (sha256 ${digest.slice(0, 12)}…, expected ${info.sha256.slice(0, 12)}…); the bundle on the server is corrupted — re-export it. Nothing was run.`);
+        throw new BundleLoadError(
+          `${rel} from the server does not match the bundle manifest (sha256 ${digest.slice(0, 12)}…, expected ${info.sha256.slice(0, 12)}…); the bundle on the server is corrupted — re-export it. Nothing was run.`,
+        );
       }
       if (cache) {
         try {
@@ -175,7 +185,9 @@ export async function loadBundleFiles(url: string, manifest: Manifest, manifestT
   }
   if (uncached.length) {
     const what = uncached.length === 1 ? uncached[0] : `${uncached.length} files (${uncached[0]} … ${uncached[uncached.length - 1]})`;
-    events.notice(`could not keep ${what} in the browser cache (${cacheError}); ${uncached.length === 1 ? 'it' : 'they'} will be downloaded again next time`);
+    events.notice(
+      `could not keep ${what} in the browser cache (${cacheError}); ${uncached.length === 1 ? 'it' : 'they'} will be downloaded again next time`,
+    );
   }
   if (cache) await pruneStale(cache, url, manifest);
   return { url, manifest, manifestText, files, totalBytes: total, downloadedBytes: downloaded };

@@ -120,6 +120,27 @@ export interface Trace extends PlanMsg, RunDoneMsg {
   clip?: ClipMsg | null;
 }
 
+/** An inclusive range of a request field. */
+export interface NumberRange {
+  min: number;
+  max: number;
+}
+
+/** runtime/trace.py's Request limits, as Engine.describe() gives them. */
+export interface RequestLimits {
+  seed: NumberRange;
+  steps: NumberRange;
+  guidance: NumberRange;
+  promptChars: { max: number };
+}
+
+/** Engine.describe()["request"]: what a request may be, and what the form starts with. */
+export interface RequestInfo {
+  limits: RequestLimits;
+  /** The request the form starts with; `guidance` is the model card's where it has one. */
+  defaults: RequestMsg;
+}
+
 export type Provider = 'webgpu' | 'wasm';
 export type ProviderChoice = 'auto' | Provider;
 
@@ -172,9 +193,10 @@ export interface EngineInfo {
     /** From the checkpoint's explainer.json (may be empty): what the model was trained to draw. */
     description: string;
     examples: string[];
-    /** The guidance scale this model works best at (explainer.json), or null: the page starts there. */
-    guidance: number | null;
   };
+  /** The runtime's request limits and defaults (runtime/web.py's Engine.describe()["request"]):
+   * the page's only source for ranges, validation and the form's first values. */
+  request: RequestInfo;
   timingsMs: {
     /** loadPyodide() until Python runs (from the saved snapshot on a warm visit). */
     pyodide: number;
@@ -321,3 +343,64 @@ export type FromWorker =
   | { type: 'bench-progress'; text: string; done: number; total: number }
   | { type: 'bench-done'; result: WorkerBenchResult }
   | { type: 'bench-error'; text: string };
+
+// ---- data a view reads from the bundle (not from a run) -------------------------------------------
+
+/** umap_bases.json as export/umap.py's build_umap writes it (keys as written, snake_case): the
+ * reference cloud the UMAP view draws. Read by state/umapBases.ts; nothing else types this file. */
+export interface UmapBases {
+  format: string;
+  version: number;
+  representation: string;
+  prompts: string[];
+  seeds: number[];
+  /** Steps per reference run (PNDM: one more than steps_requested). */
+  steps: number;
+  steps_requested: number;
+  scheduler: string;
+  guidance: number;
+  points: UmapPoints;
+  extent: { x: [number, number]; y: [number, number] };
+  fit: UmapFit;
+  projection: UmapProjection;
+  thumbnails: UmapThumbnails | null;
+  /** How the graph's placement compares with umap-learn's transform (null without held-out prompts). */
+  agreement: Record<string, unknown> | null;
+}
+
+/** One entry per reference point, column-wise: position, and which prompt (index), seed and step. */
+export interface UmapPoints {
+  x: number[];
+  y: number[];
+  prompt: number[];
+  seed: number[];
+  step: number[];
+}
+
+export interface UmapFit {
+  n_neighbors: number;
+  min_dist: number;
+  metric: string;
+  random_state: number;
+  umap_learn: string;
+  seconds: number;
+  generate_seconds: number;
+}
+
+export interface UmapProjection {
+  graph: string;
+  input: string;
+  output: string;
+  k: number;
+  method: string;
+  reference_inputs: string;
+}
+
+/** A sprite of each reference run's final image: `tile` px squares, `cols` a row, prompt-major then seed. */
+export interface UmapThumbnails {
+  file: string;
+  tile: number;
+  cols: number;
+  order: string;
+  what: string;
+}

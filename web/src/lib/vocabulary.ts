@@ -24,3 +24,14 @@ export function oneWordChanges(prompt: string, vocabulary: Record<string, string
   if (col >= 0 && vocabulary.backgrounds?.length) swap(col, colours);
   return out.slice(0, n);
 }
+
+/** The prompt with its first object word swapped for the model card's next object, or null when
+ * the prompt names none (the clip view asks CLIP about this one change). */
+export function nextObject(prompt: string, vocabulary: Record<string, string[]>): string | null {
+  const objects = (vocabulary.objects ?? []).filter((o) => !o.includes(' '));
+  const words = prompt.split(/(\s+)/);
+  const at = words.findIndex((w) => objects.includes(w.toLowerCase()));
+  if (at < 0) return null;
+  words[at] = objects[(objects.indexOf(words[at].toLowerCase()) + 1) % objects.length];
+  return words.join('');
+}

@@ -3,7 +3,16 @@
 // change (ORT's provider and thread count are fixed once its wasm has started), and runs the bench
 // view's benchmark (`bench()`), so the explainer and the bench load the bundle the same way.
 import type {
-  BenchOptions, EngineInfo, FromWorker, Phase, ProviderChoice, RequestMsg, StepMsg, ToWorker, Trace, WorkerBenchResult,
+  BenchOptions,
+  EngineInfo,
+  FromWorker,
+  Phase,
+  ProviderChoice,
+  RequestMsg,
+  StepMsg,
+  ToWorker,
+  Trace,
+  WorkerBenchResult,
 } from '../lib/protocol';
 
 export interface EngineSettings {
@@ -81,7 +90,11 @@ export class EngineClient {
     const bundleUrl = new URL(settings.bundleUrl, location.href);
     if (!bundleUrl.pathname.endsWith('/')) bundleUrl.pathname += '/';
     this.#send({
-      type: 'init', bundleUrl: bundleUrl.href, provider: settings.provider, threads: settings.threads, stopFlag: this.#stopFlag,
+      type: 'init',
+      bundleUrl: bundleUrl.href,
+      provider: settings.provider,
+      threads: settings.threads,
+      stopFlag: this.#stopFlag,
       ...(settings.bench ? { bench: true } : {}),
     });
   }
@@ -248,17 +261,29 @@ export class EngineClient {
         break;
       case 'run-start': {
         const { type: _type, ...plan } = msg;
-        const fresh: Trace = { ...plan, steps: [], embeddings: null, finalLatent: null, image: null, timingsMs: {}, backend: '', cancelled: false, done: false };
+        const fresh: Trace = {
+          ...plan,
+          steps: [],
+          embeddings: null,
+          finalLatent: null,
+          image: null,
+          timingsMs: {},
+          backend: '',
+          cancelled: false,
+          done: false,
+        };
         const key = this.#sideIds.get(msg.runId);
         if (key !== undefined) this.sideRuns = { ...this.sideRuns, [key]: fresh };
         else this.trace = fresh;
         break;
       }
       case 'run-done':
-        if (this.#side(msg.runId, (t) => {
-          const { type: _type, runId: _runId, ...rest } = msg;
-          return { ...t, ...rest, done: true };
-        })) {
+        if (
+          this.#side(msg.runId, (t) => {
+            const { type: _type, runId: _runId, ...rest } = msg;
+            return { ...t, ...rest, done: true };
+          })
+        ) {
           this.state = 'ready';
           this.#pump();
           break;
@@ -284,7 +309,8 @@ export class EngineClient {
         }
         break;
       case 'run-image':
-        if (this.#side(msg.runId, (t) => ({ ...t, steps: t.steps.map((s) => (s.index === msg.index ? { ...s, image: msg.image } : s)) }))) break;
+        if (this.#side(msg.runId, (t) => ({ ...t, steps: t.steps.map((s) => (s.index === msg.index ? { ...s, image: msg.image } : s)) })))
+          break;
         if (this.trace?.runId === msg.runId) {
           const steps = this.trace.steps.map((s) => (s.index === msg.index ? { ...s, image: msg.image } : s));
           this.trace = { ...this.trace, steps };

@@ -4,7 +4,8 @@
 // Why picks carry their run's id: a new run starts with nothing picked, without an effect having to
 // reset anything. Until the reader picks a step, views follow the newest step as the run goes on.
 import { getContext, setContext } from 'svelte';
-import type { Trace } from '../lib/protocol';
+import { stepAt } from '../derive/steps';
+import type { StepMsg, Trace } from '../lib/protocol';
 
 const KEY = Symbol('selection');
 
@@ -37,6 +38,11 @@ export class Selection {
     const t = this.current;
     if (!t || !t.steps.length) return null;
     return this.tookStep ? Math.min(this.#step!.index, t.steps.length - 1) : t.steps.length - 1;
+  }
+
+  /** The step the views show (see `step`), or null. */
+  get currentStep(): StepMsg | null {
+    return stepAt(this.current, this.step);
   }
 
   selectStep(index: number) {

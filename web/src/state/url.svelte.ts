@@ -56,7 +56,7 @@ export class UrlState {
   }
 
   /** Did the URL give this request field? (Then the page's defaults leave it alone.) */
-  gave(field: UrlField): boolean {
+  gave(field: keyof RequestMsg): boolean {
     return field in this.request;
   }
 
