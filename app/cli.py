@@ -174,9 +174,17 @@ def check_outputs(out: Path, trace: Path | None) -> str | None:
         return f"--out {out}: the folder {parent} does not exist"
     if not os.access(parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
         return f"--out {out}: cannot write there (permission denied)"
-    if trace is not None:
+    if trace is not None and trace.suffix == ".dxtrace":  # one file (runtime/tracefile.py)
+        if trace.is_dir():
+            return f"--trace {trace} is a folder; a name ending in .dxtrace is written as one file"
+        tparent = trace.parent if str(trace.parent) else Path(".")
+        if not tparent.is_dir():
+            return f"--trace {trace}: the folder {tparent} does not exist"
+        if not os.access(tparent, os.W_OK) or (trace.exists() and not os.access(trace, os.W_OK)):
+            return f"--trace {trace}: cannot write there (permission denied)"
+    elif trace is not None:
         if trace.exists() and not trace.is_dir():
-            return f"--trace {trace} is an existing file; give a folder (it will be created)"
+            return f"--trace {trace} is an existing file; give a folder (it will be created) or a name ending in .dxtrace"
         if trace.is_dir() and any(trace.iterdir()) and not (trace / "trace.json").is_file():
             return f"--trace {trace} is a folder with other files in it; give a new or empty folder"
         tparent = trace.parent if str(trace.parent) else Path(".")
@@ -239,7 +247,23 @@ def cmd_generate(a) -> int:
     print(
         f"{out}  ({len(trace.steps)} steps, {t['total']:.0f} ms total, {t.get('unet', 0) / max(1, len(trace.steps)):.1f} ms per UNet step)"
     )
-    if a.trace:
+    if a.trace and Path(a.trace).suffix == ".dxtrace":
+        from runtime import tracefile
+
+        try:
+            sizes = tracefile.write(
+                trace,
+                Path(a.trace),
+                bundle=tracefile.bundle_facts(bundle.manifest, has_clip=pipe.has_clip()),
+                request_info=Request.describe(bundle.manifest["scheduler"]["default"], bundle.manifest.get("about")),
+                producer=f"diffusion-explainer generate ({trace.backend or 'onnxruntime'})",
+            )
+        except OSError as e:
+            return _fail(f"cannot write the trace to {a.trace}: {e.strerror or e}")
+        print(
+            f"trace written to {a.trace} ({sizes['file'] / 1e6:.2f} MB: tensors as float16, step previews ≤ {tracefile.PREVIEW_MAX} px)"
+        )
+    elif a.trace:
         try:
             write_trace(trace, Path(a.trace))
         except OSError as e:
@@ -448,7 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=list(SCHEDULERS), help="default: the bundle's own")
     p.add_argument("--threads", type=int)
     p.add_argument("--out", default="out.png")
-    p.add_argument("--trace", metavar="DIR", help="also write the per-step trace to DIR")
+    p.add_argument(
+        "--trace",
+        metavar="DIR|FILE.dxtrace",
+        help="also write the per-step trace: FILE.dxtrace is one file the page can replay (and runtime.tracefile.load reads); "
+        "any other name is a folder of raw tensors",
+    )
     p.set_defaults(fn=cmd_generate)
 
     p = sub.add_parser("train", help="train the default model (resumable stages)")

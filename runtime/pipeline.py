@@ -51,6 +51,7 @@ class Pipeline:
         self.tokenizer = CLIPTokenizer.from_texts(
             bundle.read_text(tok["files"]["vocab"]),
             bundle.read_text(tok["files"]["merges"]),
+            vocab_name=tok["files"]["vocab"],
             max_length=tok["max_length"],
             pad_token=tok.get("pad_token", "<|endoftext|>"),
         )

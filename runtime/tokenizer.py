@@ -29,6 +29,18 @@ _CJK_RANGES = (
 )
 
 
+class TokenizerError(ValueError):
+    """A tokenizer that cannot be built from a bundle's files: one line naming the file."""
+
+
+class MissingSpecialToken(KeyError):
+    """The vocabulary lacks a special token (bos, eos or pad)."""
+
+    def __init__(self, tokens: list[str]):
+        super().__init__(tokens)
+        self.tokens = tokens
+
+
 @dataclass
 class Tokenized:
     """One encoded prompt.
@@ -137,6 +149,9 @@ class CLIPTokenizer:
     ):
         if max_length < 2:
             raise ValueError("max_length must leave room for the bos and eos tokens")
+        missing = [t for t in dict.fromkeys((bos_token, eos_token, pad_token)) if t not in vocab]
+        if missing:
+            raise MissingSpecialToken(missing)
         self.vocab = vocab
         self.max_length = max_length
         self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
@@ -147,10 +162,26 @@ class CLIPTokenizer:
         self._cache = {tok: tok for tok in self._specials}
 
     @classmethod
-    def from_texts(cls, vocab_json: str, merges_txt: str, **kw) -> CLIPTokenizer:
-        """Build from file contents, which is what the browser has after fetching the assets."""
+    def from_texts(cls, vocab_json: str, merges_txt: str, vocab_name: str = "vocab.json", **kw) -> CLIPTokenizer:
+        """Build from file contents, which is what the browser has after fetching the assets.
+
+        A vocabulary that is not a JSON object of ids, or lacks a special token, raises one
+        TokenizerError line naming `vocab_name` (the bundle's file), never a KeyError later."""
         merges = merges_txt.strip().split("\n")[1 : _MAX_MERGES + 1]  # line 0 is the '#version' header
-        return cls(json.loads(vocab_json), merges, **kw)
+        try:
+            vocab = json.loads(vocab_json)
+        except ValueError as e:
+            raise TokenizerError(f"{vocab_name} is not valid JSON ({str(e)[:80]}); re-export the bundle") from None
+        if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
+            raise TokenizerError(f"{vocab_name} is not a token → id table; re-export the bundle")
+        try:
+            return cls(vocab, merges, **kw)
+        except MissingSpecialToken as e:
+            names = ", ".join(repr(t) for t in e.tokens)
+            raise TokenizerError(
+                f"{vocab_name} lacks the special token{'s' if len(e.tokens) > 1 else ''} {names} that CLIP's "
+                "prompts begin, end and are padded with; re-export the bundle with its tokenizer"
+            ) from None
 
     @classmethod
     def from_files(cls, vocab_path, merges_path, **kw) -> CLIPTokenizer:
@@ -242,3 +273,16 @@ class CLIPTokenizer:
         body, suffix = (token[:-4], "</w>") if token.endswith("</w>") else (token, "")
         raw = bytes(self._byte_decoder[c] for c in body)
         return raw.decode("utf-8", errors="backslashreplace") + suffix
+
+
+def check_bundle_tokenizer(manifest_json: str, vocab_json: str, merges_txt: str) -> None:
+    """The page's early check (before the big model files download): the bundle's tokenizer files
+    build a tokenizer with its special tokens, or one TokenizerError line naming the file."""
+    tok = json.loads(manifest_json)["tokenizer"]
+    CLIPTokenizer.from_texts(
+        vocab_json,
+        merges_txt,
+        vocab_name=tok["files"]["vocab"],
+        max_length=tok["max_length"],
+        pad_token=tok.get("pad_token", "<|endoftext|>"),
+    )
