@@ -139,4 +139,6 @@ def _about(src: Path) -> dict:
         "vocabulary": {str(k): [str(v) for v in vs][:2000] for k, vs in dict(about.get("vocabulary", {})).items()},
         # what the page's sentences may say about this model (training data, its CLIP, guidance share…)
         **({"facts": about["facts"]} if isinstance(about.get("facts"), dict) else {}),
+        # an architecture with random weights (prove-scale's builds): the page and trace files say so
+        **({"random_weights": True} if about.get("random_weights") is True else {}),
     }

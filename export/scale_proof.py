@@ -39,8 +39,23 @@ def build_random_pipeline(arch: str, out: Path, seed: int = 0) -> Path:
     for part in ("scheduler", "tokenizer"):  # (the tokenizer's vocab and merges are links to clip_tokenizer/)
         shutil.copytree(src / part, tmp / part)
     shutil.copy(src / "model_index.json", tmp / "model_index.json")
+    write_random_card(tmp, arch)
     tmp.rename(out)
     return out
+
+
+def write_random_card(folder: Path, arch: str) -> Path:
+    """The model card (explainer.json, read by export/manifest.py's _about) of a random-weight build:
+    `random_weights: true`, so the bundle's manifest, the page and trace files say its weights are random."""
+    path = Path(folder) / "explainer.json"
+    card = {
+        "description": f"{arch}'s architecture at full size with random weights (built by prove-scale): not a trained model, "
+        "so its images are noise by design.",
+        "examples": [],
+        "random_weights": True,
+    }
+    path.write_text(json.dumps(card, indent=1) + "\n", encoding="utf-8")
+    return path
 
 
 def unet_step(bundle: Path, threads: int = 2) -> dict:

@@ -227,3 +227,18 @@ def test_single_file_checkpoint_exports_like_its_folder(tiny_pipeline_dir, tiny_
     proc = subprocess.run(CLI + ["export", str(ckpt), str(tmp_path / "refused")], capture_output=True, text=True, cwd=ROOT)
     assert "neither SD 1.x (768) nor SD 2.x (1024)" in _one_line_error(proc)  # tiny: needs --config
     assert not (tmp_path / "refused").exists()
+
+
+def test_random_weight_builds_say_so_in_their_model_card(tmp_path):
+    """prove-scale's random-weight pipelines carry explainer.json with random_weights: true; the
+    manifest's `about` keeps it (and nothing else invents it), and trace files read it from there."""
+    from export.manifest import _about
+    from export.scale_proof import write_random_card
+    from runtime.tracefile import random_weights
+
+    write_random_card(tmp_path, "sd15")
+    about = _about(tmp_path)
+    assert about["random_weights"] is True and "random weights" in about["description"]
+    assert random_weights({"about": about, "model": {"source": "/x/sd15"}})
+    (tmp_path / "explainer.json").write_text(json.dumps({"description": "d", "random_weights": "yes"}))
+    assert "random_weights" not in _about(tmp_path)

@@ -202,8 +202,11 @@ def test_page_projects_like_native(browser, umap_bundle, web_dist):
         box = canvas.bounding_box()
         assert box["width"] > 100 and box["height"] > 100
         canvas.focus()
-        p.page.keyboard.press("ArrowLeft")
-        assert canvas.get_attribute("aria-valuenow") == "5"
+        # a finished run opens at the teaching step (derive/teach.ts, in the first half), not the last step
+        start = int(canvas.get_attribute("aria-valuenow"))
+        assert 1 <= start <= 3
+        p.page.keyboard.press("ArrowRight")
+        assert canvas.get_attribute("aria-valuenow") == str(start + 1)
         SHOTS.mkdir(parents=True, exist_ok=True)
         view.screenshot(path=str(SHOTS / "umap-tiny.png"))
         p.assert_all_local()

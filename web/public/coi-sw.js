@@ -12,6 +12,15 @@
 // The first visit: the page loads without isolation, registers this worker, waits until it is
 // active and reloads once (src/isolation.ts); the reload is answered by this worker, with the
 // headers. Cross-origin requests are not touched (the page makes none).
+//
+// Offline: the page registers this worker on every host (also where the server sends the headers
+// itself), and it keeps the app's own files — the page, assets/, pyodide/, ort/, runtime/, the web
+// app manifest and icons — in the Cache API as they pass (network first, so a new build is used as
+// soon as it is online; the cached copy when the network fails). Only the files a visit used are
+// kept (the WASM-only or the WebGPU build of onnxruntime-web, not both), and a copy is written again
+// only when the server's validator (ETag / Last-Modified) changed. The page tells this worker which
+// files it loaded before the worker controlled it ('keep' message). Bundles are not kept here:
+// src/lib/bundleLoader.ts keeps them (checked by sha256) in their own cache.
 
 const ISOLATION = {
   'Cross-Origin-Opener-Policy': 'same-origin',
@@ -24,6 +33,9 @@ const TYPES = {
   css: 'text/css', zip: 'application/zip', onnx: 'application/octet-stream', data: 'application/octet-stream',
   txt: 'text/plain; charset=utf-8', svg: 'image/svg+xml',
 };
+
+const SHELL_CACHE = 'diffusion-explainer-shell-v1';
+const APP_FILE = /^(assets|pyodide|ort|runtime|icons)\/[^/]+$|^(index\.html|manifest\.webmanifest|favicon\.svg)$/;
 
 self.addEventListener('install', () => self.skipWaiting());
 self.addEventListener('activate', (event) => event.waitUntil(self.clients.claim()));
@@ -44,8 +56,70 @@ self.addEventListener('fetch', (event) => {
   const url = new URL(req.url);
   if (url.origin !== self.location.origin) return;
   if (req.cache === 'only-if-cached' && req.mode !== 'same-origin') return;
-  event.respondWith(answer(req, url));
+  event.respondWith(networkThenKept(req, url, event));
 });
+
+self.addEventListener('message', (event) => {
+  if (event.data?.type === 'keep' && Array.isArray(event.data.urls)) event.waitUntil(keepAll(event.data.urls));
+});
+
+/** The key an app file is kept under (the page itself under the scope's URL), or null: not kept. */
+function shellKey(req, url) {
+  const base = scope();
+  if (req.mode === 'navigate') return base.href;
+  if (req.method !== 'GET' || req.headers.has('range') || !url.pathname.startsWith(base.pathname)) return null;
+  const rel = decodeURIComponent(url.pathname.slice(base.pathname.length));
+  return APP_FILE.test(rel) ? url.origin + url.pathname : null;
+}
+
+/** Network first; when it fails, the kept copy. A good answer is kept (when it changed). */
+async function networkThenKept(req, url, event) {
+  const key = shellKey(req, url);
+  if (!key) return answer(req, url);
+  let res;
+  try {
+    res = await answer(req, url);
+  } catch (e) {
+    const kept = await (await caches.open(SHELL_CACHE)).match(key);
+    if (kept) return kept;
+    throw e;
+  }
+  if (res.status === 200 && res.type !== 'opaque') event.waitUntil(keep(key, res.clone()).catch(() => {}));
+  return res;
+}
+
+const validator = (res) => [res.headers.get('ETag'), res.headers.get('Last-Modified')].filter(Boolean).join(' ');
+
+async function keep(key, res) {
+  const cache = await caches.open(SHELL_CACHE);
+  const now = validator(res);
+  const old = now ? await cache.match(key) : undefined;
+  if (old && validator(old) === now) return res.body?.cancel();
+  await cache.put(key, res);
+}
+
+/** Keep the files the page loaded before this worker controlled it (from the HTTP cache, mostly). */
+async function keepAll(urls) {
+  const cache = await caches.open(SHELL_CACHE);
+  for (const u of urls) {
+    let url;
+    try {
+      url = new URL(u, scope());
+    } catch {
+      continue;
+    }
+    if (url.origin !== self.location.origin) continue;
+    const navigation = url.pathname === scope().pathname || url.pathname === scope().pathname + 'index.html';
+    const key = navigation ? scope().href : shellKey(new Request(url), url);
+    if (!key || (await cache.match(key))) continue;
+    try {
+      const res = await answer(new Request(navigation ? scope() : url), url);
+      if (res.status === 200) await cache.put(key, res);
+    } catch {
+      /* gone or offline: kept the next time it passes */
+    }
+  }
+}
 
 async function answer(req, url) {
   const base = scope();

@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { copyFileSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { crc32, deflateRawSync } from 'node:zlib';
+import { crc32, deflateRawSync, deflateSync } from 'node:zlib';
 
 const web = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const pub = join(web, 'public');
@@ -77,3 +77,37 @@ writeFileSync(join(pub, 'runtime', 'runtime.zip'), archive);
 const sha256 = createHash('sha256').update(archive).digest('hex');
 writeFileSync(join(pub, 'runtime', 'runtime.json'), JSON.stringify({ files: pyFiles, bytes: archive.length, sha256 }, null, 1));
 console.log(`prepare-assets: pyodide, onnxruntime-web and runtime.zip (${pyFiles.length} modules, ${archive.length} bytes) in public/`);
+
+// The web app manifest's PNG icons (installability wants 192 and 512 px PNGs): the same picture as
+// public/icons/icon.svg (noise on the left, the image it becomes on the right), drawn here so no
+// binary is committed and no image tool is needed at build time.
+function png(size) {
+  const px = Buffer.alloc(size * (size * 4 + 1));
+  const s = size / 512;
+  const dots = [[92, 140, 14], [140, 96, 10], [120, 200, 12], [80, 270, 10], [150, 300, 14], [96, 372, 12], [160, 410, 9], [190, 160, 9], [200, 360, 8]];
+  for (let y = 0; y < size; y++) {
+    px[y * (size * 4 + 1)] = 0; // filter: none
+    for (let x = 0; x < size; x++) {
+      const X = (x + 0.5) / s, Y = (y + 0.5) / s;
+      const cx = Math.min(Math.max(X, 96), 416), cy = Math.min(Math.max(Y, 96), 416);
+      const inside = Math.hypot(X - cx, Y - cy) <= 96;
+      let c = inside ? [0x1d, 0x2b, 0x4f, 255] : [0, 0, 0, 0];
+      if (dots.some(([dx, dy, r]) => Math.hypot(X - dx, Y - dy) <= r)) c = [0x9f, 0xb3, 0xe0, 255];
+      const d = Math.hypot(X - 330, Y - 256);
+      if (d <= 120) c = d >= 115 ? [0xff, 0xf4, 0xd8, 255] : [0xf2, 0xb4, 0x41, 255];
+      px.set(c, y * (size * 4 + 1) + 1 + x * 4);
+    }
+  }
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const td = Buffer.concat([Buffer.from(type, 'ascii'), data]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(td) >>> 0);
+    return Buffer.concat([len, td, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(size, 0); ihdr.writeUInt32BE(size, 4); ihdr[8] = 8; ihdr[9] = 6; // 8-bit RGBA
+  return Buffer.concat([Buffer.from([137, 80, 78, 71, 13, 10, 26, 10]), chunk('IHDR', ihdr), chunk('IDAT', deflateSync(px)), chunk('IEND', Buffer.alloc(0))]);
+}
+for (const size of [192, 512]) writeFileSync(join(pub, 'icons', `icon-${size}.png`), png(size));

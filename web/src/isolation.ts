@@ -7,6 +7,12 @@
 // if the page is still not isolated after it (service workers disabled, a private window that
 // refuses them, a hard reload that bypasses the worker twice), the app starts anyway, without
 // threads, and says so in its provider line. An isolated load clears the flag.
+//
+// Offline: the same service worker keeps the app's files for the next visit without a network, so
+// it is registered on every host, also where the page is isolated already (then without a reload:
+// the page waits at most a few seconds, on its first visit only, until the worker controls it, so
+// the engine worker it starts next is controlled too), and it is told which files the page loaded
+// before it controlled it.
 
 const FLAG = 'diffusion-explainer-coi-reload';
 
@@ -14,6 +20,7 @@ const FLAG = 'diffusion-explainer-coi-reload';
 export async function ensureIsolation(): Promise<boolean> {
   if (globalThis.crossOriginIsolated) {
     sessionStorage.removeItem(FLAG);
+    await keepForOffline();
     return false;
   }
   if (!('serviceWorker' in navigator) || !window.isSecureContext) return false;
@@ -33,4 +40,25 @@ export async function ensureIsolation(): Promise<boolean> {
   sessionStorage.setItem(FLAG, '1');
   location.reload();
   return true;
+}
+
+const within = <T>(p: Promise<T>, ms: number) =>
+  Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`not within ${ms / 1000} s`)), ms))]);
+
+/** Register the service worker where none controls the page yet, then tell it what was loaded. */
+async function keepForOffline() {
+  if (!('serviceWorker' in navigator) || !window.isSecureContext) return;
+  const sw = navigator.serviceWorker;
+  if (!sw.controller) {
+    try {
+      await sw.register(new URL('coi-sw.js', document.baseURI));
+      await within(sw.ready, 5000);
+      if (!sw.controller) await within(new Promise((r) => sw.addEventListener('controllerchange', r, { once: true })), 3000);
+    } catch (e) {
+      console.warn(`the offline service worker is not active (${(e as Error).message}): the next visit needs the network`);
+      return;
+    }
+  }
+  const urls = [location.href, ...performance.getEntriesByType('resource').map((e) => e.name)];
+  sw.controller?.postMessage({ type: 'keep', urls });
 }

@@ -4,7 +4,16 @@
 import type { PyodideAPI } from 'pyodide';
 import type { PyProxy } from 'pyodide/ffi';
 import { runWorkerBench, setWasmOwner, watchWasmMemories, type OrtModule } from './bench/workerBench';
-import { BundleLoadError, fetchManifest, loadBundleFiles, type Manifest } from './lib/bundleLoader';
+import {
+  BundleLoadError,
+  fetchManifest,
+  fingerprintOf,
+  loadBundleFiles,
+  localBundleUrl,
+  parseManifest,
+  type Manifest,
+} from './lib/bundleLoader';
+import { folderProblem, manifestProblem, wasmProblem } from './derive/bundleCheck';
 import { fetchRuntimeZip, installRuntime, openSnapshotCache, snapshotKey } from './lib/pythonSnapshot';
 import type { BenchOptions, EngineInfo, FromWorker, InitMsg, Provider, RequestMsg, ToWorker } from './lib/protocol';
 import type { CheckManifest, EngineDescription, PythonEngine, WebModule } from './lib/pythonEngine';
@@ -44,6 +53,8 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
     clip(msg.prompts);
   } else if (msg.type === 'bench') {
     bench(msg.options);
+  } else if (msg.type === 'open-bundle') {
+    void openBundle(msg);
   } else if (msg.type === 'stop') {
     stopRequested = true;
     if (stopView) Atomics.store(stopView, 0, 1);
@@ -67,7 +78,7 @@ function describeError(err: unknown): string {
     );
   }
   // "runtime.bundle.BundleError: msg" → "BundleError: msg"; ValueError text as is.
-  return last.replace(/^[\w.]*\.(\w+Error): /, '$1: ').replace(/^(ValueError|BundleError): /, '');
+  return last.replace(/^[\w.]*\.(\w+Error): /, '$1: ').replace(/^(ValueError|BundleError|TokenizerError): /, '');
 }
 
 class ProviderError extends Error {}
@@ -214,6 +225,9 @@ async function init(msg: InitMsg) {
   const { manifest, text } = await fetchManifest(bundleUrl);
   const { runtime, bundle } = await withSchemaErrors(python, text, async () => {
     const runtime = await chooseRuntime(msg, manifest);
+    // before any download: paths inside the bundle, and a model WASM's 4 GB cannot hold
+    const problem = manifestProblem(manifest) ?? (runtime.provider === 'wasm' ? wasmProblem(manifest) : null);
+    if (problem) throw new BundleLoadError(problem);
     return { runtime, bundle: await downloadBundle(bundleUrl, manifest, text) };
   });
   await checkManifest(python, text); // before any session or run reads the model's facts
@@ -238,23 +252,7 @@ async function init(msg: InitMsg) {
     adapterSoftware: runtime.software,
     ortVersion: ort.env.versions.web ?? '?',
     pythonVersion: started.py.runPython('import sys; sys.version.split()[0]') as string,
-    bundle: {
-      name: manifest.name ?? 'bundle',
-      url: bundleUrl,
-      imageSize: manifest.model.image_size,
-      latentSize: manifest.model.latent_size,
-      schedulers: described.schedulers,
-      defaultScheduler: described.schedulers.find((s) => s.isDefault)?.name ?? manifest.scheduler.default,
-      maxLength: described.maxLength,
-      vocabulary: described.vocabulary ?? {},
-      model: described.model,
-      previewBudget: described.previewBudget,
-      hasClip: !!described.hasClip,
-      bytes: bundle.totalBytes,
-      precision: runtime.precision,
-      description: manifest.about?.description ?? '',
-      examples: manifest.about?.examples ?? [],
-    },
+    bundle: bundleInfo(manifest, described, bundleUrl, bundle.totalBytes),
     request: described.request,
     pythonSnapshot: started.snapshot,
     timingsMs: { pyodide: started.pyodideMs, runtime: started.runtimeMs, bundle: bundleMs, sessions, total: performance.now() - t0 },
@@ -269,6 +267,145 @@ async function init(msg: InitMsg) {
 }
 
 type Started = Awaited<ReturnType<typeof startPython>>;
+
+/** EngineInfo.bundle: the manifest's facts and what the runtime said of the bundle. */
+function bundleInfo(manifest: Manifest, described: EngineDescription, bundleUrl: string, bytes: number): EngineInfo['bundle'] {
+  return {
+    name: manifest.name ?? 'bundle',
+    url: bundleUrl,
+    imageSize: manifest.model.image_size,
+    latentSize: manifest.model.latent_size,
+    schedulers: described.schedulers,
+    defaultScheduler: described.schedulers.find((s) => s.isDefault)?.name ?? manifest.scheduler.default,
+    maxLength: described.maxLength,
+    vocabulary: described.vocabulary ?? {},
+    model: described.model,
+    previewBudget: described.previewBudget,
+    hasClip: !!described.hasClip,
+    bytes,
+    precision: precisionsOf(manifest),
+    description: manifest.about?.description ?? '',
+    examples: manifest.about?.examples ?? [],
+    card: manifest.about ?? null,
+  };
+}
+
+const precisionsOf = (manifest: Manifest) => [...new Set(Object.values(manifest.components).map((c) => c.precision ?? 'fp32'))];
+
+/** Open another bundle while this one keeps running: check its address or folder, its manifest (paths,
+ * sizes, WASM's 4 GB, the runtime's schema), its tokenizer (before the big files), every file's
+ * sha256 (kept in the Cache API), then make its sessions; only then the engine moves to it. Any
+ * failure is one line (open-failed) and the engine keeps the bundle it had. */
+let opening = false;
+async function openBundle(msg: Extract<ToWorker, { type: 'open-bundle' }>) {
+  if (!made || !engine || !pyodide || !ortModule)
+    return post({ type: 'open-failed', text: 'the engine is not ready yet: wait until the current model has loaded' });
+  if (opening) return post({ type: 'open-failed', text: 'another bundle is being opened: wait for it to finish' });
+  opening = true;
+  const py = pyodide;
+  const t0 = performance.now();
+  const say = (text: string, loaded = 0, total = 0) => post({ type: 'open-progress', text, loaded, total });
+  let next: PythonEngine | null = null;
+  try {
+    const folder = msg.folder ? new Map(msg.folder.map((f) => [f.path, f.file])) : null;
+    let manifest: Manifest;
+    let text: string;
+    let url: string;
+    if (folder) {
+      const file = folder.get('manifest.json');
+      if (!file) throw new BundleLoadError('the folder has no manifest.json: pick the folder that `diffusion-explainer export` wrote');
+      text = await file.text();
+      manifest = parseManifest(text, 'manifest.json');
+      url = localBundleUrl(BASE, await fingerprintOf(text));
+    } else {
+      say('reading the bundle manifest…');
+      url = msg.bundleUrl;
+      ({ manifest, text } = await fetchManifest(url));
+    }
+    const sizes = folder ? [...folder].map(([path, f]) => ({ path, size: f.size })) : [];
+    const problem =
+      manifestProblem(manifest) ??
+      (made.info.provider === 'wasm' ? wasmProblem(manifest) : null) ??
+      (folder ? folderProblem(manifest, sizes, '') : null);
+    if (problem) throw new BundleLoadError(problem);
+    await checkManifest(Promise.resolve({ py } as Started), text);
+    const tok = (manifest.tokenizer as { files: { vocab: string; merges: string } }).files;
+    const seen = new Map<string, Uint8Array>();
+    const bundle = await loadBundleFiles(
+      url,
+      manifest,
+      text,
+      {
+        progress: (file, loaded, total, fromCache) =>
+          say(`${fromCache ? 'from the browser cache' : folder ? 'checking' : 'downloading'}: ${file}`, loaded, total),
+        notice: (t) => post({ type: 'notice', level: 'warning', text: t }),
+      },
+      {
+        smallFirst: true,
+        origin: folder ? 'folder' : 'server',
+        kind: folder ? 'folder' : 'url',
+        read: folder ? async (rel) => new Uint8Array(await folder.get(rel)!.arrayBuffer()) : undefined,
+        onFile: (rel, data) => {
+          if (rel !== tok.vocab && rel !== tok.merges) return;
+          seen.set(rel, data);
+          if (seen.size === 2) checkTokenizer(py, text, seen.get(tok.vocab)!, seen.get(tok.merges)!);
+        },
+      },
+    );
+    const bundleMs = performance.now() - t0;
+    while (busy) await new Promise((r) => setTimeout(r, 100)); // a run on the old model finishes first
+    busy = true;
+    try {
+      say(`creating onnxruntime-web sessions for “${manifest.name ?? 'bundle'}”…`);
+      const web = py.pyimport('runtime.web') as WebModule;
+      next = web.Engine(bundle.manifestText, bundle.files, ortModule, made.info.provider, url);
+      const sessions = await next.load((name, i, n) => say(`creating session ${i + 1}/${n}: ${name}…`));
+      const described = describeEngine(py, next);
+      const old = engine;
+      engine = next;
+      next = null;
+      try {
+        old.close();
+      } finally {
+        old.destroy();
+      }
+      const info: EngineInfo = {
+        ...made.info,
+        bundle: bundleInfo(manifest, described, url, bundle.totalBytes),
+        request: described.request,
+        timingsMs: { ...made.info.timingsMs, bundle: bundleMs, sessions, total: performance.now() - t0 },
+        downloadedBytes: bundle.downloadedBytes,
+      };
+      made = { ...made, manifestText: bundle.manifestText, files: bundle.files, bundleUrl: url, info };
+      post({ type: 'bundle-switched', info });
+    } finally {
+      busy = false;
+    }
+  } catch (err) {
+    if (next) {
+      try {
+        next.close();
+      } finally {
+        next.destroy();
+      }
+    }
+    post({ type: 'open-failed', text: describeError(err) });
+  } finally {
+    opening = false;
+  }
+}
+
+/** The bundle's tokenizer builds with its special tokens (runtime/tokenizer.py), or one line naming its file. */
+function checkTokenizer(py: PyodideAPI, manifestText: string, vocab: Uint8Array, merges: Uint8Array) {
+  const check = py.pyimport('runtime.tokenizer').check_bundle_tokenizer as PyProxy & ((m: string, v: string, g: string) => unknown);
+  try {
+    check(manifestText, new TextDecoder().decode(vocab), new TextDecoder().decode(merges));
+  } catch (e) {
+    throw new BundleLoadError(describeError(e));
+  } finally {
+    check.destroy();
+  }
+}
 
 /** Stage: the provider (WebGPU or WASM) and thread count for this bundle; starts ORT early. */
 async function chooseRuntime(msg: InitMsg, manifest: Manifest) {

@@ -7,6 +7,8 @@
 // RequestMsg, TokensMsg, PlanMsg, StepMsg and RunDoneMsg with them), and runtime/web.py builds
 // the messages from them. Tensor data arrives as transferred ArrayBuffers (no copies between threads).
 
+import type { ModelCard } from '../text/card';
+
 export type DType = 'float32' | 'uint8' | 'int64' | 'int32';
 
 /** A tensor: row-major data of `dtype`; wrap `data` in the matching TypedArray to read it. */
@@ -193,6 +195,9 @@ export interface EngineInfo {
     /** From the checkpoint's explainer.json (may be empty): what the model was trained to draw. */
     description: string;
     examples: string[];
+    /** The whole model card (the manifest's `about`, with its `facts` block), or null without one: the
+     * views' sentences about the model come only from it (text/card.ts). */
+    card?: ModelCard | null;
   };
   /** The runtime's request limits and defaults (runtime/web.py's Engine.describe()["request"]):
    * the page's only source for ranges, validation and the form's first values. */
@@ -318,7 +323,10 @@ export type ToWorker =
   /** side: a run a view asked for (other scales, seeds, the compare prompt): not the reader's main run. */
   | { type: 'generate'; runId: number; request: RequestMsg; side?: boolean }
   | { type: 'stop' }
-  | { type: 'bench'; options: BenchOptions };
+  | { type: 'bench'; options: BenchOptions }
+  /** Open another bundle (an http(s) folder URL, or a local folder's files by their path inside it);
+   * the engine keeps the one it has until this one is checked and its sessions are made. */
+  | { type: 'open-bundle'; bundleUrl: string; folder?: { path: string; file: File }[] };
 
 export type Phase = 'pyodide' | 'runtime' | 'bundle' | 'sessions' | 'ready';
 
@@ -342,7 +350,13 @@ export type FromWorker =
   | { type: 'run-error'; runId: number; text: string }
   | { type: 'bench-progress'; text: string; done: number; total: number }
   | { type: 'bench-done'; result: WorkerBenchResult }
-  | { type: 'bench-error'; text: string };
+  | { type: 'bench-error'; text: string }
+  /** Opening another bundle: what it does now and its bytes so far. */
+  | { type: 'open-progress'; text: string; loaded: number; total: number }
+  /** The bundle could not be opened (one line naming the file); the engine still has the old one. */
+  | { type: 'open-failed'; text: string }
+  /** The engine now runs the opened bundle. */
+  | { type: 'bundle-switched'; info: EngineInfo };
 
 // ---- data a view reads from the bundle (not from a run) -------------------------------------------
 

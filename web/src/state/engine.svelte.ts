@@ -14,6 +14,25 @@ import type {
   Trace,
   WorkerBenchResult,
 } from '../lib/protocol';
+import { bundleAddress } from '../derive/bundleCheck';
+import { writeBundle } from './url.svelte';
+
+/** The page's own bundle folder (`diffusion-explainer serve` and the static site put it there). */
+const DEFAULT_BUNDLE = () => new URL(`${import.meta.env.BASE_URL}bundle/`, location.href).href;
+import { settled } from '../derive/jobs';
+import type { OpenedTrace, TraceMeta } from '../lib/tracefile';
+import { REPLAY_CANNOT_RUN } from '../text/replay';
+
+/** The trace file a replay shows: what trace.json says about the run, and the file itself. */
+export interface Replay {
+  meta: TraceMeta;
+  /** The file's name (or its address's last part). */
+  name: string;
+  /** Where it was fetched from (?trace=URL), or null for a local file. */
+  url: string | null;
+  bytes: number;
+  file: Uint8Array;
+}
 
 export interface EngineSettings {
   bundleUrl: string;
@@ -45,7 +64,8 @@ declare global {
 type Waiter<T> = { resolve: (v: T) => void; reject: (e: Error) => void };
 
 export class EngineClient {
-  state = $state<'loading' | 'ready' | 'running' | 'error'>('loading');
+  /** 'replay': a trace file is shown (`replay`), no model is loaded. */
+  state = $state<'loading' | 'ready' | 'running' | 'error' | 'replay'>('loading');
   phase = $state<Phase>('bundle');
   status = $state('');
   progress = $state.raw<{ file: string; loaded: number; total: number; fromCache: boolean } | null>(null);
@@ -61,17 +81,34 @@ export class EngineClient {
   sideRuns = $state.raw<Record<string, Trace>>({});
   /** The benchmark's progress while `bench()` runs. */
   benchProgress = $state.raw<{ text: string; done: number; total: number } | null>(null);
+  /** Another bundle being opened (the engine keeps running the current one meanwhile). */
+  opening = $state.raw<{ text: string; loaded: number; total: number } | null>(null);
+  /** Why the last bundle the reader opened could not be (one line), or null. */
+  openError = $state<string | null>(null);
+  /** Bumped when a bundle was opened or cached (the cached-bundle list reads it again). */
+  bundlesChanged = $state(0);
+  /** A trace file shown in every view instead of a live run (controls/TraceControls.svelte); no model is loaded. */
+  replay = $state.raw<Replay | null>(null);
 
   #worker: Worker | null = null;
   #stopFlag: SharedArrayBuffer | null = null;
   #nextRun = 1;
   #readyWaiters: Waiter<EngineInfo>[] = [];
   #bench: Waiter<WorkerBenchResult> | null = null;
-  #sideQueue: { key: string; request: RequestMsg }[] = [];
+  /** Side runs waiting for the engine, in order (the page's job queue shows them). */
+  sideQueue = $state.raw<{ key: string; request: RequestMsg }[]>([]);
+  /** The side run the worker is on now, or null. */
+  sideRunning = $state<string | null>(null);
+  /** What the last Generate did to the side runs it found (dropped from the queue, stopped). */
+  sideDropped = $state.raw<{ dropped: string[]; stopped: string | null } | null>(null);
+  /** The reader's run whose preview decoding a Stop cut short (it counts as settled). */
+  decodingCut = $state<number | null>(null);
+  #pendingMain: RequestMsg | null = null;
   #sideIds = new Map<number, string>();
   #statsWaiter: ((s: { heapBytes: number; pyObjects: number; jsProxies: number }) => void) | null = null;
 
   start(settings: EngineSettings) {
+    this.replay = null;
     this.#worker?.terminate();
     this.#failPending('the engine was restarted');
     this.#pendingSteps.clear();
@@ -81,7 +118,18 @@ export class EngineClient {
     this.info = null;
     this.progress = null;
     this.notices = [];
+    this.sideQueue = [];
+    this.sideRunning = null;
+    this.#pendingMain = null;
     this.#stopFlag = globalThis.crossOriginIsolated ? new SharedArrayBuffer(4) : null;
+    this.opening = null;
+    this.openError = null;
+    // ?bundle= must be an http(s) folder: anything else is refused in one line and the default opens
+    const address = bundleAddress(settings.bundleUrl, location.href);
+    if ('error' in address) {
+      this.notices = [{ level: 'warning', text: `${address.error}; the default model opened instead` }];
+      this.settings = settings = { ...settings, bundleUrl: DEFAULT_BUNDLE() };
+    }
     const worker = new Worker(new URL('../worker.ts', import.meta.url), { type: 'module', name: 'engine' });
     worker.onmessage = (e: MessageEvent<FromWorker>) => this.#onMessage(e.data);
     worker.onerror = (e) => this.#fail(`the engine worker failed: ${e.message || 'unknown error'}`);
@@ -99,6 +147,71 @@ export class EngineClient {
     });
   }
 
+  /** Open another bundle: an http(s) folder address, or a local folder's files (paths inside it).
+   * The current model keeps running until the new one is checked and loaded; a failure is one line
+   * in `openError`. Without a running engine an address restarts the engine on it. */
+  openBundle(source: { url: string } | { folder: { path: string; file: File }[] }) {
+    this.openError = null;
+    if ('url' in source) {
+      const address = bundleAddress(source.url, location.href);
+      if ('error' in address) {
+        this.openError = address.error;
+        return;
+      }
+      if (!this.info) return this.start({ ...this.settings, bundleUrl: address.url });
+      this.opening = { text: 'opening…', loaded: 0, total: 0 };
+      this.#send({ type: 'open-bundle', bundleUrl: address.url });
+    } else {
+      if (!this.info) {
+        this.openError = 'no model is running to open the folder with: reload the page, then open the folder again';
+        return;
+      }
+      this.opening = { text: 'opening the folder…', loaded: 0, total: 0 };
+      this.#send({ type: 'open-bundle', bundleUrl: '', folder: source.folder });
+    }
+  }
+
+  /** Show a trace file instead of a live run: the worker ends (no model stays loaded), the views read
+   * the file's Trace and bundle facts, and nothing can run until `leaveReplay()`. */
+  openReplay(opened: OpenedTrace, from: { name: string; url: string | null; file: Uint8Array }) {
+    this.#worker?.terminate();
+    this.#worker = null;
+    this.#failPending('a trace file was opened');
+    this.#pendingSteps.clear();
+    this.sideQueue = [];
+    this.sideRunning = null;
+    this.#pendingMain = null;
+    this.sideRuns = {};
+    this.progress = null;
+    this.fatal = null;
+    this.runError = null;
+    this.info = opened.info;
+    this.replay = { meta: opened.meta, name: from.name, url: from.url, bytes: opened.bytes, file: from.file };
+    this.trace = { ...opened.trace, runId: this.#nextRun++ };
+    this.state = 'replay';
+    window.__lastTrace = this.trace;
+  }
+
+  /** Back to the live model (loaded again, from the cache when it was there). */
+  leaveReplay() {
+    this.trace = null;
+    this.start(this.settings);
+  }
+
+  /** Whether a view may ask the engine to run now (Generate, side runs, CLIP scores). */
+  get canRun(): boolean {
+    return this.state === 'ready' && !this.replay;
+  }
+
+  /** Why nothing can run now, in a sentence for a view; null when it can. */
+  get cannotRun(): string | null {
+    if (this.replay) return REPLAY_CANNOT_RUN;
+    if (this.state === 'loading') return 'The model is still loading.';
+    if (this.state === 'running') return 'A run is in progress.';
+    if (this.state === 'error') return this.fatal ?? 'The model could not be started.';
+    return null;
+  }
+
   /** Resolves with the engine's info once it is ready; rejects with the reason it could not start. */
   whenReady(): Promise<EngineInfo> {
     if (this.info && this.state !== 'loading' && this.state !== 'error') return Promise.resolve(this.info);
@@ -106,8 +219,22 @@ export class EngineClient {
     return new Promise((resolve, reject) => this.#readyWaiters.push({ resolve, reject }));
   }
 
-  generate(request: RequestMsg) {
+  generate(request: RequestMsg, waited = false) {
+    // a side run on the engine: the reader's run goes first; the side run stops, the queue is dropped
+    // (those runs belong to the previous run's request; their views ask again for the new one)
+    if (this.state === 'running' && this.sideRunning !== null) {
+      this.sideDropped = { dropped: this.sideQueue.map((q) => q.key), stopped: this.sideRunning };
+      this.sideQueue = [];
+      this.#pendingMain = $state.snapshot(request) as RequestMsg;
+      if (this.#stopFlag) Atomics.store(new Int32Array(this.#stopFlag), 0, 1);
+      this.#send({ type: 'stop' });
+      return;
+    }
     if (this.state !== 'ready') return;
+    // (a run that waited for a side run to stop keeps the words about what it stopped)
+    if (this.sideQueue.length || !waited)
+      this.sideDropped = this.sideQueue.length ? { dropped: this.sideQueue.map((q) => q.key), stopped: null } : null;
+    this.sideQueue = [];
     this.runError = null;
     this.state = 'running';
     // cleared here, before the message, so a Stop pressed right away is never lost
@@ -117,19 +244,39 @@ export class EngineClient {
 
   /** Queue a run for a view (kept under `key` for the session); nothing happens if it ran or waits. */
   runSide(key: string, request: RequestMsg) {
-    if ((this.sideRuns[key] && !this.sideRuns[key].cancelled) || this.#sideQueue.some((q) => q.key === key)) return;
-    this.#sideQueue.push({ key, request: $state.snapshot(request) as RequestMsg });
+    if (this.replay) return; // no model: views read `cannotRun`
+    if ((this.sideRuns[key] && !this.sideRuns[key].cancelled) || this.sideQueue.some((q) => q.key === key)) return;
+    this.sideQueue = [...this.sideQueue, { key, request: $state.snapshot(request) as RequestMsg }];
     this.#pump();
   }
 
   /** Whether a side run with this key is waiting or running. */
   sidePending(key: string): boolean {
-    return this.#sideQueue.some((q) => q.key === key) || (!!this.sideRuns[key] && !this.sideRuns[key].done);
+    return this.sideQueue.some((q) => q.key === key) || (!!this.sideRuns[key] && !this.sideRuns[key].done);
   }
 
+  /** Stop one side run: drop it from the queue, or stop it if it runs now (the rest of the queue stays). */
+  stopSide(key: string) {
+    this.sideQueue = this.sideQueue.filter((q) => q.key !== key);
+    if (this.sideRunning === key) {
+      if (this.#stopFlag) Atomics.store(new Int32Array(this.#stopFlag), 0, 1);
+      this.#send({ type: 'stop' });
+    }
+  }
+
+  /** Side runs wait until the reader's run has settled (its previews decoded): a side run started
+   * earlier would cut that decoding short. */
   #pump() {
-    if (this.state !== 'ready' || !this.#sideQueue.length) return;
-    const { key, request } = this.#sideQueue.shift()!;
+    if (this.state !== 'ready') return;
+    if (this.#pendingMain) {
+      const request = this.#pendingMain;
+      this.#pendingMain = null;
+      return this.generate(request, true);
+    }
+    if (!this.sideQueue.length || !(settled(this.trace) || this.trace?.runId === this.decodingCut)) return;
+    const [{ key, request }, ...rest] = this.sideQueue;
+    this.sideQueue = rest;
+    this.sideRunning = key;
     const runId = this.#nextRun++;
     this.#sideIds.set(runId, key);
     this.state = 'running';
@@ -160,7 +307,8 @@ export class EngineClient {
   }
 
   stop() {
-    this.#sideQueue = [];
+    this.sideQueue = [];
+    if (this.trace?.done) this.decodingCut = this.trace.runId;
     if (this.#stopFlag) Atomics.store(new Int32Array(this.#stopFlag), 0, 1);
     this.#send({ type: 'stop' });
   }
@@ -245,6 +393,7 @@ export class EngineClient {
         this.notices = [...this.notices, { level: msg.level, text: msg.text }];
         break;
       case 'ready':
+        this.bundlesChanged++;
         this.info = msg.info;
         window.__engineInfo = msg.info;
         window.__engineStats = () => this.stats();
@@ -255,6 +404,27 @@ export class EngineClient {
       case 'engine-changed':
         this.info = msg.info;
         window.__engineInfo = msg.info;
+        break;
+      case 'open-progress':
+        this.opening = { text: msg.text, loaded: msg.loaded, total: msg.total };
+        break;
+      case 'open-failed':
+        this.opening = null;
+        this.openError = msg.text;
+        this.bundlesChanged++;
+        break;
+      case 'bundle-switched':
+        // the old model's runs do not belong to the new one
+        this.sideQueue = [];
+        this.sideRuns = {};
+        this.trace = null;
+        this.runError = null;
+        this.opening = null;
+        this.info = msg.info;
+        this.settings = { ...this.settings, bundleUrl: msg.info.bundle.url };
+        window.__engineInfo = msg.info;
+        this.bundlesChanged++;
+        writeBundle(msg.info.bundle.url);
         break;
       case 'fatal':
         this.#fail(msg.text);
@@ -284,6 +454,7 @@ export class EngineClient {
             return { ...t, ...rest, done: true };
           })
         ) {
+          this.sideRunning = null;
           this.state = 'ready';
           this.#pump();
           break;
@@ -315,6 +486,7 @@ export class EngineClient {
           const steps = this.trace.steps.map((s) => (s.index === msg.index ? { ...s, image: msg.image } : s));
           this.trace = { ...this.trace, steps };
           if (this.trace.done) window.__lastTrace = this.trace;
+          this.#pump(); // the run may have settled: the queue goes on
         }
         break;
       case 'run-invalid':
@@ -323,6 +495,7 @@ export class EngineClient {
           const key = this.#sideIds.get(msg.runId)!;
           this.notices = [...this.notices, { level: 'warning', text: `${key}: ${msg.text}` }];
           this.#side(msg.runId, (t) => (t.done ? t : { ...t, done: true, cancelled: true }));
+          this.sideRunning = null;
         } else {
           this.runError = msg.text;
           // a run that failed part-way shows as stopped where it failed, not as running for ever

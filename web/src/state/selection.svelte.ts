@@ -2,9 +2,12 @@
 // picks (a thumbnail in the step strip, a token), the others show the same step or token.
 //
 // Why picks carry their run's id: a new run starts with nothing picked, without an effect having to
-// reset anything. Until the reader picks a step, views follow the newest step as the run goes on.
+// reset anything. Until the reader picks a step, views follow the newest step as the run goes on;
+// once it is done they open at the teaching step (derive/teach.ts: where ε_c and ε_u differ most),
+// unless the reader asked to follow the newest step.
 import { getContext, setContext } from 'svelte';
 import { stepAt } from '../derive/steps';
+import { teachingStep } from '../derive/teach';
 import type { StepMsg, Trace } from '../lib/protocol';
 
 const KEY = Symbol('selection');
@@ -15,6 +18,10 @@ export class Selection {
   compare = $state.raw<Trace | null>(null);
   #step = $state<{ runId: number; index: number } | null>(null);
   #token = $state<{ runId: number; index: number } | null>(null);
+  /** The run whose newest step the reader asked to follow (no teaching step for it). */
+  #follow = $state<number | null>(null);
+  /** The teaching step of a finished run, computed once per run (not reactive state). */
+  #teach: { runId: number; index: number | null } | null = null;
 
   /** `current`: where the current run comes from (the engine's growing Trace). */
   constructor(current: () => Trace | null) {
@@ -33,11 +40,28 @@ export class Selection {
     return !!t && this.#step?.runId === t.runId;
   }
 
-  /** The step index the views show (the picked one, else the newest), or null before the first step. */
+  /** The step a finished run opens at when the reader has not chosen one (derive/teach.ts), or null
+   * while the run streams. */
+  get teachingStep(): number | null {
+    const t = this.current;
+    if (!t || !t.done || !t.steps.length) return null;
+    if (this.#teach?.runId !== t.runId) this.#teach = { runId: t.runId, index: teachingStep(t.steps, t.timesteps.length) };
+    return this.#teach.index;
+  }
+
+  /** True while the views show the teaching step (the reader chose no step and the run is done). */
+  get atTeachingStep(): boolean {
+    const t = this.current;
+    return !!t && !this.tookStep && this.#follow !== t.runId && this.teachingStep !== null;
+  }
+
+  /** The step index the views show (the picked one; else, once the run is done, the teaching step;
+   * else the newest), or null before the first step. */
   get step(): number | null {
     const t = this.current;
     if (!t || !t.steps.length) return null;
-    return this.tookStep ? Math.min(this.#step!.index, t.steps.length - 1) : t.steps.length - 1;
+    if (this.tookStep) return Math.min(this.#step!.index, t.steps.length - 1);
+    return this.atTeachingStep ? this.teachingStep : t.steps.length - 1;
   }
 
   /** The step the views show (see `step`), or null. */
@@ -50,9 +74,10 @@ export class Selection {
     if (t) this.#step = { runId: t.runId, index };
   }
 
-  /** Give the step choice back: follow the newest step again. */
+  /** Give the step choice back: follow the newest step again (after the run, too: no teaching step). */
   followNewest() {
     this.#step = null;
+    this.#follow = this.current?.runId ?? null;
   }
 
   /** The picked position in the current run's prompt tokens, or null. */

@@ -1,5 +1,6 @@
 // The bundle's UMAP reference cloud (umap_bases.json, typed once as protocol.ts's UmapBases) and
 // its thumbnail sprite, fetched once per bundle URL. Absent in a bundle exported without a UMAP.
+import { bundleFile } from '../lib/bundleLoader';
 import type { UmapBases } from '../lib/protocol';
 
 export interface LoadedBases {
@@ -22,10 +23,17 @@ export function loadUmapBases(bundleUrl: string): Promise<LoadedBases | null> {
 
 async function fetchBases(base: URL): Promise<LoadedBases | null> {
   try {
-    const r = await fetch(new URL('umap_bases.json', base));
+    // the cached copy first: a folder bundle has no server, and offline none answers
+    const r = await bundleFile(base.href, 'umap_bases.json');
     const bases = r.ok ? ((await r.json()) as UmapBases | null) : null;
     if (!bases?.points) return null;
-    return { bases, sprite: bases.thumbnails?.file ? image(new URL(bases.thumbnails.file, base).href) : Promise.resolve(null) };
+    const file = bases.thumbnails?.file;
+    const sprite = file
+      ? bundleFile(base.href, file)
+          .then(async (s) => (s.ok ? image(URL.createObjectURL(await s.blob())) : null))
+          .catch(() => null)
+      : Promise.resolve(null);
+    return { bases, sprite };
   } catch {
     return null;
   }

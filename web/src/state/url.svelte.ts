@@ -124,3 +124,24 @@ export function writeCompare(text: string) {
   else url.searchParams.delete('compare');
   if (url.href !== location.href) history.replaceState(history.state, '', url);
 }
+
+/** The bundle the engine runs, in the address bar (?bundle=…); the page's default bundle removes it. */
+export function writeBundle(bundleUrl: string) {
+  const url = new URL(location.href);
+  const fallback = new URL(`${import.meta.env.BASE_URL}bundle/`, location.href).href;
+  if (bundleUrl === fallback) url.searchParams.delete('bundle');
+  else {
+    const b = new URL(bundleUrl);
+    url.searchParams.set('bundle', b.origin === location.origin ? b.pathname : b.href); // same origin: its path, shorter
+  }
+  if (url.href !== location.href) history.replaceState(history.state, '', url);
+}
+
+/** A page parameter that is not part of the run (?view=… the overview's open stage, ?tour=… the
+ * walk's stop): set it, or remove it with null. */
+export function writeParam(name: string, value: string | null) {
+  const url = new URL(location.href);
+  if (value) url.searchParams.set(name, value);
+  else url.searchParams.delete(name);
+  if (url.href !== location.href) history.replaceState(history.state, '', url);
+}

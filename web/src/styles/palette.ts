@@ -43,6 +43,14 @@ export const clusters: readonly string[] = [
 ];
 export const cluster = (i: number) => clusters[i % clusters.length];
 
+/** Runs drawn over the UMAP's reference cloud: colours that no cluster colour comes near (CIELAB
+ * ΔE ≥ 40 from every one, checked in derive/tracks.test.ts), so a track never hides in a cluster. */
+export const tracks = {
+  run: '#0000ff',
+  compare: '#ff00ff',
+  side: ['#000000', '#000080', '#400040', '#c0ff00', '#00ff00', '#ff80ff'],
+} as const;
+
 /** A CSS gradient of an interpolator, for legends and swatches. */
 export function ramp(interpolate: (t: number) => string, stops = 9): string {
   const cs = Array.from({ length: stops }, (_, i) => interpolate(i / (stops - 1)));

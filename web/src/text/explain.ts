@@ -19,6 +19,11 @@ export function x0Sentence(): Paragraph {
   ];
 }
 
+/** x̂₀ in one line, beside a decoded guess. */
+export function x0Short(): string {
+  return 'The decoded guess x̂₀ is the model’s current average guess (blurry early); stopping here would leave the noisy x_t, not this picture.';
+}
+
 /** The guidance formula, and the paper's w. */
 export function guidanceFormula(s?: number): Paragraph {
   return [
@@ -241,7 +246,7 @@ export function refinerText(model?: ModelSizes | null): ViewText {
 
 /** The false-colour composite's caption. */
 export function compositeCaption(): string {
-  return `${channelRange(0, 2)} as red, green, blue — false colour: latent channels are not colours; each scaled to its own ± max |value| (0 = grey)`;
+  return `${channelRange(0, 2)} as red, green, blue — false colour: latent channels are not colours; all on one scale, ± the largest |value| over every channel (0 = grey)`;
 }
 
 // ---- guidance --------------------------------------------------------------------------------------
@@ -349,4 +354,11 @@ export function umapText(k?: number): ViewText {
       ],
     ],
   };
+}
+
+// ---- where the views open --------------------------------------------------------------------------
+
+/** Said where a view shows the teaching step (state/selection.svelte.ts, derive/teach.ts). */
+export function teachingStepNote(index0: number): string {
+  return `Opened at step ${index0 + 1}: in the first half of the run, the step where the prompt changes the noise prediction most (largest ‖ε_c − ε_u‖ / ‖ε_u‖). Near the end ε_u, ε_c and ε̂ look alike. Pick any step on the timeline.`;
 }

@@ -60,22 +60,45 @@ export function family(run: SchedulerRun): Paragraph {
 
 /** PNDM in its PLMS form (Liu et al. 2022): extrapolation, and why 25 steps make 26 UNet calls. */
 export function pndmText(run: SchedulerRun): Paragraph {
-  const calls = run.timesteps.length;
-  const extra = calls - run.steps;
   const out: Paragraph = [
     'PNDM (Liu et al. 2022), in the PLMS form Stable Diffusion uses, is a linear multistep method: from the fourth step on it extrapolates from the last four noise predictions with the Adams–Bashforth weights ',
     m('(55·ε̂₀ − 59·ε̂₋₁ + 37·ε̂₋₂ − 9·ε̂₋₃)/24'),
     ' (the newest first) — an extrapolation, not an average — and steps with that estimate.',
   ];
+  const w = warmupText(run);
+  if (w) out.push(` ${w}`);
+  return out;
+}
+
+/** Why a run makes more UNet calls than steps (PNDM's warm-up), or null when it makes one per step. */
+export function warmupText(run: SchedulerRun): string | null {
+  const calls = run.timesteps.length;
+  const extra = calls - run.steps;
   if (extra === 1 && calls >= 3) {
     const [t0, t1] = run.timesteps;
-    out.push(
-      ` Its warm-up takes the first step twice: a plain step from timestep ${fmtT(t0)} to ${fmtT(t1)}, then the UNet is asked again at ${fmtT(t1)} and the first step is redone from ${fmtT(t0)} with the mean of the two predictions (a second-order start). So ${run.steps} steps make ${calls} UNet calls, and timestep ${fmtT(t1)} appears twice.`,
-    );
-  } else if (extra > 1) {
-    out.push(` Its warm-up runs Runge–Kutta stages (four UNet calls per warm-up step), so ${run.steps} steps make ${calls} UNet calls.`);
+    return `Its warm-up takes the first step twice: a plain step from timestep ${fmtT(t0)} to ${fmtT(t1)}, then the UNet is asked again at ${fmtT(t1)} and the first step is redone from ${fmtT(t0)} with the mean of the two predictions (a second-order start). So ${run.steps} steps make ${calls} UNet calls, and timestep ${fmtT(t1)} appears twice.`;
   }
-  return out;
+  if (extra > 1)
+    return `Its warm-up runs Runge–Kutta stages (four UNet calls per warm-up step), so ${run.steps} steps make ${calls} UNet calls.`;
+  return null;
+}
+
+/** The paper and equation of the update rule the view writes out. */
+export function updateSource(scheduler: string): string {
+  switch (scheduler) {
+    case 'ddim':
+      return 'DDIM, Song et al. 2021, eq. 12 with σ_t = 0';
+    case 'euler':
+      return 'Euler step in σ, Karras et al. 2022, Algorithm 1 without the second-order correction';
+    case 'dpmpp_2m':
+      return 'DPM-Solver++(2M), Lu et al. 2022, Algorithm 2';
+    case 'pndm':
+      return 'PLMS, Liu et al. 2022 (pseudo linear multistep, Adams–Bashforth weights)';
+    case 'lms':
+      return 'linear multistep in σ, as in Karras et al. 2022’s k-diffusion';
+    default:
+      return '';
+  }
 }
 
 /** Where the run starts on the noise schedule: SD's "leading" spacing does not start at the last training timestep. */
@@ -104,11 +127,13 @@ export function scheduleNote(trainTimesteps: number, visited: number): Paragraph
 }
 
 /** The update rule's left-hand side: the next x, at the timestep t′ this step lands on. */
-export function updateLhs(last: boolean, stride?: number): { math: string; note: string } {
+export function updateLhs(last: boolean, stride?: number, sigmaBased = false): { math: string; note: string } {
   return {
     math: SYM.xNext,
     note: last
-      ? 'the final latent: after the last step there is no next step; it lands on ᾱ₀ (see alpha_prod_t_prev)'
+      ? sigmaBased
+        ? 'the final latent: after the last step there is no next step; it lands on σ = 0'
+        : 'the final latent: after the last step there is no next step; it lands on ᾱ₀ (see alpha_prod_t_prev)'
       : `the next x: the input of the next step, at timestep t′${stride ? ` = t − ${stride}` : ''} (one step jumps ${stride ?? 'many'} timesteps, so it is not x_{t−1})`,
   };
 }

@@ -1,0 +1,89 @@
+"""Offline: after one visit the page, Pyodide, onnxruntime-web and the cached bundle load and generate
+with no network at all.
+
+A visit generates an image; then the browser context goes offline AND the server is shut down (so
+nothing can be answered by the network even where the emulation would let a request through), the
+page is reloaded, reaches ready from the service worker's copies and the Cache API, and generates.
+The offline reload's time to ready goes to test-artifacts/offline.json. The page links an
+installable web app manifest (name, icons, start_url, display standalone) whose icons load.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+try:
+    from test_browser import ARTIFACTS, RUN_TIMEOUT_MS, Page, browser, playwright  # noqa: F401
+except pytest.skip.Exception:  # pragma: no cover
+    pass
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.mark.browser
+def test_second_visit_works_offline(browser, web_dist, default_small_bundle):
+    from app.serve import start_background
+
+    srv, url = start_background(default_small_bundle, dist=web_dist)
+    page = Page(browser, url)
+    p = page.page
+    stopped = False
+    try:
+        page.open("?provider=wasm")
+        assert p.evaluate("crossOriginIsolated")
+        # the web app manifest: installable (name, icons 192/512, start_url, standalone) and served
+        href = p.get_attribute("link[rel=manifest]", "href")
+        manifest = p.evaluate("async (h) => (await fetch(h)).json()", href)
+        assert manifest["name"] and manifest["start_url"] and manifest["display"] == "standalone"
+        sizes = {i["sizes"] for i in manifest["icons"]}
+        assert {"192x192", "512x512"} <= sizes
+        for icon in manifest["icons"]:
+            assert p.evaluate("async (s) => (await fetch(s)).ok", icon["src"]), icon
+        first = page.generate(seed=5, steps=4)
+        p.wait_for_function("() => navigator.serviceWorker.controller !== null", timeout=10_000)
+        # the service worker kept the app's files (the page told it what loaded before it controlled the page)
+        p.wait_for_function(
+            """async () => { const c = await caches.open('diffusion-explainer-shell-v1');
+                const keys = (await c.keys()).map(r => new URL(r.url).pathname);
+                return keys.some(k => k.endsWith('/pyodide/pyodide.asm.wasm')) && keys.some(k => k.endsWith('/runtime/runtime.zip'))
+                    && keys.some(k => /\\/assets\\/index-.*\\.js$/.test(k)) && keys.some(k => k === '/'); }""",
+            timeout=30_000,
+            polling=500,
+        )
+
+        # no network at all
+        page.context.set_offline(True)
+        srv.shutdown()
+        srv.server_close()
+        stopped = True
+        t = time.perf_counter()
+        p.reload()
+        page.wait_engine()
+        ready_s = time.perf_counter() - t
+        info = p.evaluate("window.__engineInfo")
+        assert p.evaluate("crossOriginIsolated"), "the offline copy lost COOP/COEP"
+        assert info["downloadedBytes"] == 0 and info["bundle"]["name"] == "default"
+        second = page.generate(seed=5, steps=4)
+        assert (second == first).all(), "offline, the same request gave another image"
+        page.screenshot("offline-reload")
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "offline.json").write_text(
+            json.dumps(
+                {
+                    "offline_reload_to_ready_s": round(ready_s, 2),
+                    "worker_ready_ms": round(info["timingsMs"]["total"]),
+                    "python": info["pythonSnapshot"],
+                    "threads": info["threads"],
+                },
+                indent=1,
+            )
+        )
+        print(f"offline reload → ready in {ready_s:.2f} s (worker {info['timingsMs']['total']:.0f} ms)")
+    finally:
+        page.close()
+        if not stopped:
+            srv.shutdown()
+            srv.server_close()
