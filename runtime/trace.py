@@ -96,6 +96,33 @@ class Request:
         return self
 
 
+# what the page's views read of a bundle's model facts (sizes, channels, scaling)
+PAGE_MODEL_KEYS = (
+    "architecture",
+    "prediction_type",
+    "image_size",
+    "latent_size",
+    "latent_channels",
+    "vae_scaling_factor",
+    "vae_scale_factor",
+    "text_hidden_size",
+    "text_max_length",
+)
+
+
+def describe_bundle(manifest: dict) -> dict:
+    """What the page shows of a bundle, from its manifest: one definition for the live engine
+    (runtime/web.py) and for a replayed trace (runtime/tracefile.py)."""
+    default = manifest["scheduler"]["default"]
+    model = manifest["model"]
+    return {
+        "schedulers": [{"name": n, "label": cls.label, "isDefault": n == default} for n, cls in SCHEDULERS.items()],
+        "maxLength": int(manifest["tokenizer"]["max_length"]),
+        "vocabulary": dict((manifest.get("about") or {}).get("vocabulary") or {}),
+        "model": {k: model.get(k) for k in PAGE_MODEL_KEYS},
+    }
+
+
 @dataclass(kw_only=True)
 class Plan:
     """What a run will do, known before the first UNet call (computed once by Pipeline.plan)."""

@@ -41,9 +41,8 @@ from typing import Any
 
 from .backend import TYPECODES, HostTensor
 from .png import encode_png
-from .schedulers import SCHEDULERS
 from .tokenizer import Tokenized
-from .trace import RUN_DONE_FIELDS, ClipScores, Plan, Request, StepTrace, Trace, camel, step_message, to_message
+from .trace import RUN_DONE_FIELDS, ClipScores, Plan, Request, StepTrace, Trace, camel, describe_bundle, step_message, to_message
 
 FORMAT = "diffusion-explainer-trace"
 VERSION = 1
@@ -110,24 +109,8 @@ def bundle_facts(manifest: dict, has_clip: bool = False) -> dict:
         "name": manifest.get("name") or "bundle",
         "imageSize": list(model["image_size"]),
         "latentSize": list(model["latent_size"]),
-        "schedulers": [{"name": n, "label": cls.label, "isDefault": n == default} for n, cls in SCHEDULERS.items()],
         "defaultScheduler": default,
-        "maxLength": int(manifest["tokenizer"]["max_length"]),
-        "vocabulary": dict(about.get("vocabulary") or {}),
-        "model": {
-            k: model.get(k)
-            for k in (
-                "architecture",
-                "prediction_type",
-                "image_size",
-                "latent_size",
-                "latent_channels",
-                "vae_scaling_factor",
-                "vae_scale_factor",
-                "text_hidden_size",
-                "text_max_length",
-            )
-        },
+        **describe_bundle(manifest),
         "previewBudget": 0,
         "hasClip": bool(has_clip),
         "bytes": sum(int(f.get("bytes", 0)) for f in manifest.get("files", {}).values()),

@@ -20,8 +20,7 @@ from types import SimpleNamespace
 from .backend import TYPECODES, HostTensor
 from .bundle import Bundle, BundleError, check_manifest
 from .pipeline import Pipeline
-from .schedulers import SCHEDULERS
-from .trace import RUN_DONE_FIELDS, Request, step_message, to_message
+from .trace import RUN_DONE_FIELDS, Request, describe_bundle, step_message, to_message
 
 PREVIEW_BUDGET = 0.2  # decoding previews may add at most this share to the loop's time (the rest follow the run)
 JS_ARRAYS = {"float32": "Float32Array", "uint8": "Uint8Array", "int64": "BigInt64Array", "int32": "Int32Array"}
@@ -201,23 +200,7 @@ class Engine:
         """describe() as Python data (tests read it without Pyodide)."""
         default = self.bundle.manifest["scheduler"]["default"]
         return {
-            "schedulers": [{"name": n, "label": cls.label, "isDefault": n == default} for n, cls in SCHEDULERS.items()],
-            "maxLength": int(self.bundle.manifest["tokenizer"]["max_length"]),
-            "vocabulary": dict((self.bundle.manifest.get("about") or {}).get("vocabulary") or {}),
-            "model": {
-                k: self.bundle.model.get(k)
-                for k in (
-                    "architecture",
-                    "prediction_type",
-                    "image_size",
-                    "latent_size",
-                    "latent_channels",
-                    "vae_scaling_factor",
-                    "vae_scale_factor",
-                    "text_hidden_size",
-                    "text_max_length",
-                )
-            },
+            **describe_bundle(self.bundle.manifest),
             "previewBudget": PREVIEW_BUDGET,
             "hasClip": self.pipeline.has_clip(),
             "request": Request.describe(default, self.bundle.manifest.get("about")),
