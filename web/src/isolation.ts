@@ -48,6 +48,9 @@ const within = <T>(p: Promise<T>, ms: number) =>
 /** Register the service worker where none controls the page yet, then tell it what was loaded. */
 async function keepForOffline() {
   if (!('serviceWorker' in navigator) || !window.isSecureContext) return;
+  // ?bench counts bytes on the wire by Resource Timing, which reports 0 for responses a service
+  // worker relays: the benchmark measures the page without its offline worker
+  if (new URLSearchParams(location.search).has('bench')) return;
   const sw = navigator.serviceWorker;
   if (!sw.controller) {
     try {

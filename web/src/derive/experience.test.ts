@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { RequestMsg, StepMsg, TensorMsg, Trace } from '../lib/protocol';
-import { droppedText, expectedImages, imagesIn, jobList, runProgress, runState, settled, sideLabel, timesText } from './jobs';
+import { droppedText, expectedImages, imagesIn, jobList, ranOn, runProgress, runState, settled, sideLabel, timesText } from './jobs';
 import { tourFacts, tourIndex, tourStops } from './tour';
 
 const img: TensorMsg = { dtype: 'uint8', shape: [1, 1, 4], data: new ArrayBuffer(4) };
@@ -140,5 +140,14 @@ describe('tour', () => {
     expect(tourIndex('3', 15)).toBe(2);
     expect(tourIndex('99', 15)).toBe(14);
     expect(tourIndex('0', 15)).toBe(0);
+  });
+});
+
+describe('ranOn', () => {
+  it('keeps the provider part of the backend name', () => {
+    expect(ranOn('onnxruntime-web 1.30.0 (WASM, 2 thread(s))')).toBe('WASM, 2 thread(s)');
+    expect(ranOn('onnxruntime-web 1.30.0 (WebGPU)')).toBe('WebGPU');
+    expect(ranOn('onnxruntime 1.32.0 native (CPUExecutionProvider)')).toBe('CPUExecutionProvider');
+    expect(ranOn('something else')).toBe('something else');
   });
 });

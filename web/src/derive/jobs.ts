@@ -145,6 +145,12 @@ export function droppedText(d: { dropped: string[]; stopped: string | null } | n
   return `Your new run went first: it ${parts.join(' and ')} of the previous run; their views ask again for the new one.`;
 }
 
+/** Where the model ran, short: the provider part of the backend's name ("onnxruntime-web 1.30.0
+ * (WASM, 2 thread(s))" → "WASM, 2 thread(s)"), so the model's time says what it was measured on. */
+export function ranOn(backend: string): string {
+  return /\s\((.+)\)\s*$/.exec(backend)?.[1] ?? backend;
+}
+
 /** The two times the result states, labelled: the reader's wait (click → every view settled) and the
  * model's own time for the run. */
 export function timesText(waitMs: number | null, modelMs: number | undefined): { wait: string; model: string } {
