@@ -293,7 +293,9 @@ def test_unknown_words_are_marked(vpage, vocab_bundle):
     )
     assert known == [str(k).lower() for k in want]
     note = page.inner_text("#view-text [data-testid=oov]")
-    assert "never contained" in note and "‘astronaut’" in note and "‘horse’" in note and "‘riding’" in note and "‘small’" not in note
+    assert (
+        "never contained" in note and "‘astronaut’" in note and "‘horse’" in note and "‘riding’" in note and "‘small’" not in note
+    )
     assert "Empty negative prompt" in page.inner_text("#view-text")
 
 
