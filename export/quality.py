@@ -146,7 +146,8 @@ def apply_precision(
         psnrs.append(99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse))
     report["image"] = {
         "psnr_db_vs_fp32": {"min": min(psnrs), "mean": sum(psnrs) / len(psnrs)},
-        "runs": [{"prompt": p, "seed": s} for p, s in runs],
+        # per run, so a low minimum names its prompt (a trajectory that int8 errors tip elsewhere)
+        "runs": [{"prompt": p, "seed": s, "psnr_db": round(v, 2)} for (p, s), v in zip(runs, psnrs)],
         "steps": steps,
     }
     if judge is not None:

@@ -205,6 +205,7 @@ def test_precision_builds_derive_from_an_fp32_bundle(tiny_bundle, tmp_path):
     assert q["components"]["unet"]["max_abs_error_vs_fp32"] <= 1e-4 and q["components"]["unet"]["fixed_sizes"]["batch_size"] == 2
     assert q["components"]["text_encoder"]["bytes"] < q["components"]["text_encoder"]["bytes_fp32"]  # (the embedding stays fp32)
     assert len(q["image"]["runs"]) == 2 and q["image"]["steps"] == 3
+    assert min(r["psnr_db"] for r in q["image"]["runs"]) == pytest.approx(q["image"]["psnr_db_vs_fp32"]["min"], abs=0.01)
     assert Bundle.from_dir(tmp_path / "int8").component("text_encoder")["precision"] == "int8"
     with pytest.raises(ExportError, match="derive builds from an fp32 bundle"):
         export_bundle(tmp_path / "int8", tmp_path / "again", precision="fp16")
