@@ -134,6 +134,8 @@ def test_native_trace_replays_in_every_view_with_no_model(browser, served, trace
         assert "of 25" in label and any(f"timestep {round(t)}" in label for t in f.trace.timesteps), label
         assert PROMPT in page.inner_text("[data-view=overview]")
         assert "3.5" in page.inner_text("[data-view=guidance]")
+        # the form shows the recorded request, not the page's defaults
+        assert page.input_value("textarea[name=prompt]") == PROMPT and page.input_value("input[name=seed]") == "11"
         # nothing runs: Generate is off, and no model file was fetched
         assert page.locator("[data-testid=generate]").is_disabled()
         no_model_requests(p)
