@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 from runtime.bundle import FORMAT, FORMAT_VERSION, sha256_file
+from runtime.trace import PAGE_MODEL_KEYS
 
 from . import opgraphs
 
@@ -93,21 +94,7 @@ def build_manifest(src, tmp, files, facts, errors, tolerance, name) -> dict:
         "name": name or src.name,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "source_fingerprint": source_fingerprint(facts.get("source", src)),
-        "model": {
-            k: facts[k]
-            for k in (
-                "source",
-                "architecture",
-                "prediction_type",
-                "image_size",
-                "latent_size",
-                "latent_channels",
-                "vae_scaling_factor",
-                "vae_scale_factor",
-                "text_hidden_size",
-                "text_max_length",
-            )
-        },
+        "model": {k: facts[k] for k in ("source", *PAGE_MODEL_KEYS)},  # what the page reads, and where it came from
         "components": components,
         "files": table,
         "tokenizer": {
