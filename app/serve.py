@@ -61,8 +61,12 @@ class ServeError(Exception):
 
 
 def build_web(rebuild: bool = False, log=print) -> Path:
-    """web/dist, built with npm when missing (or when asked); `npm ci` first if node_modules is missing."""
+    """web/dist, built with npm when missing (or when asked); `npm ci` first if node_modules is missing.
+    Either way it ships Python's memory snapshot for its runtime.zip (app/snapshot.py; made when missing)."""
+    from app.snapshot import ensure_snapshot
+
     if (DIST / "index.html").is_file() and not rebuild:
+        ensure_snapshot(DIST, log)
         return DIST
     npm = shutil.which("npm")
     if not npm:
@@ -74,6 +78,8 @@ def build_web(rebuild: bool = False, log=print) -> Path:
     _npm([npm, "run", "build"])
     if not (DIST / "index.html").is_file():
         raise ServeError("npm run build finished but web/dist/index.html is missing")
+    log("making Python's memory snapshot to ship with the page…")
+    ensure_snapshot(DIST, log)
     return DIST
 
 

@@ -1,6 +1,7 @@
-"""Python's memory snapshot: a first visit starts Pyodide afresh and, once idle, a throwaway worker
-saves the interpreter (runtime/ imported) in the Cache API; a warm visit restores it instead of starting Python, and runs the same
-numbers. A damaged snapshot is dropped and Python starts afresh."""
+"""Python's memory snapshot: a first visit of a page built without one (the build ships one:
+test_shipped_snapshot.py) starts Pyodide afresh and, once idle, a throwaway worker saves the
+interpreter (runtime/ imported) in the Cache API; a warm visit restores it instead of starting
+Python, and runs the same numbers. A damaged snapshot is dropped and Python starts afresh."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def _visit(p: Page) -> dict:
 def test_warm_visit_restores_python_and_runs_the_same(browser, server, bundle):
     p = Page(browser, server)
     try:
+        p.context.route("**/pyodide/memory-snapshot-*", lambda r: r.fulfill(status=404))  # as if the build shipped none
         first = _visit(p)
         assert first["pythonSnapshot"] == "fresh"
         wait_for_snapshot(p.page)

@@ -14,7 +14,15 @@ import {
   type Manifest,
 } from './lib/bundleLoader';
 import { folderProblem, manifestProblem, wasmProblem } from './derive/bundleCheck';
-import { fetchRuntimeZip, installRuntime, openSnapshotCache, snapshotKey } from './lib/pythonSnapshot';
+import {
+  fetchRuntimeZip,
+  fetchShippedSnapshot,
+  installRuntime,
+  openSnapshotCache,
+  reseedRandom,
+  saveSnapshot,
+  snapshotKey,
+} from './lib/pythonSnapshot';
 import type { BenchOptions, EngineInfo, FromWorker, InitMsg, Provider, RequestMsg, ToWorker } from './lib/protocol';
 import type { CheckManifest, EngineDescription, PythonEngine, WebModule } from './lib/pythonEngine';
 
@@ -137,7 +145,7 @@ async function startPython(): Promise<{
   pyodideMs: number;
   runtimeMs: number;
   web: WebModule;
-  snapshot: 'restored' | 'fresh';
+  snapshot: 'restored' | 'shipped' | 'fresh';
 }> {
   post({ type: 'status', phase: 'pyodide', text: 'starting Python (Pyodide)…' });
   let t = performance.now();
@@ -148,17 +156,24 @@ async function startPython(): Promise<{
   const zip = await zipFetch;
   const key = await snapshotKey(BASE, version, zip);
   const cache = await openSnapshotCache();
-  let py: PyodideAPI | null = null;
+  // the snapshot a previous visit saved, else the one shipped with the page (downloading while the bundle does)
   const saved = await cache?.match(key).catch(() => undefined);
-  if (saved) {
+  const found = saved ?? (await fetchShippedSnapshot(key));
+  let py: PyodideAPI | null = null;
+  if (found) {
+    const image = found.arrayBuffer().then((b) => new Uint8Array(b));
+    image.catch(() => {}); // reported by loadPyodide
     try {
-      py = await loadPyodide({ ...options, _loadSnapshot: new Uint8Array(await saved.arrayBuffer()) });
+      py = await loadPyodide({ ...options, _loadSnapshot: image }); // Pyodide's wasm compiles meanwhile
+      reseedRandom(py);
     } catch (e) {
-      console.warn(`the saved Python snapshot did not load (${(e as Error).message}); starting Python afresh`);
-      await cache?.delete(key).catch(() => {});
+      py = null;
+      console.warn(`the ${saved ? 'saved' : "page's"} Python snapshot did not load (${(e as Error).message}); starting Python afresh`);
+      if (saved) await cache?.delete(key).catch(() => {});
     }
+    if (py && !saved && cache) void saveSnapshot(cache, key, await image).catch(() => {}); // the next visit reads it decoded
   }
-  const snapshot = py ? 'restored' : 'fresh';
+  const snapshot = py ? (saved ? 'restored' : 'shipped') : 'fresh';
   py ??= await loadPyodide(options);
   const pyodideMs = performance.now() - t;
   t = performance.now();

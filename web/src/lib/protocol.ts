@@ -169,9 +169,10 @@ export interface EngineInfo {
   adapterSoftware?: boolean | null;
   ortVersion: string;
   pythonVersion: string;
-  /** How Python started: from the memory snapshot a previous visit saved, or afresh (a throwaway
-   * worker then saves one for the next visit once the page is idle). */
-  pythonSnapshot: 'restored' | 'fresh';
+  /** How Python started: from the memory snapshot a previous visit saved, from the one shipped with
+   * the page (then saved for the next visit), or afresh (a throwaway worker then saves one for the
+   * next visit once the page is idle). */
+  pythonSnapshot: 'restored' | 'shipped' | 'fresh';
   bundle: {
     name: string;
     url: string;
