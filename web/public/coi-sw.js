@@ -69,7 +69,8 @@ function shellKey(req, url) {
   if (req.mode === 'navigate') return base.href;
   if (req.method !== 'GET' || req.headers.has('range') || !url.pathname.startsWith(base.pathname)) return null;
   const rel = decodeURIComponent(url.pathname.slice(base.pathname.length));
-  return APP_FILE.test(rel) ? url.origin + url.pathname : null;
+  // Python's memory snapshot (31.5 MB decoded) is kept by the engine in its own cache: not twice
+  return APP_FILE.test(rel) && !rel.startsWith('pyodide/memory-snapshot-') ? url.origin + url.pathname : null;
 }
 
 /** Network first; when it fails, the kept copy. A good answer is kept (when it changed). */
