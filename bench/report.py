@@ -171,6 +171,23 @@ def markdown(result: dict) -> str:
                 f"| {r['threads']} | {two_clocks(r['cold'], 'ready')} | {two_clocks(r['cold'], 'first_image')} | {two_clocks(r['warm'], 'ready')} | "
                 f"{two_clocks(r['warm'], 'first_image')} | {_fmt(r.get('page_ms_per_step_run'))} | {lt.get('count', '–')} | {_fmt(lt.get('max_ms'))} |"
             )
+        clicks = [r for r in ex if "click" in r]
+        if clicks:
+            out += [
+                "",
+                "What a click costs the reader (warm page, every view on; medians): click → final image and click → every view "
+                "settled (previews decoded, CLIP scored, painted), against the plain loop (no previews, no CLIP) for the same "
+                "request, timed in the same visit, interleaved with the clicks.",
+                "",
+                "| threads | plain loop ms | click → image ms | × plain | click → settled ms | × plain |",
+                "|---:|---:|---:|---:|---:|---:|",
+            ]
+            for r in clicks:
+                c = r["click"]
+                out.append(
+                    f"| {r['threads']} | {c['plain_loop_ms']:.0f} | {c['image_ms']:.0f} | {c['image_ratio']:.2f} | "
+                    f"{c['settled_ms']:.0f} | {c['settled_ratio']:.2f} |"
+                )
         starts = [r for r in ex if "startup_ms" in r.get("warm", {})]
         if starts:
             out += [

@@ -203,9 +203,9 @@ class Pipeline:
         initial_latents: HostTensor | None = None,
         preview_budget: float | None = None,
     ) -> Trace:
-        """Run the plan. preview_budget (the page): instead of preview_every, decode a step's predicted
-        image only while decoding has cost at most this share of the loop's time so far; the rest are
-        decoded after the loop by decode_previews(), off the loop's critical path."""
+        """Run the plan. preview_budget (the page): of the previewed steps (preview_every), decode a step's
+        predicted image during the loop only while decoding has cost at most this share of the loop's
+        time so far; the rest are decoded after the loop by decode_previews(), off its critical path."""
         if self.ops is None:
             raise RuntimeError("call `await pipeline.load()` before generate()")
         t_start = time.perf_counter()
@@ -324,10 +324,9 @@ class Pipeline:
         or, with a preview budget, while decoding has cost at most that share of the loop's time."""
         if pred_x0 is None:
             return None
+        wanted = previewed(i, loop.num_steps, loop.preview_every)
         if loop.preview_budget is not None:
-            wanted = i == 0 or loop.decode_ms <= loop.preview_budget * loop.loop_ms
-        else:
-            wanted = bool(loop.preview_every) and (i % loop.preview_every == 0 or i == loop.num_steps - 1)
+            wanted = wanted and (i == 0 or loop.decode_ms <= loop.preview_budget * loop.loop_ms)
         if not wanted:
             return None
         t0 = time.perf_counter()
@@ -345,15 +344,21 @@ class Pipeline:
     async def decode_previews(
         self, trace: Trace, on_image: Callable[[StepTrace], Any] | None = None, should_stop: Callable[[], bool] | None = None
     ) -> None:
-        """Decode the predicted image of every step that has none yet (after a run with a preview budget)."""
-        for step in trace.steps:
-            if step.image is not None or step.pred_x0 is None:
+        """Decode the predicted image of every previewed step that has none yet (after a run with a preview budget)."""
+        n = len(trace.steps)
+        for i, step in enumerate(trace.steps):
+            if step.image is not None or step.pred_x0 is None or not previewed(i, n, trace.request.preview_every):
                 continue
             if should_stop and should_stop():
                 return
             step.image = await self.backend.to_host(await self.decode(self.backend.from_host(step.pred_x0), step.timings_ms))
             if on_image:
                 await _maybe_await(on_image(step))
+
+
+def previewed(i: int, num_steps: int, every: int) -> bool:
+    """Whether step i's x̂₀ is decoded as a preview: every `every`-th step and the last (never for 0)."""
+    return bool(every) and (i % every == 0 or i == num_steps - 1)
 
 
 async def _maybe_await(result) -> None:

@@ -22,7 +22,11 @@ from .bundle import Bundle, BundleError, check_manifest
 from .pipeline import Pipeline
 from .trace import RUN_DONE_FIELDS, Request, describe_bundle, step_message, to_message
 
-PREVIEW_BUDGET = 0.2  # decoding previews may add at most this share to the loop's time (the rest follow the run)
+PREVIEW_BUDGET = 0.1  # decoding previews may add at most this share to the loop's time (the rest follow the run)
+# The page decodes x̂₀ at about this many evenly spaced steps (Request.preview_every from the step count),
+# any other step when the reader picks it: a VAE decode costs about two UNet steps on the CPU, so
+# decoding all of them made the reader wait ~1.5× the run for the views (issue 24).
+PAGE_PREVIEWS = 6
 JS_ARRAYS = {"float32": "Float32Array", "uint8": "Uint8Array", "int64": "BigInt64Array", "int32": "Int32Array"}
 
 
@@ -202,6 +206,7 @@ class Engine:
         return {
             **describe_bundle(self.bundle.manifest),
             "previewBudget": PREVIEW_BUDGET,
+            "previews": PAGE_PREVIEWS,
             "hasClip": self.pipeline.has_clip(),
             "request": Request.describe(default, self.bundle.manifest.get("about")),
         }
@@ -271,6 +276,21 @@ class Engine:
         )
         if self.pipeline.has_clip() and not stopped():
             await self.post_clip(post, [])
+
+    async def decode_step(self, run_id: int, index: int, latent, post) -> None:
+        """A step's x̂₀ (the page's copy, {dtype, shape, data}) decoded when the reader picks a step that
+        was not previewed; posted as that run's run-image."""
+        f = latent.to_py(depth=1) if hasattr(latent, "to_py") else latent
+        js = _js()
+        tensor = self.backend.ort.Tensor.new(
+            str(f["dtype"]), js.Float32Array.new(f["data"]), _to_js([int(d) for d in f["shape"]])
+        )
+        image = await self.backend.to_host(await self.pipeline.decode(WebTensor(tensor), {}))
+        transfer: list = []
+        post(
+            _to_js({"type": "run-image", "runId": run_id, "index": index, "image": tensor_message(image, transfer)}),
+            _to_js(transfer),
+        )
 
     def clip_prompts(self, extra: list) -> list[str]:
         """The run's prompt, then the reader's alternatives, then the model card's examples."""

@@ -97,18 +97,21 @@ def test_clip_scores_equal_native(browser, web_dist, default_bundle):
         shown = [float(x) for x in p.locator("[data-testid=clip-bars] li").evaluate_all("els => els.map(e => e.dataset.sim)")]
         assert sorted(shown) == sorted(clip["final"])
 
+        every = p.evaluate("() => window.__lastTrace.request.previewEvery")
+
         async def go():
             pipe = Pipeline(Bundle.from_dir(default_bundle), NativeBackend(default_bundle))
             await pipe.load()
             trace = await pipe.generate(
-                Request("a cat on a blue background", seed=1, guidance=3, steps=10, scheduler="ddim", preview_every=1)
+                Request("a cat on a blue background", seed=1, guidance=3, steps=10, scheduler="ddim", preview_every=every)
             )
             return await pipe.clip_scores(trace, clip["prompts"])
 
         ref = run_sync(go())
         assert np.abs(np.array(ref.final) - np.array(clip["final"])).max() < 1e-3
         assert clip["final"][0] == max(clip["final"]), "CLIP should find the run's own prompt the best match"
-        assert len(clip["steps"]) == 10
+        assert [i for i, _ in clip["steps"]] == [0, 2, 4, 6, 8, 9]  # the previewed steps (every 2nd and the last)
+        assert np.abs(np.array([r for _, r in ref.steps]) - np.array([r for _, r in clip["steps"]])).max() < 1e-3
         SHOTS.mkdir(parents=True, exist_ok=True)
         p.locator("[data-view=clip]").screenshot(path=str(SHOTS / "clip.png"))
         p.fill("input[name=compare]", "a dog on a blue background")

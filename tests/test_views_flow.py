@@ -47,8 +47,12 @@ def wait_done(p: Page):
 
 
 def wait_previews(p: Page):
-    """The steps' predicted images that were decoded after the loop (run-image) have all arrived."""
-    p.page.wait_for_function("() => window.__lastTrace && window.__lastTrace.steps.every(s => s.image)", timeout=RUN_TIMEOUT_MS)
+    """The previewed steps' predicted images that were decoded after the loop (run-image) have all arrived."""
+    p.page.wait_for_function(
+        "() => { const t = window.__lastTrace; const k = t?.request.previewEvery;"
+        " return t && t.steps.every((s, i, a) => !(i % k === 0 || i === a.length - 1) || s.image); }",
+        timeout=RUN_TIMEOUT_MS,
+    )
 
 
 def wait_step(p: Page, k: int):

@@ -61,6 +61,8 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
     clip(msg.prompts);
   } else if (msg.type === 'bench') {
     bench(msg.options);
+  } else if (msg.type === 'decode') {
+    decodeStep(msg);
   } else if (msg.type === 'open-bundle') {
     void openBundle(msg);
   } else if (msg.type === 'stop') {
@@ -296,6 +298,7 @@ function bundleInfo(manifest: Manifest, described: EngineDescription, bundleUrl:
     vocabulary: described.vocabulary ?? {},
     model: described.model,
     previewBudget: described.previewBudget,
+    previews: described.previews,
     hasClip: !!described.hasClip,
     bytes,
     precision: precisionsOf(manifest),
@@ -596,6 +599,7 @@ function memoryStats() {
 
 /** CLIP's similarities of the last run's images to the reader's alternative prompts (when idle). */
 async function clip(prompts: string[]) {
+  if (decoding) await decoding;
   if (!engine || busy) return;
   busy = true;
   try {
@@ -604,12 +608,14 @@ async function clip(prompts: string[]) {
     post({ type: 'notice', level: 'warning', text: `CLIP: ${describeError(err)}` });
   } finally {
     busy = false;
+    decodeStep();
   }
 }
 
 async function generate(runId: number, request: RequestMsg, side = false) {
   if (gpuLost !== null) await fallBackToWasm().catch(() => {}); // lost while idle or in another task: WASM first
   if (!engine) return post({ type: 'run-error', runId, text: 'the engine is not ready yet' });
+  if (decoding) await decoding;
   if (busy && decodingAfter) {
     decodingAfter.superseded = true;
     await decodingAfter.finished;
@@ -668,8 +674,27 @@ async function generate(runId: number, request: RequestMsg, side = false) {
     if (decodingAfter === run) decodingAfter = null;
     busy = false;
     finish();
+    decodeStep();
     makeSnapshotSoon(1000);
   }
+}
+
+/** Steps the reader picked that the run did not preview: decoded one at a time, between runs. */
+const decodeQueue: Extract<ToWorker, { type: 'decode' }>[] = [];
+let decoding: Promise<void> | null = null; // a run or CLIP that arrives meanwhile waits for it (~one VAE call)
+function decodeStep(msg?: Extract<ToWorker, { type: 'decode' }>) {
+  if (msg) decodeQueue.push(msg);
+  if (!engine || busy || decoding) return; // generate() and clip() call this again when they end
+  const e = engine;
+  decoding = (async () => {
+    for (let m = decodeQueue.shift(); m; m = decodeQueue.shift()) {
+      try {
+        await e.decode_step(m.runId, m.index, m.latent, (x, t) => post(x, t));
+      } catch (err) {
+        post({ type: 'notice', level: 'warning', text: `decoding step ${m.index + 1}: ${describeError(err)}` });
+      }
+    }
+  })().finally(() => (decoding = null));
 }
 
 /** The bench view's request: runs bench/workerBench.ts on the loaded engine. */

@@ -151,3 +151,23 @@ describe('ranOn', () => {
     expect(ranOn('something else')).toBe('something else');
   });
 });
+
+describe('previews (issue 24: a few evenly spaced x̂₀ decodes, the rest on demand)', () => {
+  it('previewEvery gives about `previews` decodes', async () => {
+    const { previewEveryFor, isPreviewed } = await import('./jobs');
+    expect(previewEveryFor(25, 6)).toBe(5);
+    expect(previewEveryFor(4, 6)).toBe(1);
+    expect(previewEveryFor(25, 0)).toBe(1);
+    expect(previewEveryFor(NaN, 6)).toBe(1);
+    const shown = Array.from({ length: 25 }, (_, i) => i).filter((i) => isPreviewed(i, 25, 5));
+    expect(shown).toEqual([0, 5, 10, 15, 20, 24]);
+    expect(isPreviewed(3, 25, 0)).toBe(false);
+  });
+  it('the sentence counts what the runtime decodes', async () => {
+    const { previewSentence } = await import('../text/explain');
+    expect(previewSentence(5, 25)).toContain('every 5th step and the last (6 of 25)');
+    expect(previewSentence(2, 9)).toContain('every 2nd step and the last (5 of 9)');
+    expect(previewSentence(3, 7)).toContain('every 3rd step and the last (3 of 7)');
+    expect(previewSentence(1, 25)).toBe('');
+  });
+});

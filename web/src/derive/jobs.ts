@@ -16,6 +16,18 @@ export interface Job {
   main: boolean;
 }
 
+/** The page's previewEvery for a run of `steps` steps: about `previews` evenly spaced x̂₀ decodes
+ * (runtime/web.py PAGE_PREVIEWS); the reader's pick decodes any other step. 0 previews: every step. */
+export function previewEveryFor(steps: number, previews: number): number {
+  if (!(previews > 0) || !(steps > 0)) return 1;
+  return Math.max(1, Math.ceil(steps / previews));
+}
+
+/** Whether step i of n is previewed (runtime/pipeline.py `previewed`): every `every`-th and the last. */
+export function isPreviewed(i: number, n: number, every: number): boolean {
+  return every > 0 && (i % every === 0 || i === n - 1);
+}
+
 /** The steps whose predicted image (x̂₀ decoded) the run will deliver: every previewEvery-th and the last. */
 export function expectedImages(trace: Trace): number {
   const every = trace.request.previewEvery;

@@ -23,6 +23,8 @@ describe('teachingStep', () => {
     // the first half of the planned steps, even when fewer arrived
     expect(teachingStep(steps.slice(0, 2), 26)).toBe(1);
     expect(teachingStep(steps, 2)).toBe(0);
+    // only previewed steps (every 2nd: 0, 2, 4…), whose x̂₀ the run decoded
+    expect(teachingStep(steps, 5, 2)).toBe(2);
   });
   it('has no step without steps; a tie keeps the earlier', () => {
     expect(teachingStep([])).toBeNull();

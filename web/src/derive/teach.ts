@@ -13,12 +13,18 @@ export function promptEffect(step: Pick<StepMsg, 'noiseCond' | 'noiseUncond'>): 
 }
 
 /** The index of the step the views open at: the largest promptEffect among the first half of the
- * planned steps (the first ⌈planned/2⌉, of those that arrived); null without steps. Ties: the earlier. */
-export function teachingStep(steps: Pick<StepMsg, 'noiseCond' | 'noiseUncond'>[], planned: number = steps.length): number | null {
+ * planned steps (the first ⌈planned/2⌉, of those that arrived) that the run previewed (every
+ * `every`-th: its x̂₀ is decoded already); null without steps. Ties: the earlier. */
+export function teachingStep(
+  steps: Pick<StepMsg, 'noiseCond' | 'noiseUncond'>[],
+  planned: number = steps.length,
+  every: number = 1,
+): number | null {
   const n = Math.min(steps.length, Math.max(1, Math.ceil(planned / 2)));
+  const stride = every > 0 ? every : 1;
   let best: number | null = null;
   let bestV = -Infinity;
-  for (let i = 0; i < n; i++) {
+  for (let i = 0; i < n; i += stride) {
     const v = promptEffect(steps[i]);
     if (v > bestV) {
       bestV = v;

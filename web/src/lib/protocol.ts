@@ -189,6 +189,9 @@ export interface EngineInfo {
     model: ModelFacts;
     /** Share of the loop's time that decoding previews may add during a run (the rest follow the run). */
     previewBudget: number;
+    /** About how many evenly spaced steps a page run decodes x̂₀ at (previewEvery from the step count);
+     * any other step is decoded when the reader picks it. */
+    previews: number;
     /** Whether the bundle ships CLIP's image tower (the clip view shows live numbers only then). */
     hasClip: boolean;
     bytes: number;
@@ -325,6 +328,8 @@ export type ToWorker =
   | { type: 'generate'; runId: number; request: RequestMsg; side?: boolean }
   | { type: 'stop' }
   | { type: 'bench'; options: BenchOptions }
+  /** Decode a step's x̂₀ that the run did not preview (the reader picked that step): answered with run-image. */
+  | { type: 'decode'; runId: number; index: number; latent: TensorMsg }
   /** Open another bundle (an http(s) folder URL, or a local folder's files by their path inside it);
    * the engine keeps the one it has until this one is checked and its sessions are made. */
   | { type: 'open-bundle'; bundleUrl: string; folder?: { path: string; file: File }[] };

@@ -2,7 +2,7 @@
 // objects arrive as PyProxy; this interface names the methods and what they take and give, so no
 // call site casts a Python method by hand. Keep it in step with runtime/web.py.
 import type { PyProxy } from 'pyodide/ffi';
-import type { FromWorker, ModelFacts, RequestInfo, RequestMsg, SchedulerInfo } from './protocol';
+import type { FromWorker, ModelFacts, RequestInfo, RequestMsg, SchedulerInfo, TensorMsg } from './protocol';
 
 /** Engine.describe(): what the page's controls need from the runtime (a JS object; see runtime/web.py). */
 export interface EngineDescription {
@@ -11,6 +11,7 @@ export interface EngineDescription {
   vocabulary: Record<string, string[]>;
   model: ModelFacts;
   previewBudget: number;
+  previews: number;
   hasClip: boolean;
   request: RequestInfo;
 }
@@ -32,6 +33,8 @@ export interface PythonEngine {
     previewBudget?: number,
     main?: boolean,
   ): Promise<void>;
+  /** A step's x̂₀ decoded on demand, posted as run-image. */
+  decode_step(runId: number, index: number, latent: TensorMsg, post: Post): Promise<void>;
   /** CLIP's scores of the last run's images against its prompt, the examples and `extra`. */
   post_clip(post: Post, extra: string[]): Promise<void>;
   close(): void;

@@ -267,6 +267,7 @@ const BUNDLE_DEFAULTS: Partial<EngineInfo['bundle']> = {
   defaultScheduler: '',
   vocabulary: {},
   previewBudget: 0,
+  previews: 0,
   hasClip: false,
   bytes: 0,
   precision: [],

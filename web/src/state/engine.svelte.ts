@@ -19,7 +19,7 @@ import { writeBundle } from './url.svelte';
 
 /** The page's own bundle folder (`diffusion-explainer serve` and the static site put it there). */
 const DEFAULT_BUNDLE = () => new URL(`${import.meta.env.BASE_URL}bundle/`, location.href).href;
-import { settled } from '../derive/jobs';
+import { previewEveryFor, settled } from '../derive/jobs';
 import type { OpenedTrace, TraceMeta } from '../lib/tracefile';
 import { REPLAY_CANNOT_RUN } from '../text/replay';
 
@@ -58,6 +58,8 @@ declare global {
     __compareTrace?: Trace;
     /** Debug hook: what the engine runs on (provider, reason, timings). */
     __engineInfo?: EngineInfo;
+    /** Debug hook for `diffusion-explainer bench`: the plain loop (no views) timed in this same visit. */
+    __engineBench?: (options: BenchOptions) => Promise<WorkerBenchResult>;
   }
 }
 
@@ -239,8 +241,23 @@ export class EngineClient {
     this.state = 'running';
     // cleared here, before the message, so a Stop pressed right away is never lost
     if (this.#stopFlag) Atomics.store(new Int32Array(this.#stopFlag), 0, 0);
-    this.#send({ type: 'generate', runId: this.#nextRun++, request: $state.snapshot(request) as RequestMsg });
+    const sent = $state.snapshot(request) as RequestMsg;
+    // x̂₀ decoded at a few evenly spaced steps (the runtime says how many); the others when picked
+    sent.previewEvery = previewEveryFor(sent.steps, this.info?.bundle.previews ?? 0);
+    this.#send({ type: 'generate', runId: this.#nextRun++, request: sent });
   }
+
+  /** The reader picked a step whose x̂₀ the run did not preview: decode it now (once per run and step). */
+  ensureImage(index: number) {
+    const t = this.trace;
+    const step = t?.done && !this.replay ? t.steps[index] : undefined;
+    if (!t || !step || step.image || !step.predX0) return;
+    const key = `${t.runId}:${index}`;
+    if (this.#decodeAsked.has(key)) return;
+    this.#decodeAsked.add(key);
+    this.#send({ type: 'decode', runId: t.runId, index, latent: step.predX0 });
+  }
+  #decodeAsked = new Set<string>();
 
   /** Queue a run for a view (kept under `key` for the session); nothing happens if it ran or waits. */
   runSide(key: string, request: RequestMsg) {
@@ -397,6 +414,7 @@ export class EngineClient {
         this.info = msg.info;
         window.__engineInfo = msg.info;
         window.__engineStats = () => this.stats();
+        window.__engineBench = (options) => this.bench(options);
         this.state = 'ready';
         for (const w of this.#readyWaiters.splice(0)) w.resolve(msg.info);
         this.#pump();

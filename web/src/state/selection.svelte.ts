@@ -45,7 +45,8 @@ export class Selection {
   get teachingStep(): number | null {
     const t = this.current;
     if (!t || !t.done || !t.steps.length) return null;
-    if (this.#teach?.runId !== t.runId) this.#teach = { runId: t.runId, index: teachingStep(t.steps, t.timesteps.length) };
+    if (this.#teach?.runId !== t.runId)
+      this.#teach = { runId: t.runId, index: teachingStep(t.steps, t.timesteps.length, t.request.previewEvery) };
     return this.#teach.index;
   }
 
