@@ -78,7 +78,6 @@ def build_web(rebuild: bool = False, log=print) -> Path:
     _npm([npm, "run", "build"])
     if not (DIST / "index.html").is_file():
         raise ServeError("npm run build finished but web/dist/index.html is missing")
-    log("making Python's memory snapshot to ship with the page…")
     ensure_snapshot(DIST, log)
     return DIST
 

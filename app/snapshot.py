@@ -67,7 +67,11 @@ def ensure_snapshot(dist: Path, log=print) -> Path | None:
     """dist's shipped snapshot, made when missing or stale, with its .gz; None (after one log line) where it cannot be made."""
     dist = Path(dist)
     try:
-        path = shipped_snapshot(dist) or make_snapshot(dist)
+        path = shipped_snapshot(dist)
+        if path is None:
+            _check_tools()
+            log("making Python's memory snapshot to ship with the page…")
+            path = make_snapshot(dist)
         _list_gzip(dist, path if gzip_file(path) else None)
         return path
     except SnapshotError as e:
@@ -81,12 +85,9 @@ def ensure_snapshot(dist: Path, log=print) -> Path | None:
 def make_snapshot(dist: Path, timeout_s: float = 180) -> Path:
     """Make the snapshot with the page's snapshot worker in headless Chromium; write it into dist/pyodide/."""
     dist = Path(dist)
-    if not CHROMIUM.exists():
-        raise SnapshotError(f"{CHROMIUM} is missing")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        raise SnapshotError("the Python package playwright is not installed") from None
+    _check_tools()
+    from playwright.sync_api import sync_playwright
+
     workers = sorted((dist / "assets").glob("snapshotWorker-*.js"))
     if len(workers) != 1:
         raise SnapshotError(f"expected one assets/snapshotWorker-*.js in {dist}, found {len(workers)}; rebuild the page")
@@ -120,6 +121,15 @@ def make_snapshot(dist: Path, timeout_s: float = 180) -> Path:
         tmp.unlink(missing_ok=True)
         server.shutdown()
         server.server_close()
+
+
+def _check_tools() -> None:
+    if not CHROMIUM.exists():
+        raise SnapshotError(f"{CHROMIUM} is missing")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        raise SnapshotError("the Python package playwright is not installed") from None
 
 
 def _list_gzip(dist: Path, snapshot: Path | None) -> None:
