@@ -387,7 +387,7 @@ def derive_bundle(
         )
     if all(p == "fp32" for p in resolve_precision(precision).values()):
         raise ExportError(
-            f"{fp32_bundle} is already an fp32 bundle; choose another precision (fp16, int8, int4, fp16w, int8w, int8w-all, wasm, webgpu, small)"
+            f"{fp32_bundle} is already an fp32 bundle; choose another precision (fp16, int8, int4, int8c, fp16w, int8w, int8w-all, wasm, webgpu, small)"
         )
     files = {c: list(v["files"]) for c, v in manifest["components"].items()}
     facts = {

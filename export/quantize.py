@@ -17,6 +17,32 @@ Every Cast/Mul whose inputs are all stored weights is constant-folded by onnxrun
 graphOptimizationLevel "all" includes it) when the session is created, so the session holds the
 same fp32 weights and runs the same kernels as the fp32 file; only the Gather tables stay int8 in
 memory, dequantized row by row (77 rows per prompt). Plain ONNX ops only: no contrib op to depend on.
+
+int8c computes in int8 (for the UNet: the page's WASM spends most of a step in fp32 Conv and MatMul,
+3-4x slower than native; integer kernels take it to about 0.65x, see RECIPES.md "int8 compute"):
+  int8c     dynamic quantization (onnxruntime's quantize_dynamic after quant_pre_process): every Conv
+            and every MatMul/Gemm with a stored weight becomes ConvInteger / MatMulInteger on uint8
+            weights (QUInt8, one scale and zero point per tensor) and uint8 activations quantized at
+            run time per tensor (DynamicQuantizeLinear), then Cast and Mul back to fp32; bias, norms,
+            softmax, attention's activation x activation MatMuls, SiLU/GELU stay fp32. Plain ONNX ops
+            (onnxruntime fuses them into its DynamicQuantizeMatMul when the session is created).
+            QUInt8, not QInt8, weights: onnxruntime-web's int8-weight Conv is a slow path (6x slower).
+            Per-tensor, not per-channel: per-channel weights measured no better (UNet eps error 0.0070
+            vs 0.0072 relative rms) and are a less travelled kernel path.
+  Stays fp32 (INT8C_KEEP_FP32), measured on the default UNet (relative rms error of its output vs
+  fp32 with only that group in int8, random inputs, t = 50 / 500 / 950; share of the UNet's MACs):
+    conv_in, conv_out   0.010-0.012, 0.2% of MACs: the largest error of any group, as conv_out writes
+                        the predicted noise itself and conv_in reads the latent (per-tensor uint8 of
+                        the raw latent). Free to keep, so kept.
+    time embedding      (time_embedding.linear_1/2, every resnet's time_emb_proj) 0.0003, 0.1% of MACs:
+                        batch-2 vectors, no speed to win; the sinusoidal input loses little, kept fp32
+                        as it conditions every block.
+  In int8: resnet convs (0.006-0.008 alone, 33% of MACs), feed-forward (0.005 at t=50, 48%),
+  attention projections q/k/v/out (0.002, 8%; keeping them fp32 moved the total only 0.0072 -> 0.0068),
+  proj_in/out, down/upsamplers. Whole UNet: 0.006-0.0095, the same as int8w-all's stored-weight
+  rounding (0.006-0.007); all int8 with conv_in/conv_out: 0.014.
+The VAE decoder and CLIP image tower may take int8c too (the same layers stay fp32 where they have
+them); DEFAULTS["small"] says where it is used.
 """
 
 from __future__ import annotations
@@ -28,7 +54,9 @@ from .onnxfiles import CHUNK_BYTES, save_model
 
 OPTIONAL_COMPONENTS = ("clip_image", "umap_project")  # converted when a precision names them (see exporter.resolve_precision)
 STORAGE_PRECISIONS = ("fp16w", "int8w", "int8w-all")  # compact storage, fp32 compute (see above)
-PRECISIONS = ("fp32", "fp16", "int8", "int4", *STORAGE_PRECISIONS)
+PRECISIONS = ("fp32", "fp16", "int8", "int4", "int8c", *STORAGE_PRECISIONS)
+# int8c: the Conv/MatMul/Gemm nodes whose name holds one of these stay fp32 (see above)
+INT8C_KEEP_FP32 = ("/conv_in/", "/conv_out/", "/post_quant_conv/", "/time_embedding/", "/time_emb_proj/")
 # sensible defaults per target: what each onnxruntime-web provider runs well. A target may name the
 # optional components (clip_image, umap_project) too; those it leaves out stay fp32.
 DEFAULTS = {
@@ -74,6 +102,8 @@ def quantize(src: Path, dst: Path, precision: str, chunk_bytes: int = CHUNK_BYTE
             model = onnx.load(str(src), load_external_data=True)
         model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=big)
         return save_model(model, dst, chunk_bytes)
+    if precision == "int8c":
+        return save_model(int8_compute(src), dst, chunk_bytes)
     if precision == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -93,6 +123,42 @@ def quantize(src: Path, dst: Path, precision: str, chunk_bytes: int = CHUNK_BYTE
     q = MatMulNBitsQuantizer(model, block_size=32, is_symmetric=True, op_types_to_quantize=("MatMul",))
     q.process()
     return save_model(q.model.model, dst, chunk_bytes)
+
+
+def int8_compute(src: Path, keep_fp32: tuple = INT8C_KEEP_FP32, per_channel: bool = False):
+    """The int8c model of the fp32 model file `src` (see above): Conv/MatMul/Gemm on uint8 weights and
+    dynamically quantized uint8 activations, except the nodes whose name holds one of `keep_fp32`."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    big = src.stat().st_size > 1_800_000_000 or _has_external(src)
+    with tempfile.TemporaryDirectory() as tmp:
+        pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8c.onnx"
+        level = logging.getLogger().level
+        try:  # quant_pre_process logs its advice (symbolic shapes skipped on purpose) at WARNING
+            logging.getLogger().setLevel(logging.ERROR)
+            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True, save_as_external_data=big)
+        finally:
+            logging.getLogger().setLevel(level)
+        names = [
+            name
+            for n in onnx.load(str(pre), load_external_data=False).graph.node
+            if n.op_type in ("Conv", "MatMul", "Gemm") and any(k in n.name for k in keep_fp32)
+            for name in (n.name, f"{n.name}_MatMul")  # quantize_dynamic turns Gemm into NAME_MatMul + Add first
+        ]
+        quantize_dynamic(
+            str(pre),
+            str(out),
+            op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+            weight_type=QuantType.QUInt8,
+            per_channel=per_channel,
+            nodes_to_exclude=names,
+            use_external_data_format=big,
+        )
+        return onnx.load(str(out), load_external_data=True)
 
 
 def _has_external(path: Path) -> bool:

@@ -1,0 +1,333 @@
+"""The int8-compute table (issue 24): prompt adherence, final-image PSNR and native UNet timing of the
+fp32 bundle, the small build with int8-stored weights (int8w-all UNet) and the small build with an
+int8-computing UNet (int8c, export/quantize.py), written to bench/results/int8.json and int8.md.
+
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m bench.int8_table judge     # hours of one core
+    .venv/bin/python -m bench.int8_table timing                                # minutes
+    .venv/bin/python -m bench.int8_table report                                # int8.md from int8.json
+
+judge: each build is derived from bundles/default into --work (quality report over all of
+export/quality.py's prompt × seed runs, 10 steps: PSNR per run), then judged by train/evaluate.py's
+adherence (the evaluation judge, 48 held-out single-object prompts, native onnxruntime, 25 steps) at
+each guidance with --seeds seeds per prompt. Every result is saved as soon as it is measured and a
+later call skips what int8.json already holds (--redo measures again), so an interrupted run resumes.
+onnxruntime runs pinned to --threads threads (the judge's own torch to OMP_NUM_THREADS).
+timing: per-UNet-call ms of onnxruntime native at 1 and 2 threads, batch 2, bench/native.py's feeds;
+the fp32 UNet as exported (dynamic sizes) and with fixed sizes (export/freeze.py, as the builds hold it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FP32 = ROOT / "bundles" / "default"
+RESULTS = ROOT / "bench" / "results"
+WORK = ROOT / "bundles" / "int8-table"  # derived builds (bundles/ is not tracked)
+
+# the small target before int8 compute (pinned here so the table can be made again after DEFAULTS change)
+SMALL_INT8W = {
+    "text_encoder": "int8w",
+    "unet": "int8w-all",
+    "vae_decoder": "fp16w",
+    "clip_image": "int8w-all",
+    "umap_project": "fp16w",
+}
+BUILDS = {
+    "fp32": None,  # bundles/default itself
+    "small-int8w": SMALL_INT8W,
+    # int8 compute wherever it is faster in the page's WASM (UNet, VAE decoder, CLIP image tower)
+    "small-int8c": {**SMALL_INT8W, "unet": "int8c", "vae_decoder": "int8c", "clip_image": "int8c"},
+}
+GUIDANCES = (3.0, 7.5)
+SEEDS = 8
+STEPS = 25  # train/evaluate.py adherence's default
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _save(data: dict, path: Path) -> None:
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    path.with_suffix(".md").write_text(markdown(data), encoding="utf-8")
+
+
+def _update(path: Path, change) -> dict:
+    """Apply change(data) to the file's current content and save it, under a lock: two runs (say, one
+    judging fp32 and one int8c) may share one results file."""
+    import fcntl
+
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = _load(path)
+        change(data)
+        _save(data, path)
+    return data
+
+
+def _merge(data: dict, other: dict) -> None:
+    """other's results into data (two levels deep: judge → build → guidance)."""
+    for k, v in other.items():
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            for b, per in v.items():
+                data[k][b] = {**data[k][b], **per} if isinstance(per, dict) and isinstance(data[k].get(b), dict) else per
+        else:
+            data[k] = v
+
+
+def _pin_threads(n: int) -> None:
+    """runtime.native.images builds its NativeBackend without a thread count (onnxruntime then takes
+    every core): pin it to n."""
+    import runtime.native as rn
+
+    base = rn.NativeBackend
+    if getattr(base, "_pinned", None) == n:
+        return
+
+    class Pinned(getattr(base, "_base", base)):
+        _pinned, _base = n, getattr(base, "_base", base)
+
+        def __init__(self, bundle_dir, threads=None, providers=None):
+            super().__init__(bundle_dir, threads=threads or n, providers=providers)
+
+    rn.NativeBackend = Pinned
+
+
+def uptime() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def derive(name: str, work: Path, redo: bool = False) -> Path:
+    """The build `name` of BUILDS in work/name (derived once; again when its recipe changed or with redo)."""
+    from export.exporter import derive_bundle
+    from export.quality import QUALITY_PROMPTS, QUALITY_SEEDS
+
+    recipe = BUILDS[name]
+    if recipe is None:
+        return FP32
+    out = work / name
+    m = _load(out / "manifest.json")
+    fresh = m and all(m["components"].get(c, {}).get("precision") == p for c, p in recipe.items() if c in m["components"])
+    src = _load(FP32 / "manifest.json")
+    if fresh and m.get("created") == src.get("created") and not redo:
+        return out
+    derive_bundle(FP32, out, precision=recipe, overwrite=True, quality=(len(QUALITY_PROMPTS) * len(QUALITY_SEEDS), 10))
+    return out
+
+
+def judge(builds, guidances, seeds: int, threads: int, work: Path, out: Path, redo: bool = False) -> dict:
+    from train import evaluate
+
+    _pin_threads(threads)
+    _update(out, lambda d: d.update(recipes={b: BUILDS[b] or "fp32" for b in BUILDS}))
+    for b in builds:
+        folder = derive(b, work, redo=redo and b != "fp32")
+        if b != "fp32":
+            q = _load(folder / "manifest.json")["quality"]
+            psnr = {"steps": q["image"]["steps"], "runs": q["image"]["runs"], **q["image"]["psnr_db_vs_fp32"]}
+            comps = {
+                c: {k: v for k, v in r.items() if k in ("precision", "bytes", "max_abs_error_vs_fp32", "max_abs_fp32")}
+                for c, r in q["components"].items()
+            }
+            _update(out, lambda d, b=b, psnr=psnr, comps=comps: _merge(d, {"psnr": {b: psnr}, "components": {b: comps}}))
+    for g in guidances:
+        for b in builds:
+            key = f"{g:g}"
+            if not redo and key in _load(out).get("judge", {}).get(b, {}):
+                continue
+            folder = derive(b, work)
+            load, t = uptime(), time.perf_counter()
+            r = evaluate.adherence(folder, seeds=tuple(range(seeds)), guidance=g, steps=STEPS)
+            r.update(seconds=round(time.perf_counter() - t, 1), load_at_start=load, onnxruntime_threads=threads)
+            _update(out, lambda d, b=b, key=key, r=r: _merge(d, {"judge": {b: {key: r}}}))
+            print(
+                f"{b} guidance {g:g}: object {r['object_accuracy']:.4f} background {r['background_accuracy']:.4f} ({r['seconds']} s)",
+                flush=True,
+            )
+    return _load(out)
+
+
+def _unet_feeds(session, model: dict) -> dict:
+    """bench/native.py's UNet feeds: batch 2 (guidance), the latent size, random values, timestep 500."""
+    import numpy as np
+
+    h, w = model["latent_size"]
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for inp in session.get_inputs():
+        if inp.name == "sample":
+            feeds[inp.name] = rng.standard_normal((2, model["latent_channels"], h, w), dtype=np.float32)
+        elif inp.name == "encoder_hidden_states":
+            feeds[inp.name] = rng.standard_normal(
+                (2, model.get("text_max_length", 77), model["text_hidden_size"]), dtype=np.float32
+            )
+        elif inp.name == "timestep":
+            feeds[inp.name] = np.full([1] * len(inp.shape), 500, dtype=np.int64 if "int64" in inp.type else np.float32)
+    return feeds
+
+
+def time_unet(path, model: dict, threads: int, calls: int = 60) -> dict:
+    import onnxruntime as ort
+
+    o = ort.SessionOptions()
+    o.intra_op_num_threads, o.inter_op_num_threads = threads, 1
+    s = ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
+    feeds = _unet_feeds(s, model)
+    for _ in range(5):
+        s.run(None, feeds)
+    ts = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        s.run(None, feeds)
+        ts.append((time.perf_counter() - t) * 1000)
+    return {"median_ms": round(statistics.median(ts), 2), "min_ms": round(min(ts), 2), "calls": calls}
+
+
+def timing(work: Path, out: Path, threads=(1, 2), calls: int = 60) -> dict:
+    """Per-UNet-call ms, natively, every build side by side in one run (interleaved per thread count)."""
+    import tempfile
+
+    import onnx
+
+    from export.freeze import fixed_sizes, freeze_shapes
+    from export.verify import random_feeds
+
+    model = _load(FP32 / "manifest.json")["model"]
+    facts = {k: model[k] for k in ("latent_size", "text_max_length", "text_hidden_size")}
+    with tempfile.TemporaryDirectory() as tmp:
+        m = onnx.load(str(FP32 / "unet.onnx"))
+        frozen = Path(tmp) / "unet_fixed.onnx"
+        onnx.save(freeze_shapes(m, fixed_sizes(m, random_feeds(facts, 1)["unet"])), str(frozen))
+        files = {
+            "fp32 (as exported, dynamic sizes)": FP32 / "unet.onnx",
+            "fp32 (fixed sizes)": frozen,
+            **{f"{b} ({BUILDS[b]['unet']})": derive(b, work) / "unet.onnx" for b in BUILDS if BUILDS[b]},
+        }
+        rows = {k: {} for k in files}
+        load = uptime()
+        for n in threads:
+            for k, path in files.items():
+                rows[k][str(n)] = time_unet(path, model, n, calls)
+    import onnxruntime as ort
+
+    timing = {
+        "load_at_start": load,
+        "cpus": os.cpu_count(),
+        "onnxruntime": ort.__version__,
+        "what": "one batch-2 UNet call, onnxruntime native CPU, median of calls after 5 warm-ups",
+        "rows": rows,
+    }
+    return _update(out, lambda d: d.update(timing=timing))
+
+
+def markdown(data: dict) -> str:
+    lines = [
+        "# int8 compute for the UNet (issue 24)",
+        "",
+        "Made by `bench/int8_table.py` (see its docstring); numbers in int8.json.",
+        "",
+    ]
+    rec = data.get("recipes") or {}
+    if rec:
+        lines += ["Builds (precision per component):", ""]
+        lines += [
+            f"- **{b}**: {r if isinstance(r, str) else ', '.join(f'{c} {p}' for c, p in r.items())}" for b, r in rec.items()
+        ]
+        lines.append("")
+    t = data.get("timing")
+    if t:
+        ths = sorted({n for r in t["rows"].values() for n in r}, key=int)
+        base = t["rows"].get("fp32 (fixed sizes)", {})
+        lines += [
+            f"## Native UNet call (onnxruntime {t['onnxruntime']}, {t['cpus']} CPUs, load {t['load_at_start']} at the start)",
+            "",
+            "| UNet | "
+            + " | ".join(f"{n} thread{'s' * (n != '1')} ms (median / min)" for n in ths)
+            + " | vs fp32 fixed, 1 thread |",
+            "|---|" + "---:|" * (len(ths) + 1),
+        ]
+        for k, r in t["rows"].items():
+            ratio = r["1"]["median_ms"] / base["1"]["median_ms"] if "1" in base and "1" in r else None
+            lines.append(
+                f"| {k} | "
+                + " | ".join(f"{r[n]['median_ms']:.1f} / {r[n]['min_ms']:.1f}" for n in ths)
+                + (f" | {ratio:.2f}× |" if ratio else " | |")
+            )
+        lines.append("")
+    j = data.get("judge")
+    if j:
+        lines += [
+            "## Prompt adherence (train/evaluate.py's judge, native onnxruntime)",
+            "",
+            "| build | guidance | object accuracy | background accuracy | object pts vs fp32 | background pts vs fp32 | images |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for g in sorted({g for r in j.values() for g in r}, key=float):
+            ref = j.get("fp32", {}).get(g)
+            for b, per in j.items():
+                r = per.get(g)
+                if not r:
+                    continue
+                d = lambda k: f"{100 * (r[k] - ref[k]):+.2f}" if ref and b != "fp32" else ""  # noqa: B023, E731
+                n = r["prompts"] * len(r["seeds"])
+                lines.append(
+                    f"| {b} | {g} | {r['object_accuracy']:.4f} | {r['background_accuracy']:.4f} | {d('object_accuracy')} | {d('background_accuracy')} | {n} |"
+                )
+        any_r = next(iter(next(iter(j.values())).values()))
+        lines += [
+            "",
+            f"{any_r['prompts']} prompts × seeds {any_r['seeds']}, {any_r['steps']} steps; one point is {any_r['prompts'] * len(any_r['seeds']) / 100:.2f} images.",
+            "",
+        ]
+    p = data.get("psnr")
+    if p:
+        lines += ["## Final-image PSNR vs fp32 (export/quality.py's runs)", ""]
+        builds = list(p)
+        runs = p[builds[0]]["runs"]
+        lines += ["| prompt | seed | " + " | ".join(f"{b} dB" for b in builds) + " |", "|---|---:|" + "---:|" * len(builds)]
+        for i, run in enumerate(runs):
+            lines.append(
+                f"| {run['prompt']} | {run['seed']} | " + " | ".join(f"{p[b]['runs'][i]['psnr_db']:.2f}" for b in builds) + " |"
+            )
+        lines.append("| **min** | | " + " | ".join(f"{p[b]['min']:.2f}" for b in builds) + " |")
+        lines.append("| **mean** | | " + " | ".join(f"{p[b]['mean']:.2f}" for b in builds) + " |")
+        lines += ["", f"{p[builds[0]]['steps']} steps, guidance 7.5, the bundle's default scheduler.", ""]
+    for note in data.get("notes", []):
+        lines += [note, ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.int8_table", description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", choices=("judge", "timing", "report"))
+    ap.add_argument("--builds", default=",".join(BUILDS), help="comma-separated, of " + ", ".join(BUILDS))
+    ap.add_argument("--guidance", default=",".join(f"{g:g}" for g in GUIDANCES))
+    ap.add_argument("--seeds", type=int, default=SEEDS, help="seeds per held-out prompt (0 … N-1)")
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the judge's images")
+    ap.add_argument("--work", type=Path, default=WORK)
+    ap.add_argument("--out", type=Path, default=RESULTS / "int8.json")
+    ap.add_argument("--redo", action="store_true", help="measure again what int8.json already holds")
+    ap.add_argument("--merge", type=Path, action="append", default=[], help="report: merge this results file in first")
+    a = ap.parse_args(argv)
+    if a.what == "judge":
+        builds = [b.strip() for b in a.builds.split(",") if b.strip()]
+        judge(builds, [float(g) for g in a.guidance.split(",")], a.seeds, a.threads, a.work, a.out, a.redo)
+    elif a.what == "timing":
+        timing(a.work, a.out)
+    else:
+        _update(a.out, lambda d: [_merge(d, _load(m)) for m in a.merge])
+    print(a.out.with_suffix(".md").read_text(encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
