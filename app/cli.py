@@ -218,7 +218,7 @@ def cmd_generate(a) -> int:
         guidance=a.guidance,
         steps=a.steps,
         scheduler=a.scheduler or "",
-        preview_every=1 if a.trace else 0,
+        preview_every=(1 if a.preview_every is None else a.preview_every) if a.trace else 0,
     )
     try:
         req.validate(bundle.manifest["scheduler"]["default"])
@@ -477,6 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR|FILE.dxtrace",
         help="also write the per-step trace: FILE.dxtrace is one file the page can replay (and runtime.tracefile.load reads); "
         "any other name is a folder of raw tensors",
+    )
+    p.add_argument(
+        "--preview-every",
+        type=int,
+        metavar="N",
+        help="with --trace: decode x̂₀ at every N-th step and the last (default 1: every step; 0: none); each previewed "
+        "step costs one VAE decode, so a big model's trace is quicker with e.g. 5",
     )
     p.set_defaults(fn=cmd_generate)
 

@@ -329,8 +329,24 @@ def url_of(server) -> str:
     return f"http://{host}:{port}/"
 
 
+def precompress_ours(bundle: Path) -> None:
+    """The default bundles (ours to write into) keep X.gz beside their files; only new or changed ones are compressed."""
+    if Path(bundle).resolve() not in (
+        DEFAULT_BUNDLE.resolve(),
+        DEFAULT_BUNDLE.resolve().with_name(f"{DEFAULT_BUNDLE.name}-{SMALL_TARGET}"),
+    ):
+        return
+    try:
+        files = json.loads((Path(bundle) / "manifest.json").read_text(encoding="utf-8"))["files"]
+        precompress(Path(bundle), ["manifest.json", *files])
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        print(f"note: the bundle is sent uncompressed ({e})", file=sys.stderr)
+
+
 def start_background(bundle, dist: Path | None = None, host: str = "127.0.0.1", port: int = 0, quiet: bool = True):
-    """Serve in a daemon thread (for tests); returns (server, url). Stop with server.shutdown()."""
+    """Serve in a daemon thread (for tests and the bench); returns (server, url). Stop with server.shutdown().
+    Our default bundles are sent gzip-compressed, as `serve` sends them."""
+    precompress_ours(Path(bundle))
     server = make_server(dist or DIST, Path(bundle), host, port, quiet)
     threading.Thread(target=server.serve_forever, name="diffusion-explainer-serve", daemon=True).start()
     return server, url_of(server)
@@ -344,15 +360,7 @@ def serve(bundle: Path | None, host: str = "127.0.0.1", port: int = 8765, rebuil
             raise ServeError(
                 f"{bundle} is not a bundle (no manifest.json); export one with `diffusion-explainer export CHECKPOINT DIR`"
             )
-        if bundle.resolve() in (
-            DEFAULT_BUNDLE.resolve(),
-            DEFAULT_BUNDLE.resolve().with_name(f"{DEFAULT_BUNDLE.name}-{SMALL_TARGET}"),
-        ):  # ours: keep X.gz beside its files (only new or changed ones are compressed)
-            try:
-                files = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))["files"]
-                precompress(bundle, ["manifest.json", *files])
-            except (ValueError, KeyError, TypeError, OSError) as e:
-                print(f"note: the bundle is sent uncompressed ({e})", file=sys.stderr)
+        precompress_ours(bundle)
         server = make_server(dist, bundle, host, port)
     except ServeError as e:
         print(f"error: {e}", file=sys.stderr)

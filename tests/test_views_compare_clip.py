@@ -66,7 +66,8 @@ def test_compare_two_prompts(page, bundle):
     assert q["prompt"] == ["a cat"] and q["compare"] == ["a dog"]
     p.wait_for_selector("[data-testid=compare-summary]")
     # a shared link runs both again
-    page.open("?provider=wasm&prompt=a%20cat&seed=2&scale=4&steps=3&scheduler=ddim&compare=a%20dog")
+    # (the link's run starts as soon as the model is ready: the engine may never be seen idle)
+    p.goto(page.base + "?provider=wasm&prompt=a%20cat&seed=2&scale=4&steps=3&scheduler=ddim&compare=a%20dog")
     p.wait_for_function("() => window.__compareTrace && window.__compareTrace.done", timeout=RUN_TIMEOUT_MS)
     assert_same_image(side_image(page), want)
 
