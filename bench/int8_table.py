@@ -4,6 +4,8 @@ int8-computing UNet (int8c, export/quantize.py), written to bench/results/int8.j
 
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m bench.int8_table judge     # hours of one core
     .venv/bin/python -m bench.int8_table timing                                # minutes
+    .venv/bin/python -m bench.int8_table wasm                                  # minutes, needs node + web/node_modules
+    .venv/bin/python -m bench.int8_table page                                  # the page vs native image, Chromium + web/dist
     .venv/bin/python -m bench.int8_table report                                # int8.md from int8.json
 
 judge: each build is derived from bundles/default into --work (quality report over all of
@@ -14,6 +16,8 @@ later call skips what int8.json already holds (--redo measures again), so an int
 onnxruntime runs pinned to --threads threads (the judge's own torch to OMP_NUM_THREADS).
 timing: per-UNet-call ms of onnxruntime native at 1 and 2 threads, batch 2, bench/native.py's feeds;
 the fp32 UNet as exported (dynamic sizes) and with fixed sizes (export/freeze.py, as the builds hold it).
+wasm: per-call ms of each build's UNet and VAE decoder in onnxruntime-web's WASM in Node (bench/wasm_time.mjs),
+1 thread; noisy, the page's own figures come from bench/page.py.
 """
 
 from __future__ import annotations
@@ -192,10 +196,8 @@ def time_unet(path, model: dict, threads: int, calls: int = 60) -> dict:
     return {"median_ms": round(statistics.median(ts), 2), "min_ms": round(min(ts), 2), "calls": calls}
 
 
-def timing(work: Path, out: Path, threads=(1, 2), calls: int = 60) -> dict:
-    """Per-UNet-call ms, natively, every build side by side in one run (interleaved per thread count)."""
-    import tempfile
-
+def _fixed_fp32_unet(folder: Path) -> Path:
+    """bundles/default's UNet with its sizes fixed (export/freeze.py), as every build holds its UNet."""
     import onnx
 
     from export.freeze import fixed_sizes, freeze_shapes
@@ -203,30 +205,148 @@ def timing(work: Path, out: Path, threads=(1, 2), calls: int = 60) -> dict:
 
     model = _load(FP32 / "manifest.json")["model"]
     facts = {k: model[k] for k in ("latent_size", "text_max_length", "text_hidden_size")}
-    with tempfile.TemporaryDirectory() as tmp:
-        m = onnx.load(str(FP32 / "unet.onnx"))
-        frozen = Path(tmp) / "unet_fixed.onnx"
-        onnx.save(freeze_shapes(m, fixed_sizes(m, random_feeds(facts, 1)["unet"])), str(frozen))
-        files = {
-            "fp32 (as exported, dynamic sizes)": FP32 / "unet.onnx",
-            "fp32 (fixed sizes)": frozen,
-            **{f"{b} ({BUILDS[b]['unet']})": derive(b, work) / "unet.onnx" for b in BUILDS if BUILDS[b]},
-        }
-        rows = {k: {} for k in files}
-        load = uptime()
-        for n in threads:
-            for k, path in files.items():
-                rows[k][str(n)] = time_unet(path, model, n, calls)
+    m = onnx.load(str(FP32 / "unet.onnx"))
+    path = folder / "unet_fp32_fixed.onnx"
+    onnx.save(freeze_shapes(m, fixed_sizes(m, random_feeds(facts, 1)["unet"])), str(path))
+    return path
+
+
+def timing(work: Path, out: Path, threads=(1, 2), rounds: int = 3, calls: int = 20) -> dict:
+    """Per-UNet-call ms, natively, every build side by side in one run: one session per model and
+    thread count, `rounds` rounds of `calls` calls, the models interleaved within each round."""
+    import tempfile
+
     import onnxruntime as ort
 
+    model = _load(FP32 / "manifest.json")["model"]
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {
+            "fp32 (as exported, dynamic sizes)": FP32 / "unet.onnx",
+            "fp32 (fixed sizes)": _fixed_fp32_unet(Path(tmp)),
+            **{f"{b} ({BUILDS[b]['unet']})": derive(b, work) / "unet.onnx" for b in BUILDS if BUILDS[b]},
+        }
+        load = uptime()
+        rows = {k: {} for k in files}
+        for n in threads:
+            o = ort.SessionOptions()
+            o.intra_op_num_threads, o.inter_op_num_threads = n, 1
+            sessions = {k: ort.InferenceSession(str(p), o, providers=["CPUExecutionProvider"]) for k, p in files.items()}
+            feeds = {k: _unet_feeds(s, model) for k, s in sessions.items()}
+            samples = {k: [] for k in files}
+            for k, s in sessions.items():
+                for _ in range(5):
+                    s.run(None, feeds[k])
+            for _ in range(rounds):
+                for k, s in sessions.items():
+                    for _ in range(calls):
+                        t = time.perf_counter()
+                        s.run(None, feeds[k])
+                        samples[k].append((time.perf_counter() - t) * 1000)
+            for k, ts in samples.items():
+                rows[k][str(n)] = {"median_ms": round(statistics.median(ts), 2), "min_ms": round(min(ts), 2), "calls": len(ts)}
+        load_end = uptime()
     timing = {
         "load_at_start": load,
+        "load_at_end": load_end,
         "cpus": os.cpu_count(),
         "onnxruntime": ort.__version__,
-        "what": "one batch-2 UNet call, onnxruntime native CPU, median of calls after 5 warm-ups",
+        "what": f"one batch-2 UNet call, onnxruntime native CPU; {rounds} interleaved rounds of {calls} calls after 5 warm-ups",
         "rows": rows,
     }
     return _update(out, lambda d: d.update(timing=timing))
+
+
+def wasm(work: Path, out: Path, rounds: int = 3, calls: int = 15, threads: int = 1) -> dict:
+    """Per-call ms in onnxruntime-web's WASM (Node, bench/wasm_time.mjs) of every build's UNet and VAE
+    decoder, interleaved over `rounds` rounds; noisy (V8, a shared machine): minima say the most."""
+    import subprocess
+    import tempfile
+
+    model = _load(FP32 / "manifest.json")["model"]
+    h, w = model["latent_size"]
+    unet_in = {
+        "sample": ["float32", [2, model["latent_channels"], h, w]],
+        "timestep": ["float32", []],
+        "encoder_hidden_states": ["float32", [2, model["text_max_length"], model["text_hidden_size"]]],
+    }
+    vae_in = {"latent_sample": ["float32", [1, model["latent_channels"], h, w]]}
+    with tempfile.TemporaryDirectory() as tmp:
+        builds = {b: derive(b, work) for b in BUILDS if BUILDS[b]}
+        files = {
+            "UNet fp32 (fixed sizes)": (_fixed_fp32_unet(Path(tmp)), unet_in),
+            **{f"UNet {b} ({BUILDS[b]['unet']})": (d / "unet.onnx", unet_in) for b, d in builds.items()},
+            **{f"VAE decoder {b} ({BUILDS[b]['vae_decoder']})": (d / "vae_decoder.onnx", vae_in) for b, d in builds.items()},
+        }
+        load = uptime()
+        samples = {k: [] for k in files}
+        for _ in range(rounds):
+            for k, (path, spec) in files.items():
+                r = subprocess.run(
+                    ["node", str(ROOT / "bench" / "wasm_time.mjs"), str(path), str(threads), str(calls), json.dumps(spec)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                samples[k] += json.loads(r.stdout.strip().splitlines()[-1])["ms"]
+        load_end = uptime()
+    rows = {
+        k: {"min_ms": round(min(v), 1), "p25_ms": round(sorted(v)[len(v) // 4], 1), "median_ms": round(statistics.median(v), 1)}
+        for k, v in samples.items()
+    }
+    result = {
+        "load_at_start": load,
+        "load_at_end": load_end,
+        "threads": threads,
+        "what": f"onnxruntime-web WASM in Node, {rounds} interleaved rounds of {calls} calls after 8 warm-ups each; noisy",
+        "rows": rows,
+    }
+    return _update(out, lambda d: d.update(wasm=result))
+
+
+PAGE_REQUESTS = (("a red apple on a blue background", 3), ("a cat at night", 7))  # tests/test_small_bundle.py's
+
+
+def page(work: Path, out: Path, builds=("small-int8w", "small-int8c")) -> dict:
+    """Each build's image in the page (Chromium, onnxruntime-web WASM, 2 threads) vs the native
+    runtime's image of the same build: tests/test_small_bundle.py's requests (euler, 8 steps, 7.5)."""
+    import math
+
+    import numpy as np
+    from playwright.sync_api import sync_playwright
+
+    from app.serve import start_background
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, Page, native
+
+    rows = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        for b in builds:
+            folder = derive(b, work)
+            srv, url = start_background(folder, dist=ROOT / "web" / "dist")
+            pg = Page(browser, url)
+            try:
+                pg.open("?provider=wasm&threads=2")
+                for prompt, seed in PAGE_REQUESTS:
+                    req = dict(seed=seed, guidance=7.5, steps=8, scheduler="euler")
+                    got = pg.generate(prompt=prompt, negative="", **req)[..., :3].astype(int)
+                    want = native(folder, prompt=prompt, negative_prompt="", **req)[0][..., :3].astype(int)
+                    d = np.abs(got - want)
+                    mse = float(np.mean(d.astype(float) ** 2))
+                    rows.setdefault(b, []).append(
+                        {
+                            "prompt": prompt,
+                            "seed": seed,
+                            "max_abs": int(d.max()),
+                            "psnr_db": 99.0 if mse == 0 else round(10 * math.log10(255**2 / mse), 2),
+                            "share_over_2": round(float((d > 2).mean()), 4),
+                        }
+                    )
+            finally:
+                pg.close()
+                srv.shutdown()
+                srv.server_close()
+        browser.close()
+    return _update(out, lambda d: d.update(page_vs_native=rows))
 
 
 def markdown(data: dict) -> str:
@@ -248,7 +368,7 @@ def markdown(data: dict) -> str:
         ths = sorted({n for r in t["rows"].values() for n in r}, key=int)
         base = t["rows"].get("fp32 (fixed sizes)", {})
         lines += [
-            f"## Native UNet call (onnxruntime {t['onnxruntime']}, {t['cpus']} CPUs, load {t['load_at_start']} at the start)",
+            f"## Native UNet call (onnxruntime {t['onnxruntime']}, {t['cpus']} CPUs; 1-, 5-, 15-minute load {t['load_at_start']} at the start, {t.get('load_at_end', '?')} at the end)",
             "",
             "| UNet | "
             + " | ".join(f"{n} thread{'s' * (n != '1')} ms (median / min)" for n in ths)
@@ -263,6 +383,16 @@ def markdown(data: dict) -> str:
                 + (f" | {ratio:.2f}× |" if ratio else " | |")
             )
         lines.append("")
+    wt = data.get("wasm")
+    if wt:
+        lines += [
+            f"## onnxruntime-web WASM in Node ({wt['threads']} thread, load {wt['load_at_start']} → {wt['load_at_end']}; noisy: minima say the most)",
+            "",
+            "| model | min ms | p25 ms | median ms |",
+            "|---|---:|---:|---:|",
+            *[f"| {k} | {r['min_ms']:.1f} | {r['p25_ms']:.1f} | {r['median_ms']:.1f} |" for k, r in wt["rows"].items()],
+            "",
+        ]
     j = data.get("judge")
     if j:
         lines += [
@@ -301,6 +431,20 @@ def markdown(data: dict) -> str:
         lines.append("| **min** | | " + " | ".join(f"{p[b]['min']:.2f}" for b in builds) + " |")
         lines.append("| **mean** | | " + " | ".join(f"{p[b]['mean']:.2f}" for b in builds) + " |")
         lines += ["", f"{p[builds[0]]['steps']} steps, guidance 7.5, the bundle's default scheduler.", ""]
+    pv = data.get("page_vs_native")
+    if pv:
+        lines += [
+            "## The page's image vs the native image of the same build (tests/test_small_bundle.py's requests, euler, 8 steps)",
+            "",
+            "| build | prompt | seed | max abs /255 | PSNR dB | share of values off by > 2 |",
+            "|---|---|---:|---:|---:|---:|",
+            *[
+                f"| {b} | {r['prompt']} | {r['seed']} | {r['max_abs']} | {r['psnr_db']:.2f} | {r['share_over_2']:.4f} |"
+                for b, rs in pv.items()
+                for r in rs
+            ],
+            "",
+        ]
     for note in data.get("notes", []):
         lines += [note, ""]
     return "\n".join(lines)
@@ -308,7 +452,7 @@ def markdown(data: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.int8_table", description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("judge", "timing", "report"))
+    ap.add_argument("what", choices=("judge", "timing", "wasm", "page", "report"))
     ap.add_argument("--builds", default=",".join(BUILDS), help="comma-separated, of " + ", ".join(BUILDS))
     ap.add_argument("--guidance", default=",".join(f"{g:g}" for g in GUIDANCES))
     ap.add_argument("--seeds", type=int, default=SEEDS, help="seeds per held-out prompt (0 … N-1)")
@@ -323,6 +467,10 @@ def main(argv=None) -> int:
         judge(builds, [float(g) for g in a.guidance.split(",")], a.seeds, a.threads, a.work, a.out, a.redo)
     elif a.what == "timing":
         timing(a.work, a.out)
+    elif a.what == "wasm":
+        wasm(a.work, a.out)
+    elif a.what == "page":
+        page(a.work, a.out)
     else:
         _update(a.out, lambda d: [_merge(d, _load(m)) for m in a.merge])
     print(a.out.with_suffix(".md").read_text(encoding="utf-8"))
