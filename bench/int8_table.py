@@ -6,6 +6,7 @@ int8-computing UNet (int8c, export/quantize.py), written to bench/results/int8.j
     .venv/bin/python -m bench.int8_table timing                                # minutes
     .venv/bin/python -m bench.int8_table wasm                                  # minutes, needs node + web/node_modules
     .venv/bin/python -m bench.int8_table page                                  # the page vs native image, Chromium + web/dist
+    .venv/bin/python -m bench.int8_table sensitivity                           # output change for tiny input changes
     .venv/bin/python -m bench.int8_table report                                # int8.md from int8.json
 
 judge: each build is derived from bundles/default into --work (quality report over all of
@@ -303,6 +304,43 @@ def wasm(work: Path, out: Path, rounds: int = 3, calls: int = 15, threads: int =
     return _update(out, lambda d: d.update(wasm=result))
 
 
+def sensitivity(work: Path, out: Path) -> dict:
+    """How far each build's UNet and VAE decoder output moves (max abs) when its input moves by a
+    relative 1e-6 or 1e-5, or when onnxruntime runs the same file at another optimisation level
+    (disabled vs all: the same maths in other fp32 kernels, as the page's WASM is). With int8
+    activations the output is piecewise constant in its input: any flipped rounding re-draws the
+    quantisation noise downstream, so two correct runtimes differ by about the int8 error itself."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from export.verify import random_feeds
+
+    model = _load(FP32 / "manifest.json")["model"]
+    facts = {k: model[k] for k in ("latent_size", "text_max_length", "text_hidden_size")}
+    feeds = random_feeds(facts, 1000)
+    rows = {}
+    for b in (b for b in BUILDS if BUILDS[b]):
+        folder = derive(b, work)
+        for comp, first in (("unet", "sample"), ("vae_decoder", "latent_sample")):
+            f = feeds[comp]
+            levels = {}
+            for name, level in (
+                ("all", ort.GraphOptimizationLevel.ORT_ENABLE_ALL),
+                ("disabled", ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+            ):
+                o = ort.SessionOptions()
+                o.graph_optimization_level = level
+                levels[name] = ort.InferenceSession(str(folder / f"{comp}.onnx"), o, providers=["CPUExecutionProvider"])
+            ref = levels["all"].run(None, f)[0]
+            row = {"precision": BUILDS[b][comp], "max_abs_output": round(float(np.abs(ref).max()), 4)}
+            for eps in (1e-6, 1e-5):
+                moved = levels["all"].run(None, {**f, first: f[first] * np.float32(1 + eps)})[0]
+                row[f"input x (1+{eps:g})"] = round(float(np.abs(moved - ref).max()), 6)
+            row["opt level disabled vs all"] = round(float(np.abs(levels["disabled"].run(None, f)[0] - ref).max()), 6)
+            rows[f"{comp} {b}"] = row
+    return _update(out, lambda d: d.update(sensitivity=rows))
+
+
 PAGE_REQUESTS = (("a red apple on a blue background", 3), ("a cat at night", 7))  # tests/test_small_bundle.py's
 
 
@@ -431,6 +469,17 @@ def markdown(data: dict) -> str:
         lines.append("| **min** | | " + " | ".join(f"{p[b]['min']:.2f}" for b in builds) + " |")
         lines.append("| **mean** | | " + " | ".join(f"{p[b]['mean']:.2f}" for b in builds) + " |")
         lines += ["", f"{p[builds[0]]['steps']} steps, guidance 7.5, the bundle's default scheduler.", ""]
+    sv = data.get("sensitivity")
+    if sv:
+        cols = [k for k in next(iter(sv.values())) if k not in ("precision",)]
+        lines += [
+            "## Output change (max abs) for a tiny input change or another onnxruntime optimisation level (native)",
+            "",
+            "| model | precision | " + " | ".join(cols) + " |",
+            "|---|---|" + "---:|" * len(cols),
+            *[f"| {k} | {r['precision']} | " + " | ".join(f"{r[c]:g}" for c in cols) + " |" for k, r in sv.items()],
+            "",
+        ]
     pv = data.get("page_vs_native")
     if pv:
         lines += [
@@ -452,7 +501,7 @@ def markdown(data: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.int8_table", description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=("judge", "timing", "wasm", "page", "report"))
+    ap.add_argument("what", choices=("judge", "timing", "wasm", "page", "sensitivity", "report"))
     ap.add_argument("--builds", default=",".join(BUILDS), help="comma-separated, of " + ", ".join(BUILDS))
     ap.add_argument("--guidance", default=",".join(f"{g:g}" for g in GUIDANCES))
     ap.add_argument("--seeds", type=int, default=SEEDS, help="seeds per held-out prompt (0 … N-1)")
@@ -471,6 +520,8 @@ def main(argv=None) -> int:
         wasm(a.work, a.out)
     elif a.what == "page":
         page(a.work, a.out)
+    elif a.what == "sensitivity":
+        sensitivity(a.work, a.out)
     else:
         _update(a.out, lambda d: [_merge(d, _load(m)) for m in a.merge])
     print(a.out.with_suffix(".md").read_text(encoding="utf-8"))
