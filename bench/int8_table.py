@@ -67,8 +67,11 @@ def _update(path: Path, change) -> dict:
     """Apply change(data) to the file's current content and save it, under a lock: two runs (say, one
     judging fp32 and one int8c) may share one results file."""
     import fcntl
+    import hashlib
+    import tempfile
 
-    with open(path.with_suffix(".lock"), "w") as lock:
+    lock_file = Path(tempfile.gettempdir()) / f"int8_table-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}.lock"
+    with open(lock_file, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         data = _load(path)
         change(data)

@@ -41,8 +41,17 @@ int8c computes in int8 (for the UNet: the page's WASM spends most of a step in f
   attention projections q/k/v/out (0.002, 8%; keeping them fp32 moved the total only 0.0072 -> 0.0068),
   proj_in/out, down/upsamplers. Whole UNet: 0.006-0.0095, the same as int8w-all's stored-weight
   rounding (0.006-0.007); all int8 with conv_in/conv_out: 0.014.
-The VAE decoder and CLIP image tower may take int8c too (the same layers stay fp32 where they have
-them); DEFAULTS["small"] says where it is used.
+The VAE decoder (conv_in, conv_out, post_quant_conv kept fp32) and the CLIP image tower take int8c
+too: in onnxruntime-web WASM the VAE decoder goes from 82 to 43 ms, the UNet from 64 to 36 ms (Node,
+1 thread); with the VAE alone in int8c the final image is at 41-46 dB PSNR vs fp32; CLIP's similarities
+move by at most 0.011 (as with the int8w-all tower). Numbers: bench/results/int8.md (bench/int8_table.py).
+Not in the `small` target, because the page's image would no longer be the native image: int8
+activations make a model's output piecewise constant in its input (each rounding is a step), so two
+correct runtimes whose fp32 ops differ in the last bit (WASM vs native kernels, or native onnxruntime
+at two optimisation levels) round some activation the other way and re-draw the quantisation noise
+downstream: the UNet's output moves by 0.023 (of 3.9) for a 1e-5 relative change of its input, and
+the page's image of an int8c build differs from the native image by up to 19-44/255 (PSNR 37.5-45 dB),
+where tests/test_small_bundle.py holds the small build to 2/255.
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ DEFAULTS = {
     "webgpu": {"text_encoder": "fp16", "unet": "fp16", "vae_decoder": "fp16"},
     "fp32": {"text_encoder": "fp32", "unet": "fp32", "vae_decoder": "fp32"},
     # the page's default build: fp32 compute on every provider, about a third of the fp32 download
+    # (int8c would take the page's UNet to 0.56x the time, but its images would differ from native ones: see above)
     "small": {
         "text_encoder": "int8w",
         "unet": "int8w-all",
