@@ -256,8 +256,9 @@ CLICK_TO_SETTLED = """() => new Promise((resolve) => {
     if (imageMs && done) { window.__onTrace = null;
       requestAnimationFrame(() => resolve({ image_ms: imageMs, settled_ms: performance.now() - t0 })); }
   };
-  t0 = performance.now();
-  document.querySelector('[data-testid=generate]').click();
+  const go = () => { if (document.querySelector('main')?.dataset.engine !== 'ready') return setTimeout(go, 20);
+    t0 = performance.now(); document.querySelector('[data-testid=generate]').click(); };
+  go(); // once the engine is idle (a previous run's previews, CLIP or a view's side run may still be going)
 })"""
 
 # The plain loop through the same engine, once the worker is idle (a view's side runs may follow a run).
@@ -296,6 +297,7 @@ def run_explainer(
     bundle and Python's snapshot in the Cache API, and the renderer still holds the compiled
     WebAssembly); warm_fresh_python (the same, the snapshot deleted: that lever side by side);
     warm_new_tab (a new tab of the same profile: caches warm, WebAssembly compiled again)."""
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
     server, base, _ = _start_server(Path(bundle_dir), serve, dist)
@@ -306,12 +308,24 @@ def run_explainer(
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             try:
                 context = browser.new_context(viewport={"width": 1280, "height": 900})
+                wire = {"bytes": 0}
+
+                def count(request):  # the cold visit's bytes on the wire (response bodies as sent)
+                    try:
+                        wire["bytes"] += max(0, request.sizes()["responseBodySize"])
+                    except PlaywrightError:
+                        pass
+
+                context.on("requestfinished", count)
                 page = context.new_page()
                 # an init script runs as a script: a function expression must be called (it was not, before
                 # 2026-12-02, so the long-task counts of earlier reports were always 0)
                 context.add_init_script(f"({LONGTASKS})()")
                 context.add_init_script(f"({MILESTONES})()")
                 for visit in ("cold", "warm", "warm_fresh_python", "warm_new_tab"):
+                    if visit == "warm":  # everything the first visit fetched, until the reader comes back
+                        context.remove_listener("requestfinished", count)
+                        out["cold_wire_bytes"] = wire["bytes"]
                     if (
                         visit != "cold" and page.evaluate("() => window.__engineInfo.pythonSnapshot") == "fresh"
                     ):  # made once idle: let it land

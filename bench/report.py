@@ -171,6 +171,12 @@ def markdown(result: dict) -> str:
                 f"| {r['threads']} | {two_clocks(r['cold'], 'ready')} | {two_clocks(r['cold'], 'first_image')} | {two_clocks(r['warm'], 'ready')} | "
                 f"{two_clocks(r['warm'], 'first_image')} | {_fmt(r.get('page_ms_per_step_run'))} | {lt.get('count', '–')} | {_fmt(lt.get('max_ms'))} |"
             )
+        for r in ex:
+            if r.get("cold_wire_bytes"):
+                out.append(
+                    f"- {r['threads']} thread(s): the first visit (page, Python and its shipped snapshot, ORT, the bundle) "
+                    f"transferred {r['cold_wire_bytes'] / 1e6:.1f} MB on the wire"
+                )
         clicks = [r for r in ex if "click" in r]
         if clicks:
             out += [
