@@ -233,6 +233,51 @@ def test_sd15_size_synthetic_trace_opens_without_freezing(browser, served, trace
         p.close()
 
 
+SD15_TRACE = ROOT / "bench" / "results" / "sd15-trace" / "sd15-random.dxtrace"
+
+
+def test_real_sd15_trace_opens_in_every_view(browser, served, trace_host):  # noqa: F811
+    """The trace of a native run of prove-scale's SD 1.5 build (random weights; README: how it was made)
+    opens at full size, says its weights are random, and every view redraws while the reader walks the steps."""
+    if not SD15_TRACE.is_file():
+        pytest.skip(f"{SD15_TRACE} is not in this checkout")
+    meta = json.loads(__import__("zipfile").ZipFile(SD15_TRACE).read("trace.json"))
+    p, seconds = open_replay(browser, served, trace_host, SD15_TRACE)
+    page = p.page
+    try:
+        banner = page.inner_text("[data-testid=replay-banner]")
+        assert "weights are random" in banner, banner
+        shape = page.evaluate("() => [window.__lastTrace.image.shape, window.__lastTrace.steps[0].latent.shape]")
+        assert shape == [[512, 512, 4], [1, 4, 64, 64]]
+        steps = page.evaluate("() => window.__lastTrace.steps.length")
+        assert steps == len(meta["steps"]) >= 25
+        slider = page.locator("[data-testid=timeline-slider]")
+        slider.focus()
+        page.keyboard.press("Home")
+        for _ in range(steps - 1):  # every step, every view redraws at 64x64 latents and 77x768 embeddings
+            page.keyboard.press("ArrowRight")
+            page.wait_for_timeout(60)
+        page.wait_for_selector("html:not([data-drawing])", state="attached", timeout=30_000)
+        tasks = page.evaluate("window.__longtasks") or [0]
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / "sd15-real-top.png"))
+        page.screenshot(path=str(SHOTS / "sd15-real.png"), full_page=True)
+        record = {
+            "file_mb": round(SD15_TRACE.stat().st_size / 1e6, 2),
+            "shown_s": round(seconds, 2),
+            "read_ms": int(page.get_attribute("[data-testid=trace-controls]", "data-open-ms")),
+            "longest_task_ms": round(max(tasks)),
+            "long_tasks": len(tasks),
+            "steps_walked": steps,
+        }
+        (SHOTS / "sd15-real.json").write_text(json.dumps(record))
+        print(f"\nSD 1.5 trace (random weights): {record}")
+        no_model_requests(p)
+        assert max(tasks) < 2000, f"a main-thread task took {max(tasks):.0f} ms"
+    finally:
+        p.close()
+
+
 def test_a_damaged_file_is_one_line_of_text(browser, served, tmp_path):  # noqa: F811
     p = Page(browser, served)
     try:

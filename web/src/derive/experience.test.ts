@@ -169,5 +169,7 @@ describe('previews (issue 24: a few evenly spaced x̂₀ decodes, the rest on de
     expect(previewSentence(2, 9)).toContain('every 2nd step and the last (5 of 9)');
     expect(previewSentence(3, 7)).toContain('every 3rd step and the last (3 of 7)');
     expect(previewSentence(1, 25)).toBe('');
+    expect(previewSentence(5, 26, true)).toContain('a replay has no model to decode them');
+    expect(previewSentence(5, 26, true)).not.toContain('decoded when you show it');
   });
 });

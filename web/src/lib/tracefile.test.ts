@@ -185,6 +185,9 @@ describe('trace file', () => {
     );
     expect(replayLine({ source: 'native', machine: 'Linux x86_64', synthetic: false })).toBe('Replay of a native run on Linux x86_64');
     expect(replayLine({ source: 'synthetic', machine: 'x', synthetic: true })).toContain('Synthetic');
+    expect(replayLine({ source: 'native', machine: 'x', synthetic: false, bundle: { randomWeights: true } })).toContain(
+      'weights are random',
+    );
     expect(replayNotes({ synthetic: false, bundle: { ...bundle, randomWeights: true } }).join(' ')).toContain('weights are random');
   });
 });

@@ -19,13 +19,16 @@ export function x0Sentence(): Paragraph {
   ];
 }
 
-/** Which steps a run decodes x̂₀ at (previewEvery) and what happens to the others. */
-export function previewSentence(every: number, planned: number): string {
+/** Which steps a run decodes x̂₀ at (previewEvery) and what happens to the others (`replay`: no model to decode them). */
+export function previewSentence(every: number, planned: number, replay = false): string {
   if (!(every > 1) || !(planned > 0)) return '';
   const k = every % 100;
   const th = k >= 11 && k <= 13 ? 'th' : (({ 1: 'st', 2: 'nd', 3: 'rd' } as Record<number, string>)[k % 10] ?? 'th');
   const decoded = Math.ceil(planned / every) + ((planned - 1) % every ? 1 : 0);
-  return `This run decoded x̂₀ at every ${every}${th} step and the last (${decoded} of ${planned}), so the views were ready soon after the image; any other step is decoded when you show it.`;
+  const head = `This run decoded x̂₀ at every ${every}${th} step and the last (${decoded} of ${planned})`;
+  return replay
+    ? `${head}; the file holds no x̂₀ for the other steps, and a replay has no model to decode them.`
+    : `${head}, so the views were ready soon after the image; any other step is decoded when you show it.`;
 }
 
 /** x̂₀ in one line, beside a decoded guess. */

@@ -2,10 +2,12 @@
 // and what it cannot do here. Plain strings: the page renders them as text, never HTML.
 import type { TraceMeta } from '../lib/tracefile';
 
-/** The one line that marks every view as a replay, e.g. "Replay of a native run on Linux x86_64 · AMD EPYC · 2 CPUs". */
-export function replayLine(meta: Pick<TraceMeta, 'source' | 'machine' | 'synthetic'>): string {
+/** The one line that marks every view as a replay, e.g. "Replay of a native run on Linux x86_64 · AMD EPYC · 2 CPUs";
+ * a model with random weights says so here too (its images are noise, and a reader must not think it broke). */
+export function replayLine(meta: Pick<TraceMeta, 'source' | 'machine' | 'synthetic'> & { bundle?: { randomWeights: boolean } }): string {
   if (meta.synthetic) return 'Synthetic trace: random numbers made by a test, not a model’s output';
-  return `Replay of a ${meta.source === 'page' ? 'page' : 'native'} run on ${meta.machine}`;
+  const line = `Replay of a ${meta.source === 'page' ? 'page' : 'native'} run on ${meta.machine}`;
+  return meta.bundle?.randomWeights ? `${line} · the model’s weights are random: its images are noise by design` : line;
 }
 
 /** What else a reader should know about this replay. */
