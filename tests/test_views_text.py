@@ -24,6 +24,7 @@ from test_browser import (  # noqa: F401 - pytest fixtures
     server,
 )
 from test_text_truth import BANNED
+from test_views_flow import wait_previews
 
 pytestmark = pytest.mark.browser
 
@@ -82,10 +83,6 @@ def dpage(browser, default_url):
     yield p
     p.assert_all_local()
     p.close()
-
-
-def wait_previews(p: Page):
-    p.page.wait_for_function("() => window.__lastTrace && window.__lastTrace.steps.every(s => s.image)", timeout=RUN_TIMEOUT_MS)
 
 
 def view_text(p: Page, view: str) -> str:

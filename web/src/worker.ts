@@ -40,6 +40,9 @@ let engine: PythonEngine | null = null;
 let ortModule: OrtModule | null = null;
 let initStarted = false;
 let busy = false;
+/** The CLIP scoring going on, if any: a run that arrives meanwhile waits for it (the page sends
+ * side runs as soon as it sees the reader's run settled, which may be while CLIP still scores). */
+let clipping: Promise<void> | null = null;
 let stopView: Int32Array | null = null;
 let stopRequested = false;
 
@@ -602,12 +605,16 @@ async function clip(prompts: string[]) {
   if (decoding) await decoding;
   if (!engine || busy) return;
   busy = true;
+  let done = () => {};
+  clipping = new Promise<void>((r) => (done = r));
   try {
     await engine.post_clip((m) => post(m), prompts);
   } catch (err) {
     post({ type: 'notice', level: 'warning', text: `CLIP: ${describeError(err)}` });
   } finally {
     busy = false;
+    clipping = null;
+    done();
     decodeStep();
   }
 }
@@ -616,6 +623,7 @@ async function generate(runId: number, request: RequestMsg, side = false) {
   if (gpuLost !== null) await fallBackToWasm().catch(() => {}); // lost while idle or in another task: WASM first
   if (!engine) return post({ type: 'run-error', runId, text: 'the engine is not ready yet' });
   if (decoding) await decoding;
+  while (clipping) await clipping;
   if (busy && decodingAfter) {
     decodingAfter.superseded = true;
     await decodingAfter.finished;

@@ -9,23 +9,46 @@ import { getContext, setContext } from 'svelte';
 import { stepAt } from '../derive/steps';
 import { teachingStep } from '../derive/teach';
 import type { StepMsg, Trace } from '../lib/protocol';
+import { heldTrace } from '../derive/held';
 
 const KEY = Symbol('selection');
 
+/** The reader's picks, shared by the page's Selection and every held view of it. */
+class Picks {
+  compare = $state.raw<Trace | null>(null);
+  step = $state<{ runId: number; index: number } | null>(null);
+  token = $state<{ runId: number; index: number } | null>(null);
+  /** The run whose newest step the reader asked to follow (no teaching step for it). */
+  follow = $state<number | null>(null);
+}
+
 export class Selection {
   #current: () => Trace | null;
-  /** A second run to compare with the current one (for a compare view; nothing sets it yet). */
-  compare = $state.raw<Trace | null>(null);
-  #step = $state<{ runId: number; index: number } | null>(null);
-  #token = $state<{ runId: number; index: number } | null>(null);
-  /** The run whose newest step the reader asked to follow (no teaching step for it). */
-  #follow = $state<number | null>(null);
+  #picks: Picks;
   /** The teaching step of a finished run, computed once per run (not reactive state). */
   #teach: { runId: number; index: number | null } | null = null;
 
   /** `current`: where the current run comes from (the engine's growing Trace). */
-  constructor(current: () => Trace | null) {
+  constructor(current: () => Trace | null, picks: Picks = new Picks()) {
     this.#current = current;
+    this.#picks = picks;
+  }
+
+  /** A second run to compare with the current one (the compare view's). */
+  get compare(): Trace | null {
+    return this.#picks.compare;
+  }
+  set compare(t: Trace | null) {
+    this.#picks.compare = t;
+  }
+
+  /** The same picks over a run that holds still while `open()` is false and the run streams: views
+   * off screen do not redraw at every step (on two cores their drawing slowed the run by ~16%,
+   * issue 24); they catch up once the run is done, or at once when they come into view. */
+  held(open: () => boolean): Selection {
+    let kept: Trace | null = null;
+    const shown = $derived.by(() => (kept = heldTrace(kept, this.current, open())));
+    return new Selection(() => shown, this.#picks);
   }
 
   /** The run the views show. */
@@ -37,7 +60,7 @@ export class Selection {
    * views follow the newest step. */
   get tookStep(): boolean {
     const t = this.current;
-    return !!t && this.#step?.runId === t.runId;
+    return !!t && this.#picks.step?.runId === t.runId;
   }
 
   /** The step a finished run opens at when the reader has not chosen one (derive/teach.ts), or null
@@ -53,7 +76,7 @@ export class Selection {
   /** True while the views show the teaching step (the reader chose no step and the run is done). */
   get atTeachingStep(): boolean {
     const t = this.current;
-    return !!t && !this.tookStep && this.#follow !== t.runId && this.teachingStep !== null;
+    return !!t && !this.tookStep && this.#picks.follow !== t.runId && this.teachingStep !== null;
   }
 
   /** The step index the views show (the picked one; else, once the run is done, the teaching step;
@@ -61,7 +84,7 @@ export class Selection {
   get step(): number | null {
     const t = this.current;
     if (!t || !t.steps.length) return null;
-    if (this.tookStep) return Math.min(this.#step!.index, t.steps.length - 1);
+    if (this.tookStep) return Math.min(this.#picks.step!.index, t.steps.length - 1);
     return this.atTeachingStep ? this.teachingStep : t.steps.length - 1;
   }
 
@@ -72,31 +95,36 @@ export class Selection {
 
   selectStep(index: number) {
     const t = this.current;
-    if (t) this.#step = { runId: t.runId, index };
+    if (t) this.#picks.step = { runId: t.runId, index };
   }
 
   /** Give the step choice back: follow the newest step again (after the run, too: no teaching step). */
   followNewest() {
-    this.#step = null;
-    this.#follow = this.current?.runId ?? null;
+    this.#picks.step = null;
+    this.#picks.follow = this.current?.runId ?? null;
   }
 
   /** The picked position in the current run's prompt tokens, or null. */
   get token(): number | null {
     const t = this.current;
-    return t && this.#token?.runId === t.runId ? this.#token.index : null;
+    return t && this.#picks.token?.runId === t.runId ? this.#picks.token.index : null;
   }
 
   /** Pick a prompt token; picking it again (or null) lets go. */
   selectToken(index: number | null) {
     const t = this.current;
-    this.#token = t && index !== null && index !== this.token ? { runId: t.runId, index } : null;
+    this.#picks.token = t && index !== null && index !== this.token ? { runId: t.runId, index } : null;
   }
 }
 
 /** Make a Selection for this component's subtree (the page's root calls this once). */
 export function provideSelection(current: () => Trace | null): Selection {
   return setContext(KEY, new Selection(current));
+}
+
+/** Views below hold still while `open()` is false and a run streams (see Selection.held). */
+export function provideHeldSelection(open: () => boolean): Selection {
+  return setContext(KEY, useSelection().held(open));
 }
 
 /** The Selection of the page (a view calls this during its set-up). */
