@@ -9,7 +9,6 @@ standard library, so serving needs no Node once the page is built.
 from __future__ import annotations
 
 import functools
-import gzip
 import http.server
 import json
 import os
@@ -19,6 +18,8 @@ import sys
 import threading
 import urllib.parse
 from pathlib import Path
+
+from app.gzipped import gzip_file
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "web"
@@ -51,9 +52,6 @@ MIME = {
 
 
 # Big files worth compressing; the rest (html, small files) are sent as they are.
-GZIP_SUFFIXES = {".wasm", ".mjs", ".js", ".css", ".zip", ".json", ".onnx", ".data", ".txt", ".svg"}
-MIN_BYTES = 1024
-MAX_RATIO = 0.95  # keep X.gz only where gzip saves at least 5% (not for already-deflated zips)
 
 
 class ServeError(Exception):
@@ -66,7 +64,7 @@ def build_web(rebuild: bool = False, log=print) -> Path:
     from app.snapshot import ensure_snapshot
 
     if (DIST / "index.html").is_file() and not rebuild:
-        ensure_snapshot(DIST, log)
+        ensure_snapshot(DIST, log, start=start_background)
         return DIST
     npm = shutil.which("npm")
     if not npm:
@@ -78,7 +76,7 @@ def build_web(rebuild: bool = False, log=print) -> Path:
     _npm([npm, "run", "build"])
     if not (DIST / "index.html").is_file():
         raise ServeError("npm run build finished but web/dist/index.html is missing")
-    ensure_snapshot(DIST, log)
+    ensure_snapshot(DIST, log, start=start_background)
     return DIST
 
 
@@ -168,24 +166,6 @@ def stage_lines(log=print):
             log(f"  {stage} ({state})")
 
     return progress
-
-
-def gzip_file(src: Path, level: int = 6) -> bool:
-    """Write src.gz when it is worth it (fresh ones are kept); remove a stale or useless one. True if src.gz is there."""
-    gz = src.with_name(src.name + ".gz")
-    st = src.stat()
-    if gz.is_file() and gz.stat().st_mtime >= st.st_mtime:
-        return True
-    gz.unlink(missing_ok=True)
-    if src.suffix not in GZIP_SUFFIXES or st.st_size < MIN_BYTES:
-        return False
-    data = gzip.compress(src.read_bytes(), compresslevel=level, mtime=0)
-    if len(data) > st.st_size * MAX_RATIO:
-        return False
-    tmp = gz.with_name(gz.name + ".partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, gz)
-    return True
 
 
 def precompress(folder: Path, files: list[str]) -> list[str]:

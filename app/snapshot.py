@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-from app.serve import gzip_file, start_background
+from app.gzipped import gzip_file
 
 CHROMIUM = Path("/usr/bin/chromium")
 PREFIX = "memory-snapshot-"
@@ -63,15 +63,16 @@ def shipped_snapshot(dist: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def ensure_snapshot(dist: Path, log=print) -> Path | None:
-    """dist's shipped snapshot, made when missing or stale, with its .gz; None (after one log line) where it cannot be made."""
+def ensure_snapshot(dist: Path, log=print, start=None) -> Path | None:
+    """dist's shipped snapshot, made when missing or stale, with its .gz; None (after one log line) where it cannot be made.
+    start: app.serve's start_background, handed in (serve imports this module, not the other way)."""
     dist = Path(dist)
     try:
         path = shipped_snapshot(dist)
         if path is None:
             _check_tools()
             log("making Python's memory snapshot to ship with the page…")
-            path = make_snapshot(dist)
+            path = make_snapshot(dist, start)
         _list_gzip(dist, path if gzip_file(path) else None)
         return path
     except SnapshotError as e:
@@ -82,9 +83,12 @@ def ensure_snapshot(dist: Path, log=print) -> Path | None:
     return None
 
 
-def make_snapshot(dist: Path, timeout_s: float = 180) -> Path:
-    """Make the snapshot with the page's snapshot worker in headless Chromium; write it into dist/pyodide/."""
+def make_snapshot(dist: Path, start, timeout_s: float = 180) -> Path:
+    """Make the snapshot with the page's snapshot worker in headless Chromium; write it into dist/pyodide/.
+    start: app.serve's start_background (a server for dist)."""
     dist = Path(dist)
+    if start is None:
+        raise SnapshotError("no server to load the page with (start=None)")
     _check_tools()
     from playwright.sync_api import sync_playwright
 
@@ -92,7 +96,7 @@ def make_snapshot(dist: Path, timeout_s: float = 180) -> Path:
     if len(workers) != 1:
         raise SnapshotError(f"expected one assets/snapshotWorker-*.js in {dist}, found {len(workers)}; rebuild the page")
     tag = runtime_tag(dist)
-    server, base = start_background(dist, dist=dist)  # the worker reads only pyodide/ and runtime/: no bundle
+    server, base = start(dist, dist=dist)  # the worker reads only pyodide/ and runtime/: no bundle
     tmp = dist / "pyodide" / f".{PREFIX}{os.getpid()}.partial"
     try:
         with sync_playwright() as p:

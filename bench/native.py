@@ -136,24 +136,30 @@ def bench_native(
     }
 
 
-def _raw_unet(session, bundle, calls: int) -> float:
-    """Median ms of onnxruntime session.run on the UNet alone at batch 2 (CFG), after one warm-up call."""
+def unet_feeds(session, model: dict, name: str = "the bundle") -> dict:
+    """The UNet's inputs for one timing call: batch 2 (guidance), the latent size, random values, timestep 500."""
     import numpy as np
 
-    m = bundle.model
-    h, w = m["latent_size"]
+    h, w = model["latent_size"]
     rng = np.random.default_rng(0)
     feeds = {}
     for inp in session.get_inputs():
         if inp.name == "sample":
-            feeds[inp.name] = rng.standard_normal((2, m["latent_channels"], h, w), dtype=np.float32)
+            feeds[inp.name] = rng.standard_normal((2, model["latent_channels"], h, w), dtype=np.float32)
         elif inp.name == "encoder_hidden_states":
-            feeds[inp.name] = rng.standard_normal((2, m.get("text_max_length", 77), m["text_hidden_size"]), dtype=np.float32)
+            shape = (2, model.get("text_max_length", 77), model["text_hidden_size"])
+            feeds[inp.name] = rng.standard_normal(shape, dtype=np.float32)
         elif inp.name == "timestep":
             dtype = np.int64 if "int64" in inp.type else np.float32
             feeds[inp.name] = np.full([1] * len(inp.shape), 500, dtype=dtype)
         else:
-            raise ValueError(f"{Path(bundle.location).name}: the UNet has an unexpected input {inp.name!r}")
+            raise ValueError(f"{name}: the UNet has an unexpected input {inp.name!r}")
+    return feeds
+
+
+def _raw_unet(session, bundle, calls: int) -> float:
+    """Median ms of onnxruntime session.run on the UNet alone at batch 2 (CFG), after one warm-up call."""
+    feeds = unet_feeds(session, bundle.model, Path(bundle.location).name)
     session.run(None, feeds)
     times = []
     for _ in range(calls):

@@ -1,5 +1,5 @@
 // One model's per-call time in onnxruntime-web's WASM build (the very wasm the page runs, in Node's V8,
-// the engine Chromium has), for bench/int8_table.py's `wasm` table.
+// the engine Chromium has), for app/int8_table.py's `wasm` table.
 // usage: node bench/wasm_time.mjs MODEL.onnx THREADS CALLS '{"name": ["float32", [shape]], …}'
 // → one JSON line: every call's ms after 8 warm-ups (random inputs of the given dtypes and shapes)
 import { readFileSync } from 'node:fs';

@@ -44,7 +44,7 @@ int8c computes in int8 (for the UNet: the page's WASM spends most of a step in f
 The VAE decoder (conv_in, conv_out, post_quant_conv kept fp32) and the CLIP image tower take int8c
 too: in onnxruntime-web WASM the VAE decoder goes from 82 to 43 ms, the UNet from 64 to 36 ms (Node,
 1 thread); with the VAE alone in int8c the final image is at 41-46 dB PSNR vs fp32; CLIP's similarities
-move by at most 0.011 (as with the int8w-all tower). Numbers: bench/results/int8.md (bench/int8_table.py).
+move by at most 0.011 (as with the int8w-all tower). Numbers: bench/results/int8.md (app/int8_table.py).
 Not in the `small` target, because the page's image would no longer be the native image: int8
 activations make a model's output piecewise constant in its input (each rounding is a step), so two
 correct runtimes whose fp32 ops differ in the last bit (WASM vs native kernels, or native onnxruntime

@@ -2,12 +2,12 @@
 fp32 bundle, the small build with int8-stored weights (int8w-all UNet) and the small build with an
 int8-computing UNet (int8c, export/quantize.py), written to bench/results/int8.json and int8.md.
 
-    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m bench.int8_table judge     # hours of one core
-    .venv/bin/python -m bench.int8_table timing                                # minutes
-    .venv/bin/python -m bench.int8_table wasm                                  # minutes, needs node + web/node_modules
-    .venv/bin/python -m bench.int8_table page                                  # the page vs native image, Chromium + web/dist
-    .venv/bin/python -m bench.int8_table sensitivity                           # output change for tiny input changes
-    .venv/bin/python -m bench.int8_table report                                # int8.md from int8.json
+    OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python -m app.int8_table judge     # hours of one core
+    .venv/bin/python -m app.int8_table timing                                # minutes
+    .venv/bin/python -m app.int8_table wasm                                  # minutes, needs node + web/node_modules
+    .venv/bin/python -m app.int8_table page                                  # the page vs native image, Chromium + web/dist
+    .venv/bin/python -m app.int8_table sensitivity                           # output change for tiny input changes
+    .venv/bin/python -m app.int8_table report                                # int8.md from int8.json
 
 judge: each build is derived from bundles/default into --work (quality report over all of
 export/quality.py's prompt × seed runs, 10 steps: PSNR per run), then judged by train/evaluate.py's
@@ -29,6 +29,8 @@ import os
 import statistics
 import time
 from pathlib import Path
+
+from bench.native import unet_feeds
 
 ROOT = Path(__file__).resolve().parent.parent
 FP32 = ROOT / "bundles" / "default"
@@ -164,32 +166,13 @@ def judge(builds, guidances, seeds: int, threads: int, work: Path, out: Path, re
     return _load(out)
 
 
-def _unet_feeds(session, model: dict) -> dict:
-    """bench/native.py's UNet feeds: batch 2 (guidance), the latent size, random values, timestep 500."""
-    import numpy as np
-
-    h, w = model["latent_size"]
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for inp in session.get_inputs():
-        if inp.name == "sample":
-            feeds[inp.name] = rng.standard_normal((2, model["latent_channels"], h, w), dtype=np.float32)
-        elif inp.name == "encoder_hidden_states":
-            feeds[inp.name] = rng.standard_normal(
-                (2, model.get("text_max_length", 77), model["text_hidden_size"]), dtype=np.float32
-            )
-        elif inp.name == "timestep":
-            feeds[inp.name] = np.full([1] * len(inp.shape), 500, dtype=np.int64 if "int64" in inp.type else np.float32)
-    return feeds
-
-
 def time_unet(path, model: dict, threads: int, calls: int = 60) -> dict:
     import onnxruntime as ort
 
     o = ort.SessionOptions()
     o.intra_op_num_threads, o.inter_op_num_threads = threads, 1
     s = ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
-    feeds = _unet_feeds(s, model)
+    feeds = unet_feeds(s, model)
     for _ in range(5):
         s.run(None, feeds)
     ts = []
@@ -235,7 +218,7 @@ def timing(work: Path, out: Path, threads=(1, 2), rounds: int = 3, calls: int = 
             o = ort.SessionOptions()
             o.intra_op_num_threads, o.inter_op_num_threads = n, 1
             sessions = {k: ort.InferenceSession(str(p), o, providers=["CPUExecutionProvider"]) for k, p in files.items()}
-            feeds = {k: _unet_feeds(s, model) for k, s in sessions.items()}
+            feeds = {k: unet_feeds(s, model) for k, s in sessions.items()}
             samples = {k: [] for k in files}
             for k, s in sessions.items():
                 for _ in range(5):
@@ -394,7 +377,7 @@ def markdown(data: dict) -> str:
     lines = [
         "# int8 compute for the UNet (issue 24)",
         "",
-        "Made by `bench/int8_table.py` (see its docstring); numbers in int8.json.",
+        "Made by `app/int8_table.py` (see its docstring); numbers in int8.json.",
         "",
     ]
     rec = data.get("recipes") or {}
@@ -503,7 +486,7 @@ def markdown(data: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.int8_table", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m app.int8_table", description=__doc__.split("\n\n")[0])
     ap.add_argument("what", choices=("judge", "timing", "wasm", "page", "sensitivity", "report"))
     ap.add_argument("--builds", default=",".join(BUILDS), help="comma-separated, of " + ", ".join(BUILDS))
     ap.add_argument("--guidance", default=",".join(f"{g:g}" for g in GUIDANCES))
