@@ -90,8 +90,6 @@ def make_snapshot(dist: Path, start, timeout_s: float = 180) -> Path:
     if start is None:
         raise SnapshotError("no server to load the page with (start=None)")
     _check_tools()
-    from playwright.sync_api import sync_playwright
-
     workers = sorted((dist / "assets").glob("snapshotWorker-*.js"))
     if len(workers) != 1:
         raise SnapshotError(f"expected one assets/snapshotWorker-*.js in {dist}, found {len(workers)}; rebuild the page")
@@ -99,20 +97,7 @@ def make_snapshot(dist: Path, start, timeout_s: float = 180) -> Path:
     server, base = start(dist, dist=dist)  # the worker reads only pyodide/ and runtime/: no bundle
     tmp = dist / "pyodide" / f".{PREFIX}{os.getpid()}.partial"
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"])
-            try:
-                page = browser.new_context().new_page()
-                page.route(
-                    base + PAGE,
-                    lambda route: route.fulfill(body="<!doctype html><title>snapshot</title>", content_type="text/html"),
-                )
-                page.goto(base + PAGE)
-                with page.expect_download(timeout=timeout_s * 1000) as download:
-                    key = page.evaluate(MAKE, [f"{base}assets/{workers[0].name}", BUILD_WORKER_NAME])
-                download.value.save_as(tmp)
-            finally:
-                browser.close()
+        key = _in_own_thread(lambda: _download(base, workers[0].name, tmp, timeout_s))
         name = str(key).rsplit("/", 1)[-1]
         if not re.fullmatch(rf"{PREFIX}[0-9A-Za-z.+-]+-{tag}\.data", name):  # the page's key and ours must agree
             raise SnapshotError(f"the page named its snapshot {name!r}, which does not match runtime.zip ({tag})")
@@ -125,6 +110,48 @@ def make_snapshot(dist: Path, start, timeout_s: float = 180) -> Path:
         tmp.unlink(missing_ok=True)
         server.shutdown()
         server.server_close()
+
+
+def _download(base: str, worker: str, tmp: Path, timeout_s: float) -> str:
+    """The page's snapshot worker makes the snapshot in headless Chromium; saved to tmp. Returns the page's key for it."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_context().new_page()
+            page.route(
+                base + PAGE,
+                lambda route: route.fulfill(body="<!doctype html><title>snapshot</title>", content_type="text/html"),
+            )
+            page.goto(base + PAGE)
+            with page.expect_download(timeout=timeout_s * 1000) as download:
+                key = page.evaluate(MAKE, [f"{base}assets/{worker}", BUILD_WORKER_NAME])
+            download.value.save_as(tmp)
+        finally:
+            browser.close()
+    return key
+
+
+def _in_own_thread(fn):
+    """fn() in a thread of its own: Playwright's sync API refuses to start in a thread that already runs
+    an event loop (a test session with a browser open, a notebook), which made the snapshot silently missing."""
+    import threading
+
+    out: dict = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            out["error"] = e
+
+    t = threading.Thread(target=run, name="snapshot", daemon=True)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def _check_tools() -> None:
