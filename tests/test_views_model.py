@@ -253,8 +253,8 @@ def test_guidance_box_and_slider_never_disagree(vpage, run):
     page.fill(box, "3.5")
     page.press(box, "Enter")
     assert page.input_value(box) == "3.5" and page.input_value(slider) == "3.5"
-    page.click("#view-guidance button.tick:text-is('7')")
-    assert page.input_value(box) == "7" and page.input_value(slider) == "7"
+    page.click("#view-guidance button.tick:text-is('7.5')")
+    assert page.input_value(box) == "7.5" and page.input_value(slider) == "7.5"
     page.locator(slider).fill("12.3")
     assert page.input_value(box) == "12.3"
     assert page.is_enabled("#view-guidance [data-testid=guidance-generate]")
