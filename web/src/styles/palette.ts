@@ -22,6 +22,8 @@ export const palette = {
   caution: '#9a5b00',
   /** A word the model never saw. */
   unknown: '#d03030',
+  /** The halo under a line drawn over a busy canvas (the map's tracks), so it reads on any cluster. */
+  halo: '#ffffff',
 } as const;
 
 /** Signed values: blue (negative) – white (0) – red (positive); t in [0, 1]. */
