@@ -30,7 +30,7 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.native import unet_feeds
+from bench.native import call_times, unet_feeds
 
 ROOT = Path(__file__).resolve().parent.parent
 FP32 = ROOT / "bundles" / "default"
@@ -172,14 +172,7 @@ def time_unet(path, model: dict, threads: int, calls: int = 60) -> dict:
     o = ort.SessionOptions()
     o.intra_op_num_threads, o.inter_op_num_threads = threads, 1
     s = ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
-    feeds = unet_feeds(s, model)
-    for _ in range(5):
-        s.run(None, feeds)
-    ts = []
-    for _ in range(calls):
-        t = time.perf_counter()
-        s.run(None, feeds)
-        ts.append((time.perf_counter() - t) * 1000)
+    ts = call_times(s, unet_feeds(s, model), calls, warmup=5)
     return {"median_ms": round(statistics.median(ts), 2), "min_ms": round(min(ts), 2), "calls": calls}
 
 

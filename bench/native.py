@@ -160,10 +160,16 @@ def unet_feeds(session, model: dict, name: str = "the bundle") -> dict:
 def _raw_unet(session, bundle, calls: int) -> float:
     """Median ms of onnxruntime session.run on the UNet alone at batch 2 (CFG), after one warm-up call."""
     feeds = unet_feeds(session, bundle.model, Path(bundle.location).name)
-    session.run(None, feeds)
+    return statistics.median(call_times(session, feeds, calls))
+
+
+def call_times(session, feeds: dict, calls: int, warmup: int = 1) -> list[float]:
+    """ms of each of `calls` session.run calls, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        session.run(None, feeds)
     times = []
     for _ in range(calls):
         t = time.perf_counter()
         session.run(None, feeds)
         times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+    return times
