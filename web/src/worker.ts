@@ -602,7 +602,7 @@ function memoryStats() {
 
 /** CLIP's similarities of the last run's images to the reader's alternative prompts (when idle). */
 async function clip(prompts: string[]) {
-  if (decoding) await decoding;
+  while (decoding) await decoding;
   if (!engine || busy) return;
   busy = true;
   let done = () => {};
@@ -622,8 +622,8 @@ async function clip(prompts: string[]) {
 async function generate(runId: number, request: RequestMsg, side = false) {
   if (gpuLost !== null) await fallBackToWasm().catch(() => {}); // lost while idle or in another task: WASM first
   if (!engine) return post({ type: 'run-error', runId, text: 'the engine is not ready yet' });
-  if (decoding) await decoding;
-  while (clipping) await clipping;
+  // one engine call at a time: a decode may start as CLIP ends (clip() drains the decode queue), so wait for both
+  while (decoding || clipping) await (decoding ?? clipping);
   if (busy && decodingAfter) {
     decodingAfter.superseded = true;
     await decodingAfter.finished;
