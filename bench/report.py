@@ -201,7 +201,8 @@ def markdown(result: dict) -> str:
                 "Where start-up goes (the worker's own clock, ms), per visit: warm opens the page again in the same tab "
                 "(like a reload: the bundle and Python's memory snapshot in the Cache API, the compiled WebAssembly still in "
                 "the renderer); warm, fresh Python has the snapshot deleted (the lever side by side); warm, new tab opens it "
-                "in a new tab of the same profile (caches warm, WebAssembly compiled again).",
+                "in a new tab of the same profile, kept on disk (caches warm; compiled WebAssembly from Chrome's code cache "
+                "where the service worker answered with its kept copy).",
                 "",
                 "| threads | visit | Python | runtime.zip | bundle | ORT sessions | worker ready | page ready s | first image s |",
                 "|---:|---|---:|---:|---:|---:|---:|---:|---:|",

@@ -87,3 +87,53 @@ def test_second_visit_works_offline(browser, web_dist, default_small_bundle):
         if not stopped:
             srv.shutdown()
             srv.server_close()
+
+
+@pytest.mark.browser
+def test_unchanged_files_are_answered_from_the_kept_copy(browser, web_dist, default_small_bundle, tmp_path):
+    """Online, the service worker answers an app file the server says is unchanged with its kept copy
+    itself (Chrome keeps compiled WebAssembly and scripts only beside Cache API answers), and a
+    changed file with the server's new one, which it keeps in place of the old."""
+    import os
+    import shutil
+
+    from app.serve import start_background
+
+    dist = tmp_path / "dist"
+    shutil.copytree(web_dist, dist, copy_function=os.link)  # hard links: a file is replaced, never written in place
+    srv, url = start_background(default_small_bundle, dist=dist)
+    page = Page(browser, url)
+    p = page.page
+    read = """async () => { const r = await fetch('manifest.webmanifest');
+        return { date: r.headers.get('Date'), name: (await r.json()).name }; }"""
+    try:
+        page.open("?provider=wasm")
+        p.wait_for_function("() => navigator.serviceWorker.controller !== null", timeout=10_000)
+        p.wait_for_function(
+            """async () => (await (await caches.open('diffusion-explainer-shell-v1')).keys())
+                .some(r => new URL(r.url).pathname.endsWith('/manifest.webmanifest'))""",
+            timeout=30_000,
+            polling=200,
+        )
+        kept = p.evaluate(read)
+        time.sleep(1.1)  # a network answer now carries another Date
+        again = p.evaluate(read)
+        assert again == kept, "an unchanged file was answered from the network, not from the kept copy"
+
+        path = dist / "manifest.webmanifest"
+        manifest = json.loads(path.read_text())
+        manifest["name"] = "Diffusion Explainer, rebuilt"
+        fresh = path.with_suffix(".new")
+        fresh.write_text(json.dumps(manifest))
+        later = path.stat().st_mtime + 10
+        os.utime(fresh, (later, later))  # a new validator (Last-Modified)
+        os.replace(fresh, path)
+        for gz in dist.glob("manifest.webmanifest.gz"):
+            gz.unlink()
+        changed = p.evaluate(read)
+        assert changed["name"] == "Diffusion Explainer, rebuilt", "a changed file was answered from the old copy"
+        assert p.evaluate(read)["name"] == "Diffusion Explainer, rebuilt", "the kept copy was not replaced"
+    finally:
+        page.close()
+        srv.shutdown()
+        srv.server_close()

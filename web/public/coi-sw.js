@@ -2,7 +2,7 @@
 // `python -m http.server`, a plain bucket): this service worker answers the page's same-origin
 // requests itself and adds COOP/COEP/CORP to the responses, so the page gets SharedArrayBuffer
 // (WASM threads, the shared stop flag). `diffusion-explainer serve` sends those headers itself;
-// there the page is already isolated and never registers this worker (src/isolation.ts).
+// there the page is already isolated and this worker only keeps files for offline (below).
 //
 // It also makes precompression work on hosts that do not negotiate encodings: for a file listed in
 // precompressed.json (written by the build: `X.gz` beside `X`) it fetches `X.gz` and decodes it
@@ -16,11 +16,12 @@
 // Offline: the page registers this worker on every host (also where the server sends the headers
 // itself), and it keeps the app's own files — the page, assets/, pyodide/, ort/, runtime/, the web
 // app manifest and icons — in the Cache API as they pass (network first, so a new build is used as
-// soon as it is online; the cached copy when the network fails). Only the files a visit used are
-// kept (the WASM-only or the WebGPU build of onnxruntime-web, not both), and a copy is written again
-// only when the server's validator (ETag / Last-Modified) changed. The page tells this worker which
-// files it loaded before the worker controlled it ('keep' message). Bundles are not kept here:
-// src/lib/bundleLoader.ts keeps them (checked by sha256) in their own cache.
+// soon as it is online; the kept copy when the network fails, or when the server says the file is
+// unchanged). Only the files a visit used are kept (the WASM-only or the WebGPU build of
+// onnxruntime-web, not both), and a copy is written again only when the server's validator (ETag /
+// Last-Modified) changed. The page tells this worker which files it loaded before the worker
+// controlled it ('keep' message). Bundles are not kept here: src/lib/bundleLoader.ts keeps them
+// (checked by sha256) in their own cache.
 
 const ISOLATION = {
   'Cross-Origin-Opener-Policy': 'same-origin',
@@ -85,7 +86,17 @@ async function networkThenKept(req, url, event) {
     if (kept) return kept;
     throw e;
   }
-  if (res.status === 200 && res.type !== 'opaque') event.waitUntil(keep(key, res.clone()).catch(() => {}));
+  if (res.status !== 200 || res.type === 'opaque') return res;
+  // Unchanged on the server: answer with the kept copy itself. Chrome keeps compiled code (the
+  // WebAssembly of Python and onnxruntime, the page's scripts) only beside an answer from the Cache
+  // API, never beside a Response made here, so this is what spares a new tab compiling them again.
+  const now = validator(res);
+  const kept = now ? await (await caches.open(SHELL_CACHE)).match(key) : undefined;
+  if (kept && validator(kept) === now) {
+    res.body?.cancel().catch(() => {});
+    return kept;
+  }
+  event.waitUntil(keep(key, res.clone()).catch(() => {}));
   return res;
 }
 

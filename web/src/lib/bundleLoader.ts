@@ -6,6 +6,8 @@
 // entry is evicted and downloaded again; a fresh download that still mismatches stops the load.
 
 export const CACHE_NAME = 'diffusion-explainer-bundle-v1';
+/** Bundle files loaded at once (a browser opens up to six connections to one server). */
+const PARALLEL_FILES = 4;
 /** Each cached bundle's record (its manifest, where it came from) is kept under this path of the
  * page's origin plus the bundle's fingerprint: the sha256 of its manifest.json, which names every
  * file's sha256, so equal fingerprints are equal bundles. */
@@ -233,7 +235,8 @@ export async function loadBundleFiles(
     }
   };
 
-  for (const [rel, info] of entries) {
+  const puts: Promise<void>[] = [];
+  const loadOne = async (rel: string, info: FileInfo) => {
     const fileUrl = new URL(rel, url).href;
     const key = cacheKey(fileUrl, info);
     let data: Uint8Array | null = null;
@@ -265,12 +268,14 @@ export async function loadBundleFiles(
         );
       }
       if (cache) {
-        try {
-          await cache.put(key, new Response(fresh as Uint8Array<ArrayBuffer>, { headers: { 'Content-Type': 'application/octet-stream' } }));
-        } catch (e) {
-          uncached.push(rel); // one notice for all of them, below: a big bundle can fail for every chunk
-          cacheError = (e as Error).message;
-        }
+        // written while the next files load: the copy is for the next visit, not this one
+        const body = new Response(fresh as Uint8Array<ArrayBuffer>, { headers: { 'Content-Type': 'application/octet-stream' } });
+        puts.push(
+          cache.put(key, body).catch((e) => {
+            uncached.push(rel); // one notice for all of them, below: a big bundle can fail for every chunk
+            cacheError = (e as Error).message;
+          }),
+        );
       }
       if (corrupted) events.notice(`${rel} in the cache was corrupted; re-downloaded`);
       data = fresh;
@@ -278,7 +283,21 @@ export async function loadBundleFiles(
     }
     files.set(rel, data);
     await options.onFile?.(rel, data);
+  };
+  // Several files at once: each one's wait (the network, the cache's disk, hashing) overlaps the
+  // others'. One at a time where an early check must run before the big downloads.
+  const queue = [...entries];
+  const worker = async () => {
+    for (let next = queue.shift(); next; next = queue.shift()) await loadOne(...next);
+  };
+  const lanes = Array.from({ length: options.smallFirst ? 1 : PARALLEL_FILES }, worker);
+  try {
+    await Promise.all(lanes);
+  } finally {
+    queue.length = 0; // a failed file stops the lanes that are still going
+    await Promise.allSettled(lanes);
   }
+  await Promise.all(puts);
   if (uncached.length) {
     const what = uncached.length === 1 ? uncached[0] : `${uncached.length} files (${uncached[0]} … ${uncached[uncached.length - 1]})`;
     events.notice(

@@ -95,10 +95,27 @@ export class UrlState {
           if (t.done) this.#pendingStep = null; // the run has no such step
         }
         const step = this.#pendingStep ?? (tookStep && index !== null ? index + 1 : null);
-        write(t.request, step);
+        writeSoon(t.request, step);
       });
     });
   }
+}
+
+/** write(), once the next frame has painted: the address bar changes with the run, and changing it
+ * saves the scroll position, which needs an up-to-date layout. Asked for mid-frame (a step has just
+ * changed the views) it forced a layout of the page then and there: 150–500 ms on a first visit. */
+let pending: { r: RequestMsg; step: number | null } | null = null;
+function writeSoon(r: RequestMsg, step: number | null) {
+  const first = pending === null;
+  pending = { r, step };
+  if (!first) return;
+  const go = () => {
+    const p = pending;
+    pending = null;
+    if (p) write(p.r, p.step);
+  };
+  if (typeof requestAnimationFrame === 'function') requestAnimationFrame(() => setTimeout(go, 0));
+  else go();
 }
 
 /** Put the request that ran (as the runtime validated it) and the selected step into the URL. */
