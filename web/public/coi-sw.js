@@ -90,25 +90,19 @@ async function networkThenKept(req, url, event) {
   // Unchanged on the server: answer with the kept copy itself. Chrome keeps compiled code (the
   // WebAssembly of Python and onnxruntime, the page's scripts) only beside an answer from the Cache
   // API, never beside a Response made here, so this is what spares a new tab compiling them again.
+  const cache = await caches.open(SHELL_CACHE);
   const now = validator(res);
-  const kept = now ? await (await caches.open(SHELL_CACHE)).match(key) : undefined;
+  const kept = now ? await cache.match(key) : undefined;
   if (kept && validator(kept) === now) {
     res.body?.cancel().catch(() => {});
     return kept;
   }
-  event.waitUntil(keep(key, res.clone()).catch(() => {}));
+  event.waitUntil(cache.put(key, res.clone()).catch(() => {})); // new or changed: it replaces the old copy
   return res;
 }
 
 const validator = (res) => [res.headers.get('ETag'), res.headers.get('Last-Modified')].filter(Boolean).join(' ');
 
-async function keep(key, res) {
-  const cache = await caches.open(SHELL_CACHE);
-  const now = validator(res);
-  const old = now ? await cache.match(key) : undefined;
-  if (old && validator(old) === now) return res.body?.cancel();
-  await cache.put(key, res);
-}
 
 /** Keep the files the page loaded before this worker controlled it (from the HTTP cache, mostly). */
 async function keepAll(urls) {
