@@ -338,7 +338,10 @@ def cmd_train(a) -> int:
     unknown = [s for s in a.stages if s not in table]
     if unknown:
         return _fail(f"unknown stage {unknown[0]!r}; choose from {', '.join(table)}")
-    stages.run(a.stages or stages.MODEL_STAGES, {k: float(v) for k, v in (m.split("=") for m in a.minutes)}, table)
+    if a.pair_share is not None and not 0 <= a.pair_share <= 1:
+        return _fail(f"--pair-share must be between 0 and 1, not {a.pair_share}")
+    options = {"unet": {"pair_share": a.pair_share}} if a.pair_share is not None else {}
+    stages.run(a.stages or stages.MODEL_STAGES, {k: float(v) for k, v in (m.split("=") for m in a.minutes)}, table, options)
     return 0
 
 
@@ -494,6 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: clip vae encode decoder unet package; the evaluation's judge: judge; the CLIP view's image tower: clip_image",
     )
     p.add_argument("--minutes", action="append", default=[], help="STAGE=MINUTES, e.g. unet=85")
+    p.add_argument(
+        "--pair-share",
+        type=float,
+        metavar="SHARE",
+        help="unet: the share of each batch drawn from two-object scenes (default: the data's own, 0.35)",
+    )
     p.add_argument(
         "--continue-from",
         metavar="MODEL_DIR",

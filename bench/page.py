@@ -243,7 +243,8 @@ LONGTASKS = """() => { window.__longTasks = []; try { new PerformanceObserver((l
 
 # One click on Generate, timed on the page's clock by the Trace's own updates (no polling): the final
 # image's arrival, and "settled": every expected preview decoded and CLIP's scores in (when the bundle
-# has CLIP), then the next animation frame (the views have painted).
+# has CLIP), the worker done with the run (off-screen views catch up then), then the next animation
+# frame (the views have painted).
 CLICK_TO_SETTLED = """() => new Promise((resolve) => {
   const before = window.__lastTrace?.runId ?? 0; const hasClip = !!window.__engineInfo?.bundle?.hasClip;
   let t0 = 0, imageMs = 0;
@@ -254,9 +255,14 @@ CLICK_TO_SETTLED = """() => new Promise((resolve) => {
     const now = performance.now();
     if (t.image && !imageMs) imageMs = now - t0;
     const done = t.done && (t.cancelled || (expected(t).every((s) => s.image) && (!hasClip || t.clip)));
-    if (imageMs && done) { window.__onTrace = null;
-      requestAnimationFrame(() => resolve({ image_ms: imageMs, settled_ms: performance.now() - t0 })); }
+    if (imageMs && done) { window.__onTrace = null; whenLetGo(); }
   };
+  // settled once the worker let go of the run too (run-settled): off-screen views catch up then
+  const whenLetGo = () => { const m = document.querySelector('main');
+    const end = () => requestAnimationFrame(() => resolve({ image_ms: imageMs, settled_ms: performance.now() - t0 }));
+    if (!m?.hasAttribute('data-in-flight')) return end();
+    const mo = new MutationObserver(() => { if (!m.hasAttribute('data-in-flight')) { mo.disconnect(); end(); } });
+    mo.observe(m, { attributes: true, attributeFilter: ['data-in-flight'] }); };
   const go = () => { if (document.querySelector('main')?.dataset.engine !== 'ready') return setTimeout(go, 20);
     t0 = performance.now(); document.querySelector('[data-testid=generate]').click(); };
   go(); // once the engine is idle (a previous run's previews, CLIP or a view's side run may still be going)

@@ -182,7 +182,7 @@ def test_article_sits_beside_its_views_with_the_runs_numbers(page):
     assert "seed 11" in text and "scale of 4" in text and "6 steps" in text
     # nothing of the article below the last view
     last_view = p.evaluate(
-        "Math.max(...[...document.querySelectorAll('[data-view=article] > [data-row] > .views')].map(e => e.getBoundingClientRect().bottom))"
+        "Math.max(...[...document.querySelectorAll('[data-view=article] > [data-row] .views')].map(e => e.getBoundingClientRect().bottom))"
     )
     last_text = p.evaluate(
         "Math.max(...[...document.querySelectorAll('[data-view=article] section')].map(e => e.getBoundingClientRect().top))"

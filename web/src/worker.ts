@@ -681,6 +681,7 @@ async function generate(runId: number, request: RequestMsg, side = false) {
     }
     if (decodingAfter === run) decodingAfter = null;
     busy = false;
+    post({ type: 'run-settled', runId });
     finish();
     decodeStep();
     makeSnapshotSoon(1000);

@@ -352,6 +352,8 @@ export type FromWorker =
   /** A request the controller refused (Request.validate); nothing ran. */
   | { type: 'run-invalid'; runId: number; text: string }
   | { type: 'run-clip'; runId: number; clip: ClipMsg }
+  /** The worker is done with this run: its steps, previews and CLIP scores are in (or will not come). */
+  | { type: 'run-settled'; runId: number }
   | { type: 'stats'; heapBytes: number; pyObjects: number; jsProxies: number }
   | { type: 'run-error'; runId: number; text: string }
   | { type: 'bench-progress'; text: string; done: number; total: number }

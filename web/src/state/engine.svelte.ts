@@ -76,6 +76,9 @@ export class EngineClient {
   fatal = $state<string | null>(null);
   /** The current or last run; replaced (not mutated) per message so tensors are not proxied. */
   trace = $state.raw<Trace | null>(null);
+  /** The reader's run the worker is still on (its steps, previews or CLIP scores to come), or null:
+   * off-screen views hold still until it is done (components/Held.svelte). */
+  inFlight = $state<number | null>(null);
   runError = $state<string | null>(null);
   settings = $state.raw<EngineSettings>({ bundleUrl: '/bundle/', provider: 'auto', threads: 0 });
   /** Runs the explainer asks for beside the reader's (other guidance scales, other seeds), by key;
@@ -114,6 +117,7 @@ export class EngineClient {
     this.#worker?.terminate();
     this.#failPending('the engine was restarted');
     this.#pendingSteps.clear();
+    this.inFlight = null;
     this.settings = settings;
     this.state = 'loading';
     this.fatal = null;
@@ -188,6 +192,7 @@ export class EngineClient {
     this.fatal = null;
     this.runError = null;
     this.info = opened.info;
+    this.inFlight = null;
     this.replay = { meta: opened.meta, name: from.name, url: from.url, bytes: opened.bytes, file: from.file };
     this.trace = { ...opened.trace, runId: this.#nextRun++ };
     this.state = 'replay';
@@ -354,6 +359,7 @@ export class EngineClient {
   }
 
   #fail(text: string) {
+    this.inFlight = null;
     this.fatal = text;
     this.state = 'error';
     this.#failPending(text);
@@ -447,6 +453,9 @@ export class EngineClient {
       case 'fatal':
         this.#fail(msg.text);
         break;
+      case 'run-settled':
+        if (this.inFlight === msg.runId) this.inFlight = null;
+        break;
       case 'run-start': {
         const { type: _type, ...plan } = msg;
         const fresh: Trace = {
@@ -462,7 +471,10 @@ export class EngineClient {
         };
         const key = this.#sideIds.get(msg.runId);
         if (key !== undefined) this.sideRuns = { ...this.sideRuns, [key]: fresh };
-        else this.trace = fresh;
+        else {
+          this.trace = fresh;
+          this.inFlight = msg.runId;
+        }
         break;
       }
       case 'run-done':

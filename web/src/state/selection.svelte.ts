@@ -42,12 +42,13 @@ export class Selection {
     this.#picks.compare = t;
   }
 
-  /** The same picks over a run that holds still while `open()` is false and the run streams: views
-   * off screen do not redraw at every step (on two cores their drawing slowed the run by ~16%,
-   * issue 24); they catch up once the run is done, or at once when they come into view. */
-  held(open: () => boolean): Selection {
+  /** The same picks over a run that holds still while `open()` is false and the worker is still on it
+   * (`inFlight()`: the run id whose steps, previews or CLIP scores are still coming): views off screen
+   * do not redraw at every update (on two cores their drawing slowed the run by ~16%, issue 24); they
+   * catch up once the worker is done with the run, or at once when they come into view. */
+  held(open: () => boolean, inFlight: () => number | null): Selection {
     let kept: Trace | null = null;
-    const shown = $derived.by(() => (kept = heldTrace(kept, this.current, open())));
+    const shown = $derived.by(() => (kept = heldTrace(kept, this.current, open(), inFlight())));
     return new Selection(() => shown, this.#picks);
   }
 
@@ -122,9 +123,9 @@ export function provideSelection(current: () => Trace | null): Selection {
   return setContext(KEY, new Selection(current));
 }
 
-/** Views below hold still while `open()` is false and a run streams (see Selection.held). */
-export function provideHeldSelection(open: () => boolean): Selection {
-  return setContext(KEY, useSelection().held(open));
+/** Views below hold still while `open()` is false and the worker is on the run (see Selection.held). */
+export function provideHeldSelection(open: () => boolean, inFlight: () => number | null): Selection {
+  return setContext(KEY, useSelection().held(open, inFlight));
 }
 
 /** The Selection of the page (a view calls this during its set-up). */
