@@ -43,6 +43,9 @@ describe('jobs', () => {
     const all = trace({ done: true, steps: [0, 1, 2, 3].map((i) => step(i, img)) });
     expect(settled(all)).toBe(true);
     expect(runState(all)).toBe('done');
+    // previews in, but the worker is still on the run (CLIP's scores to come): views are still filling
+    expect(runState(all, false, true)).toBe('decoding');
+    expect(runProgress(all, 'decoding')).toBe('finishing');
     expect(settled(trace({ done: true, cancelled: true }))).toBe(true);
     expect(settled(null)).toBe(true);
     // no previews asked: done at run-done

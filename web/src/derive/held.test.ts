@@ -24,9 +24,10 @@ describe('heldTrace', () => {
     const opened = run(7, 25, true);
     expect(heldTrace(old, opened, false, 2)).toBe(opened);
   });
-  it('shows the first run it sees and lets go when there is none', () => {
+  it('shows nothing while closed and the first run is in flight, and lets go when there is none', () => {
     const now = run(1, 1);
-    expect(heldTrace(null, now, false, 1)).toBe(now);
+    expect(heldTrace(null, now, false, 1)).toBeNull();
+    expect(heldTrace(null, now, true, 1)).toBe(now);
     expect(heldTrace(old, null, false, null)).toBeNull();
   });
 });

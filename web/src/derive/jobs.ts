@@ -54,17 +54,20 @@ export function settled(trace: Trace | null | undefined): boolean {
   return imagesIn(trace) >= expectedImages(trace);
 }
 
-/** Where a run stands. `cut`: its preview decoding was stopped (counts as done). */
-export function runState(trace: Trace, cut = false): JobState {
+/** Where a run stands. `cut`: its preview decoding was stopped (counts as done). `working`: the
+ * worker is still on the run after its previews (CLIP's scores to come), so views are still filling. */
+export function runState(trace: Trace, cut = false, working = false): JobState {
   if (!trace.done) return 'running';
   if (trace.cancelled) return 'stopped';
-  return settled(trace) || cut ? 'done' : 'decoding';
+  if (cut) return 'done';
+  return settled(trace) && !working ? 'done' : 'decoding';
 }
 
 /** "step 3 of 25", "decoding 12 of 25", or "" when there is nothing to count. */
 export function runProgress(trace: Trace, state: JobState): string {
   if (state === 'running') return `step ${trace.steps.length} of ${trace.timesteps.length}`;
-  if (state === 'decoding') return `decoding ${imagesIn(trace)} of ${expectedImages(trace)}`;
+  if (state === 'decoding')
+    return imagesIn(trace) < expectedImages(trace) ? `decoding ${imagesIn(trace)} of ${expectedImages(trace)}` : 'finishing';
   if (state === 'stopped') return `stopped after ${trace.steps.length} of ${trace.timesteps.length}`;
   return '';
 }
@@ -103,6 +106,8 @@ export interface JobInput {
   main: Trace | null;
   /** the reader's run's preview decoding was cut by a Stop */
   mainCut: boolean;
+  /** the worker is still on the reader's run after its previews (CLIP's scores to come) */
+  mainWorking?: boolean;
   queue: { key: string; request: RequestMsg }[];
   sideRuns: Record<string, Trace>;
   sideRunning: string | null;
@@ -115,7 +120,7 @@ export interface JobInput {
 export function jobList(x: JobInput, keepDone = 4): Job[] {
   const jobs: Job[] = [];
   if (x.main) {
-    const state = runState(x.main, x.mainCut);
+    const state = runState(x.main, x.mainCut, x.mainWorking);
     jobs.push({ id: 'main', label: 'Your run', state, progress: runProgress(x.main, state), main: true });
   }
   const seen = new Set<string>();
