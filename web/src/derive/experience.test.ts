@@ -38,7 +38,7 @@ describe('jobs', () => {
     expect(expectedImages(decoding)).toBe(4);
     expect(imagesIn(decoding)).toBe(2);
     expect(runState(decoding)).toBe('decoding');
-    expect(runProgress(decoding, 'decoding')).toBe('decoding 2 of 4');
+    expect(runProgress(decoding, 'decoding')).toBe('decoding 2 of 4 previews');
     expect(runState(decoding, true)).toBe('done');
     const all = trace({ done: true, steps: [0, 1, 2, 3].map((i) => step(i, img)) });
     expect(settled(all)).toBe(true);

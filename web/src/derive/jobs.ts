@@ -11,7 +11,7 @@ export interface Job {
   /** "Your run", "Guidance row: scale 1", "Seed 42", "Scheduler: Euler", "Compare: “a dog …”". */
   label: string;
   state: JobState;
-  /** "step 3 of 25", "decoding 12 of 25", "" */
+  /** "step 3 of 25", "decoding 2 of 6 previews", "finishing", "" */
   progress: string;
   main: boolean;
 }
@@ -63,11 +63,11 @@ export function runState(trace: Trace, cut = false, working = false): JobState {
   return settled(trace) && !working ? 'done' : 'decoding';
 }
 
-/** "step 3 of 25", "decoding 12 of 25", or "" when there is nothing to count. */
+/** "step 3 of 25", "decoding 2 of 6 previews", "finishing" (previews in, CLIP still scoring), or "" when there is nothing to count. */
 export function runProgress(trace: Trace, state: JobState): string {
   if (state === 'running') return `step ${trace.steps.length} of ${trace.timesteps.length}`;
   if (state === 'decoding')
-    return imagesIn(trace) < expectedImages(trace) ? `decoding ${imagesIn(trace)} of ${expectedImages(trace)}` : 'finishing';
+    return imagesIn(trace) < expectedImages(trace) ? `decoding ${imagesIn(trace)} of ${expectedImages(trace)} previews` : 'finishing';
   if (state === 'stopped') return `stopped after ${trace.steps.length} of ${trace.timesteps.length}`;
   return '';
 }
