@@ -400,7 +400,8 @@ def run_explainer(
                     "plain_loop_ms": _median(plain),
                     "runs": clicks,
                     "plain_runs_ms": plain,
-                    "note": "click → final image and click → every view settled (previews decoded, CLIP scored, painted), "
+                    "note": "click → final image and click → every view settled (previews decoded, CLIP scored, the worker "
+                    "done with the run so off-screen views caught up, painted), "
                     "against the plain loop (no previews, no CLIP) for the same request, timed in the same visit",
                 }
                 out["click"]["image_ratio"] = out["click"]["image_ms"] / out["click"]["plain_loop_ms"]

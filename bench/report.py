@@ -182,7 +182,7 @@ def markdown(result: dict) -> str:
             out += [
                 "",
                 "What a click costs the reader (warm page, every view on; medians): click → final image and click → every view "
-                "settled (previews decoded, CLIP scored, painted), against the plain loop (no previews, no CLIP) for the same "
+                "settled (previews decoded, CLIP scored, the worker done with the run, off-screen views caught up, painted), against the plain loop (no previews, no CLIP) for the same "
                 "request, timed in the same visit, interleaved with the clicks.",
                 "",
                 "| threads | plain loop ms | click → image ms | × plain | click → settled ms | × plain |",
