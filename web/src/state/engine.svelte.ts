@@ -373,11 +373,13 @@ export class EngineClient {
 
   /** Steps that arrived since the views last rendered, by run. Why: every view re-renders per trace
    * update, and on a 2-core machine that rendering takes the cores the model's WASM threads need
-   * (the page ran at ~3× the controller's time per step); views update at most every RENDER_EVERY_MS. */
+   * (the page ran at ~3× the controller's time per step); views update at most every RENDER_EVERY_MS
+   * (250 rather than 150: click → image 1.20–1.25 → 1.18× the plain loop, settled 1.44–1.49 → 1.39–1.40×,
+   * 2 threads, bench/results/round5-page/views-ab.json; a run slower than 4 steps a second shows every step). */
   #pendingSteps = new Map<number, StepMsg[]>();
   #flushTimer: ReturnType<typeof setTimeout> | null = null;
   #lastFlush = 0;
-  static RENDER_EVERY_MS = 150;
+  static RENDER_EVERY_MS = 250;
 
   #queueStep(runId: number, step: StepMsg) {
     const list = this.#pendingSteps.get(runId);
