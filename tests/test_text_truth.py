@@ -137,9 +137,12 @@ def test_guidance_facts_are_the_evaluation_file_they_name():
     real = ev["real_distribution"]
     assert FACTS["clip_cosine"]["real_own_prompt"] == round(real["clip_real"] / 100, 2)
     assert FACTS["clip_cosine"]["real_other_prompt"] == round(real["clip_real_shuffled"] / 100, 2)
-    # the default is where this model's own objects score best among the scales evaluated
-    best = max(g["evaluation"]["rows"], key=lambda r: r["object_accuracy"])
-    assert best["scale"] == g["default"]
+    # the default is where pairs (both objects named) score best among the scales evaluated, as the page
+    # says, with single objects within a point of their best scale
+    rows = g["evaluation"]["rows"]
+    assert max(rows, key=lambda r: r["pair_both_objects"])["scale"] == g["default"]
+    at_default = next(r for r in rows if r["scale"] == g["default"])
+    assert at_default["object_accuracy"] >= max(r["object_accuracy"] for r in rows) - 0.01
 
 
 def test_about_writes_this_card():

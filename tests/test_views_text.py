@@ -159,7 +159,7 @@ def test_views_open_with_a_takeaway_the_card_and_the_teaching_step(dpage):
     assert "trained by this project on this project's captioned emoji scenes" in texts["text"].replace("’", "'")
     assert "causal" in texts["text"]
     assert "empty caption for 10% of its examples" in texts["guidance"]
-    assert "So the page starts it at 3" in texts["guidance"]
+    assert "So the page starts it at 3, where both objects of a pair are named most often" in texts["guidance"]
     assert "w = s − 1" in texts["guidance"] and "Ho & Salimans 2022" in texts["guidance"]
     assert "mIoU 0.39" in texts["attention"] and "8×8 and 4×4" in texts["attention"]
     assert "false colour" in texts["refiner"] and "channel 1" in texts["refiner"] and "channel 0" not in texts["refiner"]

@@ -68,9 +68,12 @@ export function scaleEvidence(card: Card): Paragraph {
     const pairs = rows.every((r) => r!.pair_both_objects !== undefined)
       ? `; both objects of a pair: ${rows.map((r) => pct(r!.pair_both_objects!)).join(', ')}`
       : '';
+    // why the default: where pairs (the harder test) are named most often, when the card has them
+    const pairBest = pairs ? rows.reduce((a, b) => (b!.pair_both_objects! > a!.pair_both_objects! ? b : a))!.scale : null;
+    const where = pairBest !== null && pairBest === def ? ', where both objects of a pair are named most often' : '';
     return [
       `Higher scales follow the prompt more closely only up to a point. This model, judged on ${ev.prompts ? `${ev.prompts} ` : ''}prompts it never saw in training: the right object in ${obj}${pairs}. `,
-      def !== undefined && def !== null ? `So the page starts it at ${def}; Stable Diffusion’s usual default is 7.5.` : '',
+      def !== undefined && def !== null ? `So the page starts it at ${def}${where}; Stable Diffusion’s usual default is 7.5.` : '',
     ];
   }
   return [
