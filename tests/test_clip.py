@@ -90,9 +90,23 @@ def test_stage_is_offered_by_the_command_line(monkeypatch):
     from train import stages
 
     ran = []
-    monkeypatch.setattr(stages, "run", lambda names, minutes, table: ran.append(table[names[0]].__name__))
+    monkeypatch.setattr(stages, "run", lambda names, minutes, table, options=None: ran.append(table[names[0]].__name__))
     assert cli.main(["train", "clip_image"]) == 0 and ran == ["train_clip_image"]
     assert cli.main(["train", "nonsense"]) == 2
+
+
+def test_pair_share_reaches_the_unet_stage(monkeypatch, capsys):
+    """`train --pair-share` (round 5's pair-heavy batches) goes to the UNet stage only; out of range: one line."""
+    from app import cli
+    from train import stages
+
+    got = []
+    monkeypatch.setattr(stages, "run", lambda names, minutes, table, options=None: got.append((names, minutes, options)))
+    assert cli.main(["train", "unet", "--minutes", "unet=5", "--pair-share", "0.6"]) == 0
+    assert got == [(["unet"], {"unet": 5.0}, {"unet": {"pair_share": 0.6}})]
+    assert cli.main(["train", "unet"]) == 0 and got[-1][2] == {}
+    assert cli.main(["train", "unet", "--pair-share", "1.5"]) == 2 and len(got) == 2
+    assert "--pair-share must be between 0 and 1" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -174,11 +174,12 @@ def test_default_unet_int8c_integer_kernels_and_fp32_layers(default_unet_int8c):
 
 
 def test_default_unet_int8c_error_vs_fp32(default_unet_int8c, default_bundle, tmp_path):
-    """Measured 0.006-0.0095 relative rms (as int8w-all's stored-weight rounding); with conv_in and conv_out
-    in int8 too, 0.014: the bound fails if the fp32 layers are lost."""
+    """Measured 0.006-0.0095 relative rms on round 4's UNet (as int8w-all's stored-weight rounding), 0.0065-0.0125
+    on round 5's; with conv_in and conv_out in int8 too it is over 1.3x that at the same timesteps, so the
+    relative check fails if the fp32 layers are lost, whatever the weights."""
     path, fp32, feeds, dims = default_unet_int8c
     errs = _relative_errors(fp32, path, feeds)
-    assert all(0 < e < 0.012 for e in errs), errs
+    assert all(0 < e < 0.02 for e in errs), errs
     everything = int8_compute(default_bundle / "unet.onnx", keep_fp32=())
     (tmp_path / "all.onnx").write_bytes(freeze_shapes(everything, dims).SerializeToString())
     worse = _relative_errors(fp32, tmp_path / "all.onnx", feeds)
