@@ -133,6 +133,7 @@ def test_stages_open_in_place_and_in_the_url(page):
     assert p.evaluate("document.getAnimations().length") > 0
     for part in ("latent", "unet", "guidance", "scheduler", "x0"):
         assert p.locator(f"[data-testid=stage-detail] [data-part={part}]").count() == 1, part
+    p.wait_for_function("() => new URL(location.href).searchParams.get('view') === 'refiner'")  # written after the paint
     assert parse_qs(urlsplit(p.url).query)["view"] == ["refiner"]
     assert re.search(r"step \d+ of 6, timestep \d+", detail.inner_text())
     p.click("[data-testid=stage-guidance]")
@@ -213,6 +214,7 @@ def test_walk_through_the_run(page):
             p.wait_for_selector("[data-part=guidance][data-tour-on]")
             p.wait_for_timeout(500)
             shot(page, "walk-6-guidance")
+    p.wait_for_function("() => new URL(location.href).searchParams.get('tour') === '10'")  # written after the paint
     assert parse_qs(urlsplit(p.url).query)["tour"] == ["10"]
     p.keyboard.press("ArrowRight")
     p.wait_for_selector("[data-testid=tour][data-id=seeds]")

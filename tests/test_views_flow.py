@@ -149,7 +149,8 @@ def test_timeline_keys_strip_and_decoder_sizes(page):
     p.evaluate("document.activeElement.blur()")
     p.keyboard.press("ArrowLeft")
     wait_step(page, 2)
-    # and the picked step is in the URL
+    # and the picked step is in the URL (written once the frame has painted: state/url.svelte.ts)
+    p.wait_for_function("() => new URLSearchParams(location.search).get('step') === '2'", timeout=5_000)
     assert parse_qs(urlsplit(p.url).query)["step"] == ["2"]
 
     # the decoder states the model facts' sizes and their ratio
