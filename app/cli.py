@@ -501,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pair-share",
         type=float,
         metavar="SHARE",
-        help="unet: the share of each batch drawn from two-object scenes (default: the data's own, 0.35)",
+        help="unet: the share of each batch drawn from two-object scenes (default: the training data's own, 31%%)",
     )
     p.add_argument(
         "--continue-from",
