@@ -79,6 +79,10 @@ export class EngineClient {
   /** The reader's run the worker is still on (its steps, previews or CLIP scores to come), or null:
    * off-screen views hold still until it is done (components/Held.svelte). */
   inFlight = $state<number | null>(null);
+  /** Whether the worker is still on this run (its steps, previews or CLIP's scores to come). */
+  workingOn(t: Trace | null | undefined): boolean {
+    return !!t && this.inFlight === t.runId;
+  }
   runError = $state<string | null>(null);
   settings = $state.raw<EngineSettings>({ bundleUrl: '/bundle/', provider: 'auto', threads: 0 });
   /** Runs the explainer asks for beside the reader's (other guidance scales, other seeds), by key;
