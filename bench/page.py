@@ -241,23 +241,18 @@ LONGTASKS = """() => { window.__longTasks = []; try { new PerformanceObserver((l
   window.__longTasks.push({ start: e.startTime, ms: e.duration }); }).observe({ type: 'longtask', buffered: true }); } catch (e) {} }"""
 
 
-# One click on Generate, timed on the page's clock by the Trace's own updates (no polling): the final
-# image's arrival, and "settled": every expected preview decoded and CLIP's scores in (when the bundle
-# has CLIP), the worker done with the run (off-screen views catch up then), then the next animation
-# frame (the views have painted).
+# One click on Generate, timed on the page's clock: the final image's arrival (by the Trace's own
+# updates), and "settled": the worker done with the run (run-settled, after every preview and CLIP's
+# scores: main[data-in-flight] goes, and the off-screen views catch up then), then the next animation
+# frame (the views have painted). No polling: a Trace hook and a MutationObserver.
 CLICK_TO_SETTLED = """() => new Promise((resolve) => {
-  const before = window.__lastTrace?.runId ?? 0; const hasClip = !!window.__engineInfo?.bundle?.hasClip;
+  const before = window.__lastTrace?.runId ?? 0;
   let t0 = 0, imageMs = 0;
-  const expected = (t) => { const k = t.request.previewEvery; if (!k) return [];
-    return t.steps.filter((s, i) => i % k === 0 || i === t.steps.length - 1); };
   window.__onTrace = (t) => {
     if (!t || t.runId <= before) return;
-    const now = performance.now();
-    if (t.image && !imageMs) imageMs = now - t0;
-    const done = t.done && (t.cancelled || (expected(t).every((s) => s.image) && (!hasClip || t.clip)));
-    if (imageMs && done) { window.__onTrace = null; whenLetGo(); }
+    if (t.image && !imageMs) imageMs = performance.now() - t0;
+    if (imageMs && t.done) { window.__onTrace = null; whenLetGo(); }
   };
-  // settled once the worker let go of the run too (run-settled): off-screen views catch up then
   const whenLetGo = () => { const m = document.querySelector('main');
     const end = () => requestAnimationFrame(() => resolve({ image_ms: imageMs, settled_ms: performance.now() - t0 }));
     if (!m?.hasAttribute('data-in-flight')) return end();
