@@ -108,8 +108,8 @@ def default_bundle(log=print) -> Path:
         have = json.loads((small / "manifest.json").read_text(encoding="utf-8"))
         same = all(have.get(k) == source.get(k) for k in ("created", "source_fingerprint"))
         same = same and "fixed_sizes" in have.get("quality", {}).get("components", {}).get(
-            "vae_decoder", {}
-        )  # derived before export/freeze.py
+            "text_encoder", {}
+        )  # derived before export/freeze.py fixed the text encoder's window
         if same and all(have.get("components", {}).get(c, {}).get("precision") == p for c, p in want.items()):
             return small
         log(f"{fp32.name} or the {SMALL_TARGET!r} recipe changed since {small.name} was derived; deriving it again…")

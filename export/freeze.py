@@ -1,5 +1,6 @@
 """Fixed input sizes for the models the runtime always calls at one size (the UNet: batch 2, the
-bundle's latent size, the tokenizer's window; the VAE decoder: batch 1).
+bundle's latent size, the tokenizer's window; the VAE decoder: batch 1), and the text encoder's
+token window (its batch varies: two prompts for guidance, any number for CLIP).
 
 A torch export computes every reshape from `Shape` at run time: the default UNet carries 3,878
 nodes, most of them shape arithmetic, which onnxruntime folds again at every session creation
@@ -20,27 +21,28 @@ WEIGHT_ELEMENTS = 256  # initializers this large are weights, not shape constant
 FOLD_LIMIT_BYTES = 1 << 30  # one protobuf holds < 2 GB; a larger UNet (SD 1.5 in fp32/fp16) keeps dynamic shapes
 
 
-def fixed_sizes(model, feeds: dict) -> dict[str, int]:
-    """Each named input dimension → its size in `feeds` (the verification inputs: the runtime's own sizes)."""
+def fixed_sizes(model, feeds: dict, only=None) -> dict[str, int]:
+    """Each named input dimension → its size in `feeds` (the verification inputs: the runtime's own sizes);
+    `only`: just these (input name, axis) dimensions."""
     dims = {}
     for value in model.graph.input:
         if value.name in feeds:
-            for d, size in zip(value.type.tensor_type.shape.dim, feeds[value.name].shape):
-                if d.dim_param:
+            for axis, (d, size) in enumerate(zip(value.type.tensor_type.shape.dim, feeds[value.name].shape)):
+                if d.dim_param and (only is None or (value.name, axis) in only):
                     dims[d.dim_param] = int(size)
     return dims
 
 
-def freeze_file(folder: Path, rels: list[str], feeds: dict, chunk_bytes: int) -> tuple[list[str], dict]:
+def freeze_file(folder: Path, rels: list[str], feeds: dict, chunk_bytes: int, only=None) -> tuple[list[str], dict]:
     """Fix the sizes of the model file folder/rels[0] (and its data files) in place, at the sizes of
-    `feeds`; returns its file names and what the quality report says about it."""
+    `feeds` (`only`: see fixed_sizes); returns its file names and what the quality report says about it."""
     import onnx
 
     from .onnxfiles import save_model
 
     model = onnx.load(str(folder / rels[0]), load_external_data=True)
     before = len(model.graph.node)
-    dims = fixed_sizes(model, feeds)
+    dims = fixed_sizes(model, feeds, only)
     try:
         out = freeze_shapes(model, dims) if dims else None
     except Exception as e:  # noqa: BLE001 - an op onnxruntime cannot fold here: the build keeps dynamic sizes and says why

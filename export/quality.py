@@ -49,7 +49,8 @@ def _call_judge(judge, manifest: dict, bundle_dir: Path, seeds: tuple):
     return judge(manifest, bundle_dir)
 
 
-FIXED_SIZE = ("unet", "vae_decoder")  # batch 2 (guidance) and batch 1 at the latent size; the text encoder's batch varies (CLIP)
+# batch 2 (guidance) and batch 1 at the latent size; the text encoder at the tokenizer's window (its batch varies: CLIP)
+FIXED_SIZE = {"unet": None, "vae_decoder": None, "text_encoder": [("input_ids", 1)]}  # None: every size; else (input, axis)
 
 
 def apply_precision(
@@ -97,7 +98,7 @@ def apply_precision(
     for comp in converted:
         new_files[comp] = quantize(fp32_dir / files[comp][0], out_dir / files[comp][0], precision[comp], chunk_bytes)
         if comp in FIXED_SIZE:  # the runtime calls it at one size only; its shape arithmetic folded (export/freeze.py)
-            new_files[comp], fixed[comp] = freeze_file(out_dir, new_files[comp], feeds[comp], chunk_bytes)
+            new_files[comp], fixed[comp] = freeze_file(out_dir, new_files[comp], feeds[comp], chunk_bytes, FIXED_SIZE[comp])
 
         def run(d, rels, feeds=feeds[comp]):
             sess = ort.InferenceSession(str(d / rels[0]), providers=["CPUExecutionProvider"])

@@ -218,6 +218,22 @@ def small_tiny(tiny_bundle, tmp_path_factory):
     return src, out, m, calls
 
 
+def test_the_text_encoders_window_is_fixed_but_any_batch_runs(small_tiny):
+    """CLIP scores any number of prompts through the text encoder: its batch stays free; the outputs match fp32."""
+    import numpy as np
+    import onnxruntime as ort
+
+    src, out, m, _ = small_tiny
+    width = m["tokenizer"]["max_length"]
+    rel = m["components"]["text_encoder"]["files"][0]
+    fp32, small = (ort.InferenceSession(str(d / rel), providers=["CPUExecutionProvider"]) for d in (src, out))
+    for batch in (1, 2, 3):
+        ids = np.random.default_rng(batch).integers(0, 400, (batch, width)).astype(np.int64)
+        a, b = (s.run(["last_hidden_state"], {"input_ids": ids})[0] for s in (fp32, small))
+        assert a.shape == b.shape == (batch, width, a.shape[-1])
+        assert np.abs(a - b).max() <= 0.05 * max(1.0, np.abs(a).max())
+
+
 def test_small_build_of_every_component_with_its_report(small_tiny):
     src, out, m, calls = small_tiny
     q = m["quality"]
@@ -233,7 +249,11 @@ def test_small_build_of_every_component_with_its_report(small_tiny):
     assert unet["nodes"]["after"] < unet["nodes"]["before"]
     assert m["components"]["unet"]["inputs"][0]["shape"] == [2, 4, h, w]
     assert q["components"]["vae_decoder"]["fixed_sizes"] == {"batch_size": 1, "latent_height": h, "latent_width": w}
-    assert "fixed_sizes" not in q["components"]["text_encoder"]  # its batch is the number of prompts CLIP scores
+    # the text encoder at the tokenizer's window; its batch stays the number of prompts (CLIP scores any number)
+    text = q["components"]["text_encoder"]
+    assert text["fixed_sizes"] == {"sequence_length": m["tokenizer"]["max_length"]}
+    assert text["nodes"]["after"] < text["nodes"]["before"]
+    assert m["components"]["text_encoder"]["inputs"][0]["shape"] == ["batch_size", m["tokenizer"]["max_length"]]
     assert q["bundle_bytes"]["this build"] < 0.5 * q["bundle_bytes"]["fp32"]
     assert q["image"]["psnr_db_vs_fp32"]["min"] > 25
     # the judge is asked for four seeds per prompt, for both builds
