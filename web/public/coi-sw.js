@@ -19,9 +19,11 @@
 // soon as it is online; the kept copy when the network fails, or when the server says the file is
 // unchanged). Only the files a visit used are kept (the WASM-only or the WebGPU build of
 // onnxruntime-web, not both), and a copy is written again only when the server's validator (ETag /
-// Last-Modified) changed. The page tells this worker which files it loaded before the worker
-// controlled it ('keep' message). Bundles are not kept here: src/lib/bundleLoader.ts keeps them
-// (checked by sha256) in their own cache.
+// Last-Modified) changed. A first visit is never controlled by this worker (no `clients.claim()`):
+// relaying its ~40 MB through this thread cost the first image CPU time it needs on a small machine.
+// Once that visit's first run is done, the page tells this worker which files it and its engine
+// worker loaded ('keep' message), and they are kept from the HTTP cache. Bundles are not kept here:
+// src/lib/bundleLoader.ts keeps them (checked by sha256) in their own cache.
 
 const ISOLATION = {
   'Cross-Origin-Opener-Policy': 'same-origin',
@@ -39,7 +41,6 @@ const SHELL_CACHE = 'diffusion-explainer-shell-v1';
 const APP_FILE = /^(assets|pyodide|ort|runtime|icons)\/[^/]+$|^(index\.html|manifest\.webmanifest|favicon\.svg)$/;
 
 self.addEventListener('install', () => self.skipWaiting());
-self.addEventListener('activate', (event) => event.waitUntil(self.clients.claim()));
 
 const scope = () => new URL(self.registration.scope);
 
@@ -57,11 +58,12 @@ self.addEventListener('fetch', (event) => {
   const url = new URL(req.url);
   if (url.origin !== self.location.origin) return;
   if (req.cache === 'only-if-cached' && req.mode !== 'same-origin') return;
-  event.respondWith(networkThenKept(req, url, event));
+  event.respondWith(networkThenKept(req, url));
 });
 
 self.addEventListener('message', (event) => {
-  if (event.data?.type === 'keep' && Array.isArray(event.data.urls)) event.waitUntil(keepAll(event.data.urls));
+  if (event.data?.type === 'keep' && Array.isArray(event.data.urls))
+    event.waitUntil(keepAll(event.data.urls).then(() => event.source?.postMessage({ type: 'kept' })));
 });
 
 /** The key an app file is kept under (the page itself under the scope's URL), or null: not kept. */
@@ -74,8 +76,8 @@ function shellKey(req, url) {
   return APP_FILE.test(rel) && !rel.startsWith('pyodide/memory-snapshot-') ? url.origin + url.pathname : null;
 }
 
-/** Network first; when it fails, the kept copy. A good answer is kept (when it changed). */
-async function networkThenKept(req, url, event) {
+/** Network first; when it fails, the kept copy. A good answer is kept (when it changed) and answered from the cache. */
+async function networkThenKept(req, url) {
   const key = shellKey(req, url);
   if (!key) return answer(req, url);
   let res;
@@ -97,7 +99,18 @@ async function networkThenKept(req, url, event) {
     res.body?.cancel().catch(() => {});
     return kept;
   }
-  event.waitUntil(cache.put(key, res.clone()).catch(() => {})); // new or changed: it replaces the old copy
+  // new or changed: it replaces the old copy, and the answer is the kept copy (Chrome keeps compiled
+  // WebAssembly and scripts only beside a Cache API answer, so the next tab compiles nothing again)
+  try {
+    await cache.put(key, res.clone());
+    const stored = await cache.match(key);
+    if (stored) {
+      res.body?.cancel().catch(() => {});
+      return stored;
+    }
+  } catch {
+    /* not kept (quota, an aborted body): the network's answer below */
+  }
   return res;
 }
 

@@ -9,10 +9,10 @@
 // threads, and says so in its provider line. An isolated load clears the flag.
 //
 // Offline: the same service worker keeps the app's files for the next visit without a network, so
-// it is registered on every host, also where the page is isolated already (then without a reload:
-// the page waits at most a few seconds, on its first visit only, until the worker controls it, so
-// the engine worker it starts next is controlled too), and it is told which files the page loaded
-// before it controlled it.
+// it is registered on every host, also where the page is isolated already (then without a reload and
+// without waiting for it: the first visit stays uncontrolled, so its downloads do not pass through the
+// worker), and once the first run is done it is told which files the page and the engine worker
+// loaded (keepForOffline).
 
 const FLAG = 'diffusion-explainer-coi-reload';
 
@@ -20,7 +20,7 @@ const FLAG = 'diffusion-explainer-coi-reload';
 export async function ensureIsolation(): Promise<boolean> {
   if (globalThis.crossOriginIsolated) {
     sessionStorage.removeItem(FLAG);
-    await keepForOffline();
+    registerForOffline();
     return false;
   }
   if (!('serviceWorker' in navigator) || !window.isSecureContext) return false;
@@ -45,23 +45,31 @@ export async function ensureIsolation(): Promise<boolean> {
 const within = <T>(p: Promise<T>, ms: number) =>
   Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`not within ${ms / 1000} s`)), ms))]);
 
-/** Register the service worker where none controls the page yet, then tell it what was loaded. */
-async function keepForOffline() {
+/** Register the service worker (for the next visit); nothing waits for it. */
+function registerForOffline() {
   if (!('serviceWorker' in navigator) || !window.isSecureContext) return;
   // ?bench counts bytes on the wire by Resource Timing, which reports 0 for responses a service
   // worker relays: the benchmark measures the page without its offline worker
   if (new URLSearchParams(location.search).has('bench')) return;
-  const sw = navigator.serviceWorker;
-  if (!sw.controller) {
-    try {
-      await sw.register(new URL('coi-sw.js', document.baseURI));
-      await within(sw.ready, 5000);
-      if (!sw.controller) await within(new Promise((r) => sw.addEventListener('controllerchange', r, { once: true })), 3000);
-    } catch (e) {
-      console.warn(`the offline service worker is not active (${(e as Error).message}): the next visit needs the network`);
-      return;
-    }
+  if (!navigator.serviceWorker.controller)
+    navigator.serviceWorker.register(new URL('coi-sw.js', document.baseURI)).catch((e: Error) => {
+      console.warn(`the offline service worker could not be registered (${e.message}): the next visit needs the network`);
+    });
+}
+
+/** Tell the service worker which files this visit loaded (the page's and `more`, the engine worker's),
+ * so the next visit has them without a network. Called once the first run is done. */
+export async function keepForOffline(more: string[]) {
+  if (!('serviceWorker' in navigator) || !window.isSecureContext) return;
+  if (new URLSearchParams(location.search).has('bench')) return;
+  try {
+    const registration = await within(navigator.serviceWorker.ready, 10_000);
+    navigator.serviceWorker.addEventListener('message', (e: MessageEvent<{ type?: string }>) => {
+      if (e.data?.type === 'kept') document.documentElement.dataset.offline = 'kept'; // the next visit needs no network
+    });
+    const urls = [location.href, ...performance.getEntriesByType('resource').map((e) => e.name), ...more];
+    registration.active?.postMessage({ type: 'keep', urls });
+  } catch (e) {
+    console.warn(`the offline service worker is not active (${(e as Error).message}): the next visit needs the network`);
   }
-  const urls = [location.href, ...performance.getEntriesByType('resource').map((e) => e.name)];
-  sw.controller?.postMessage({ type: 'keep', urls });
 }

@@ -277,6 +277,7 @@ async function init(msg: InitMsg) {
     pythonSnapshot: started.snapshot,
     timingsMs: { pyodide: started.pyodideMs, runtime: started.runtimeMs, bundle: bundleMs, sessions, total: performance.now() - t0 },
     downloadedBytes: bundle.downloadedBytes,
+    loadedUrls: performance.getEntriesByType('resource').map((e) => e.name),
   };
   post({ type: 'status', phase: 'ready', text: 'ready' });
   post({ type: 'ready', info });

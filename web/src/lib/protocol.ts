@@ -220,6 +220,8 @@ export interface EngineInfo {
   };
   /** Bytes fetched over the network for the bundle in this load (0 when all came from the cache). */
   downloadedBytes: number;
+  /** Every file the worker fetched while starting (Resource Timing): what the offline service worker keeps. */
+  loadedUrls: string[];
 }
 
 export interface InitMsg {

@@ -290,6 +290,7 @@ function replayInfo(meta: TraceMeta): EngineInfo {
     request: meta.requestInfo,
     timingsMs: { pyodide: 0, runtime: 0, bundle: 0, sessions: {}, total: 0 },
     downloadedBytes: 0,
+    loadedUrls: [],
   };
 }
 

@@ -15,6 +15,7 @@ import type {
   WorkerBenchResult,
 } from '../lib/protocol';
 import { bundleAddress } from '../derive/bundleCheck';
+import { keepForOffline } from '../isolation';
 import { writeBundle } from './url.svelte';
 
 /** The page's own bundle folder (`diffusion-explainer serve` and the static site put it there). */
@@ -407,6 +408,19 @@ export class EngineClient {
     }
   }
 
+  #kept: (() => void) | null = null;
+  /** The offline worker keeps this visit's files once its first run is done (or 15 s after ready
+   * without one): fetching them again for the cache is work the first image should not wait for. */
+  #keepAfterFirstRun(info: EngineInfo) {
+    if (this.#kept) return;
+    const timer = setTimeout(() => this.#kept?.(), 15_000);
+    this.#kept = () => {
+      clearTimeout(timer);
+      this.#kept = () => {};
+      void keepForOffline(info.loadedUrls);
+    };
+  }
+
   #onMessage(msg: FromWorker) {
     if (msg.type === 'run-step') return this.#queueStep(msg.runId, msg.step);
     if (msg.type !== 'progress' && msg.type !== 'status') this.#flush(); // keeps the messages' order
@@ -422,6 +436,7 @@ export class EngineClient {
         this.notices = [...this.notices, { level: msg.level, text: msg.text }];
         break;
       case 'ready':
+        this.#keepAfterFirstRun(msg.info);
         this.bundlesChanged++;
         this.info = msg.info;
         window.__engineInfo = msg.info;
@@ -461,6 +476,7 @@ export class EngineClient {
         break;
       case 'run-settled':
         if (this.inFlight === msg.runId) this.inFlight = null;
+        this.#kept?.();
         break;
       case 'run-start': {
         const { type: _type, ...plan } = msg;
