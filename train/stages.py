@@ -468,7 +468,7 @@ def about(evaluation: Path | None = None) -> dict:
     that the page's sentences quote (web/src/text/). Every fact names where it comes from: this
     module's own defaults, the scene generator, train/README.md's record of the committed run, the
     CLIP image tower's config, or an evaluation's results.json. `evaluation` (or DX_CARD_EVALUATION)
-    points at the results the guidance facts quote: evaluation/round5/results.json until a later
+    points at the results the guidance facts quote: evaluation/round6/results.json until a later
     round replaces it; re-point it and rerun `package` (or this function) to update the card."""
     import inspect
 
@@ -572,7 +572,7 @@ def about(evaluation: Path | None = None) -> dict:
             "object_retrieval": t.get("object_retrieval_after"),
             "source": "models/default/clip_image/config.json; train/clip_image.py",
         }
-    path = Path(evaluation or os.environ.get("DX_CARD_EVALUATION") or ROOT / "evaluation" / "round5" / "results.json")
+    path = Path(evaluation or os.environ.get("DX_CARD_EVALUATION") or ROOT / "evaluation" / "round6" / "results.json")
     if path.is_file():
         ev = json.loads(path.read_text())
         keys = ("object_accuracy", "background_accuracy", "pair_both_objects")
