@@ -90,6 +90,16 @@ def _npm(cmd: list[str]) -> None:
 SMALL_TARGET = "small"  # export.quantize.DEFAULTS["small"]: compact storage, fp32 compute
 
 
+def _page_steps() -> int:
+    """The steps of the page's default request: the small build's final-image check runs at these (at 10 steps
+    a seed's coarser trajectory can flip to another picture that 25 steps never draws: round 6's cat, 15.6 dB)."""
+    import dataclasses
+
+    from runtime.trace import Request
+
+    return next(f.default for f in dataclasses.fields(Request) if f.name == "steps")
+
+
 def default_bundle(log=print) -> Path:
     """The page's default: bundles/default-small, the `small` build (about a third of the download:
     int8 token table, int8 UNet/CLIP weights, fp16-stored rest; computed in fp32 on every provider)
@@ -110,13 +120,14 @@ def default_bundle(log=print) -> Path:
         same = same and "fixed_sizes" in have.get("quality", {}).get("components", {}).get(
             "text_encoder", {}
         )  # derived before export/freeze.py fixed the text encoder's window
+        same = same and have.get("quality", {}).get("image", {}).get("steps") == _page_steps()
         if same and all(have.get("components", {}).get(c, {}).get("precision") == p for c, p in want.items()):
             return small
         log(f"{fp32.name} or the {SMALL_TARGET!r} recipe changed since {small.name} was derived; deriving it again…")
     else:
         log(f"deriving the page's {SMALL_TARGET!r} build {small.name} from {fp32.name} (first use)…")
     try:
-        derive_bundle(fp32, small, precision=SMALL_TARGET, overwrite=True, quality=(2, 10), progress=stage_lines(log))
+        derive_bundle(fp32, small, precision=SMALL_TARGET, overwrite=True, quality=(2, _page_steps()), progress=stage_lines(log))
     except ExportError as e:
         log(f"note: deriving {small.name} failed ({e}); serving the fp32 bundle {fp32.name}")
         return fp32
