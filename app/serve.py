@@ -93,11 +93,9 @@ SMALL_TARGET = "small"  # export.quantize.DEFAULTS["small"]: compact storage, fp
 def _page_steps() -> int:
     """The steps of the page's default request: the small build's final-image check runs at these (at 10 steps
     a seed's coarser trajectory can flip to another picture that 25 steps never draws: round 6's cat, 15.6 dB)."""
-    import dataclasses
-
     from runtime.trace import Request
 
-    return next(f.default for f in dataclasses.fields(Request) if f.name == "steps")
+    return Request.steps
 
 
 def default_bundle(log=print) -> Path:

@@ -45,12 +45,13 @@ export async function ensureIsolation(): Promise<boolean> {
 const within = <T>(p: Promise<T>, ms: number) =>
   Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`not within ${ms / 1000} s`)), ms))]);
 
+/** Whether this page has an offline worker: not without service workers, and not under ?bench, which
+ * counts bytes on the wire by Resource Timing (0 for responses a service worker relays). */
+const offline = () => 'serviceWorker' in navigator && window.isSecureContext && !new URLSearchParams(location.search).has('bench');
+
 /** Register the service worker (for the next visit); nothing waits for it. */
 function registerForOffline() {
-  if (!('serviceWorker' in navigator) || !window.isSecureContext) return;
-  // ?bench counts bytes on the wire by Resource Timing, which reports 0 for responses a service
-  // worker relays: the benchmark measures the page without its offline worker
-  if (new URLSearchParams(location.search).has('bench')) return;
+  if (!offline()) return;
   if (!navigator.serviceWorker.controller)
     navigator.serviceWorker.register(new URL('coi-sw.js', document.baseURI)).catch((e: Error) => {
       console.warn(`the offline service worker could not be registered (${e.message}): the next visit needs the network`);
@@ -60,8 +61,7 @@ function registerForOffline() {
 /** Tell the service worker which files this visit loaded (the page's and `more`, the engine worker's),
  * so the next visit has them without a network. Called once the first run is done. */
 export async function keepForOffline(more: string[]) {
-  if (!('serviceWorker' in navigator) || !window.isSecureContext) return;
-  if (new URLSearchParams(location.search).has('bench')) return;
+  if (!offline()) return;
   try {
     const registration = await within(navigator.serviceWorker.ready, 10_000);
     navigator.serviceWorker.addEventListener('message', (e: MessageEvent<{ type?: string }>) => {

@@ -408,17 +408,13 @@ export class EngineClient {
     }
   }
 
-  #kept: (() => void) | null = null;
+  #offlineKept = false;
   /** The offline worker keeps this visit's files once its first run is done (or 15 s after ready
    * without one): fetching them again for the cache is work the first image should not wait for. */
-  #keepAfterFirstRun(info: EngineInfo) {
-    if (this.#kept) return;
-    const timer = setTimeout(() => this.#kept?.(), 15_000);
-    this.#kept = () => {
-      clearTimeout(timer);
-      this.#kept = () => {};
-      void keepForOffline(info.loadedUrls);
-    };
+  #keepForOffline() {
+    if (this.#offlineKept || !this.info) return;
+    this.#offlineKept = true;
+    void keepForOffline(this.info.loadedUrls);
   }
 
   #onMessage(msg: FromWorker) {
@@ -436,7 +432,7 @@ export class EngineClient {
         this.notices = [...this.notices, { level: msg.level, text: msg.text }];
         break;
       case 'ready':
-        this.#keepAfterFirstRun(msg.info);
+        setTimeout(() => this.#keepForOffline(), 15_000);
         this.bundlesChanged++;
         this.info = msg.info;
         window.__engineInfo = msg.info;
@@ -476,7 +472,7 @@ export class EngineClient {
         break;
       case 'run-settled':
         if (this.inFlight === msg.runId) this.inFlight = null;
-        this.#kept?.();
+        this.#keepForOffline();
         break;
       case 'run-start': {
         const { type: _type, ...plan } = msg;
