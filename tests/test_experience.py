@@ -268,6 +268,7 @@ def test_status_both_times_and_one_queue(page):
     assert re.match(r"[\d.]+ (s|ms)", model), model
     to_s = lambda t: float(t.split()[0]) * (1 if t.split()[1] == "s" else 0.001)  # noqa: E731
     assert to_s(wait) >= to_s(model)
+    old_run = p.evaluate("window.__lastTrace.runId")
     # side runs: the guidance row queues its runs, each in the queue with its own Stop
     p.click("[data-testid=guidance-row-run]")
     p.wait_for_function("() => document.querySelectorAll('[data-testid=job][data-main=false]').length >= 2")
@@ -284,7 +285,35 @@ def test_status_both_times_and_one_queue(page):
     p.click("[data-testid=generate]")
     p.wait_for_selector("[data-testid=jobs-note]")
     assert "Your new run went first" in p.inner_text("[data-testid=jobs-note]")
-    p.wait_for_selector("[data-testid=run][data-state=done]", timeout=RUN_TIMEOUT_MS)
+    # the new run runs to its end (a Stop meant for the side run once stopped it at once)
+    p.wait_for_function(f"() => window.__lastTrace?.runId > {old_run} && window.__lastTrace.done", timeout=RUN_TIMEOUT_MS)
+    assert p.evaluate("[window.__lastTrace.cancelled, window.__lastTrace.steps.length]") == [False, 6]
+
+
+def test_generate_right_after_stop_runs(page):
+    """Stop then Generate in one moment: the new run runs. The worker used to set the shared stop flag
+    again when the Stop's message reached it, after the page had cleared the flag for the new run."""
+    p = page.page
+    page.open("?provider=wasm")
+    run(page, steps=25, settle=False)
+    first = p.wait_for_function("() => window.__lastTrace?.runId", timeout=RUN_TIMEOUT_MS).json_value()
+    # the reader's run is filling the views (previews decoding): its Stop and Generate in one task,
+    # so both messages are on their way before the worker reads either
+    p.wait_for_function(
+        """() => {
+            const main = document.querySelector('[data-testid=job][data-main=true]');
+            const stop = main?.querySelector('[data-testid=job-stop]');
+            const go = document.querySelector('[data-testid=generate]');
+            if (main?.dataset.state !== 'decoding' || !stop || !go || go.disabled) return false;
+            stop.click();
+            go.click();
+            return true;
+        }""",
+        polling="raf",
+        timeout=RUN_TIMEOUT_MS,
+    )
+    p.wait_for_function(f"() => window.__lastTrace?.runId > {first} && window.__lastTrace.done", timeout=RUN_TIMEOUT_MS)
+    assert p.evaluate("[window.__lastTrace.cancelled, window.__lastTrace.steps.length]") == [False, 25]
 
 
 # ---- 6. keyboard and screen readers ---------------------------------------------------------------------------

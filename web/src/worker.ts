@@ -69,8 +69,9 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
   } else if (msg.type === 'open-bundle') {
     void openBundle(msg);
   } else if (msg.type === 'stop') {
+    // With a shared flag the page has set it already: setting it here again could land after the page
+    // cleared it for its next run (a Generate right after a Stop), and that run would stop at once.
     stopRequested = true;
-    if (stopView) Atomics.store(stopView, 0, 1);
   }
 };
 
