@@ -338,9 +338,11 @@ def cmd_train(a) -> int:
     unknown = [s for s in a.stages if s not in table]
     if unknown:
         return _fail(f"unknown stage {unknown[0]!r}; choose from {', '.join(table)}")
-    if a.pair_share is not None and not 0 <= a.pair_share <= 1:
-        return _fail(f"--pair-share must be between 0 and 1, not {a.pair_share}")
-    options = {"unet": {"pair_share": a.pair_share}} if a.pair_share is not None else {}
+    for flag, share in (("--pair-share", a.pair_share), ("--hard-share", a.hard_share)):
+        if share is not None and not 0 <= share <= 1:
+            return _fail(f"{flag} must be between 0 and 1, not {share}")
+    unet = {k: v for k, v in (("pair_share", a.pair_share), ("hard_share", a.hard_share)) if v is not None}
+    options = {"unet": unet} if unet else {}
     stages.run(a.stages or stages.MODEL_STAGES, {k: float(v) for k, v in (m.split("=") for m in a.minutes)}, table, options)
     return 0
 
@@ -502,6 +504,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SHARE",
         help="unet: the share of each batch drawn from two-object scenes (default: the training data's own, 31%%)",
+    )
+    p.add_argument(
+        "--hard-share",
+        type=float,
+        metavar="SHARE",
+        help="unet: the share of each batch's single-object scenes drawn from those where the object is "
+        "camouflaged on its background (default: the data's own)",
     )
     p.add_argument(
         "--continue-from",

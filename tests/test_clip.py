@@ -107,6 +107,10 @@ def test_pair_share_reaches_the_unet_stage(monkeypatch, capsys):
     assert cli.main(["train", "unet"]) == 0 and got[-1][2] == {}
     assert cli.main(["train", "unet", "--pair-share", "1.5"]) == 2 and len(got) == 2
     assert "--pair-share must be between 0 and 1" in capsys.readouterr().err
+    assert cli.main(["train", "unet", "--pair-share", "0.5", "--hard-share", "0.35"]) == 0
+    assert got[-1][2] == {"unet": {"pair_share": 0.5, "hard_share": 0.35}}
+    assert cli.main(["train", "unet", "--hard-share", "-0.1"]) == 2
+    assert "--hard-share must be between 0 and 1" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -41,3 +41,31 @@ def test_captions_name_what_is_drawn():
         for o in sc.objects:
             assert any(p in sc.caption for p in S.OBJECTS[o][2]), sc.caption
         assert any(p in sc.caption for p in S.BACKGROUNDS[sc.background][1]) or S.BACKGROUND_NAMES[sc.background] in sc.caption
+
+
+def test_camouflage_measures_objects_on_their_own_colour():
+    """A star on yellow vanishes, a key on blue does not, and the held-out doughnut on orange is the
+    doughnut's most camouflaged background (round 6 drew only its icing there)."""
+    star, key, dough = (S.OBJECT_NAMES.index(n) for n in ("star", "key", "doughnut"))
+    bg = S.BACKGROUND_NAMES.index
+    assert S.camouflage(star, bg("yellow")) > 0.9
+    assert S.camouflage(key, bg("blue")) < 0.05
+    scores = [S.camouflage(dough, b) for b in range(len(S.BACKGROUNDS))]
+    assert max(scores) == scores[bg("orange")] == scores[S.held_out_background(dough)] > 0.2
+
+
+def test_batch_groups_draw_the_asked_shares():
+    """`train --pair-share/--hard-share`: a batch's make-up; the groups split the data, every camouflaged
+    single object scores above the bar and no other does."""
+    from train.stages import batch_groups
+
+    _, _, objects, backgrounds = S.build_dataset(600, seed=5)
+    groups, counts = batch_groups(objects, backgrounds, 32, pair_share=0.5, hard_share=0.35)
+    assert counts == [16, 6, 10]
+    assert sorted(np.concatenate(groups).tolist()) == list(range(600))
+    assert (objects[groups[0]].sum(1) == 2).all() and (objects[groups[1]].sum(1) == 1).all()
+    camo = lambda i: S.camouflage(int(objects[i].argmax()), int(backgrounds[i]))  # noqa: E731
+    assert all(camo(i) > 0.3 for i in groups[1]) and all(camo(i) <= 0.3 for i in groups[2])
+    # left None, each share is the data's own
+    _, natural = batch_groups(objects, backgrounds, 32)
+    assert natural[0] == round(32 * (objects.sum(1) == 2).mean())

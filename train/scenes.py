@@ -136,6 +136,22 @@ def emoji_image(short_name: str) -> Image.Image:
     return Image.open(EMOJI_DIR / "img" / "twitter" / "64" / meta[short_name]["image"]).convert("RGBA")
 
 
+CAMOUFLAGE_RGB = 70  # an object pixel this close (RGB distance) to the background's colour is hard to see on it
+
+
+@cache
+def camouflage(obj: int, bg: int) -> float:
+    """The share of the object's opaque pixels within CAMOUFLAGE_RGB of the background's colour (either
+    colour of a two-colour scene): how much of it would vanish there. Why: the model's held-out misses
+    are objects on their own colour (a doughnut's orange dough on orange, a pink pig on pink)."""
+    rgba = np.asarray(emoji_image(OBJECTS[obj][0]), dtype=np.float32)
+    pixels = rgba[..., :3][rgba[..., 3] > 128]
+    _, _, top, bottom = BACKGROUNDS[bg]
+    colours = [c for c in (top, bottom) if c is not None]
+    near = np.min([np.linalg.norm(pixels - np.float32(c), axis=1) for c in colours], axis=0)
+    return float((near < CAMOUFLAGE_RGB).mean())
+
+
 def _article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
 

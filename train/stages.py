@@ -345,6 +345,17 @@ def encode():
 
 
 # ---------------------------------------------------------------- UNet
+def batch_groups(objects, backgrounds, batch, pair_share=None, hard_share=None, hard_above=0.3):
+    """Each batch's make-up: (index arrays of the two-object scenes, the camouflaged single objects, the
+    other single objects; how many of each a batch draws). A share left None keeps the data's own."""
+    is_pair = objects.sum(1) == 2
+    single = np.nonzero(~is_pair)[0]
+    hard = np.array([S.camouflage(int(objects[i].argmax()), int(backgrounds[i])) > hard_above for i in single], bool)
+    n_pairs = round(batch * (is_pair.mean() if pair_share is None else pair_share))
+    n_hard = round((batch - n_pairs) * (hard.mean() if hard_share is None else hard_share))
+    return [np.nonzero(is_pair)[0], single[hard], single[~hard]], [n_pairs, n_hard, batch - n_pairs - n_hard]
+
+
 def train_unet(
     minutes: float = 88.0,
     batch: int = 32,
@@ -352,12 +363,17 @@ def train_unet(
     dropout: float = 0.1,
     min_snr: float = 5.0,
     pair_share: float | None = None,
+    hard_share: float | None = None,
+    hard_above: float = 0.3,
 ):
     """Epsilon prediction on SD's schedule, with two choices that make a fixed CPU budget go further:
     Min-SNR-γ loss weights (Hang et al. 2023: the easy low-noise steps stop dominating the gradient)
     and a cosine learning-rate decay to the end of the time budget (the last minutes anneal).
     pair_share: the share of each batch drawn from two-object scenes (None: as the training data has them,
-    31% once the held-out pairs are left out); round 5 raised it because pairs had stopped rising."""
+    31% once the held-out pairs are left out); round 5 raised it because pairs had stopped rising.
+    hard_share: the share of the single-object part of each batch drawn from scenes where the object is
+    camouflaged on its background (scenes.camouflage > hard_above); round 7 raised it because the held-out
+    misses were objects on their own colour."""
     from diffusers import DDPMScheduler
 
     torch.manual_seed(3)
@@ -380,20 +396,24 @@ def train_unet(
     )
     alphas = noise_sched.alphas_cumprod.to(dev)
     gen = torch.Generator().manual_seed(3000 + ck.step)
-    if pair_share is not None:
-        cache = _dataset_cache()  # only the objects array: the cache's images are half a gigabyte
-        objects = np.load(cache)["objects"] if cache.exists() else _dataset()[2]
-        is_pair = torch.from_numpy(objects.sum(1) == 2)
-        assert len(is_pair) == len(latents), "encoded.pt and the scene cache disagree"
-        groups = [torch.nonzero(is_pair).flatten(), torch.nonzero(~is_pair).flatten()]
-        n_pairs = round(batch * pair_share)
-        log.info("unet: %d of %d in each batch from the %d two-object scenes", n_pairs, batch, len(groups[0]))
+    groups, counts = [np.arange(len(latents))], [batch]  # one group: batches as the data has them
+    if pair_share is not None or hard_share is not None:
+        cache = _dataset_cache()  # only the label arrays: the cache's images are half a gigabyte
+        if cache.exists():
+            with np.load(cache) as d:
+                objects, backgrounds = d["objects"], d["backgrounds"]
+        else:
+            objects, backgrounds = _dataset()[2:]
+        assert len(objects) == len(latents), "encoded.pt and the scene cache disagree"
+        groups, counts = batch_groups(objects, backgrounds, batch, pair_share, hard_share, hard_above)
+        log.info(
+            "unet: each batch of %d: %d of the %d two-object scenes, %d of the %d camouflaged single objects, %d of the other %d",
+            batch, *(x for g, k in zip(groups, counts) for x in (k, len(g))),
+        )
+    groups = [torch.from_numpy(g) for g in groups]
 
     def sample(n):
-        if pair_share is None:
-            return torch.randint(0, len(latents), (n,), generator=gen)
-        pick = [g[torch.randint(0, len(g), (k,), generator=gen)] for g, k in zip(groups, (n_pairs, n - n_pairs))]
-        return torch.cat(pick)
+        return torch.cat([g[torch.randint(0, len(g), (k,), generator=gen)] for g, k in zip(groups, counts) if k])
 
     def step(i):
         _set_lr(opt, lr, i, min(1.0, ck.elapsed / (minutes * 60)), warmup=200)
