@@ -408,7 +408,8 @@ def train_unet(
         groups, counts = batch_groups(objects, backgrounds, batch, pair_share, hard_share, hard_above)
         log.info(
             "unet: each batch of %d: %d of the %d two-object scenes, %d of the %d camouflaged single objects, %d of the other %d",
-            batch, *(x for g, k in zip(groups, counts) for x in (k, len(g))),
+            batch,
+            *(x for g, k in zip(groups, counts) for x in (k, len(g))),
         )
     groups = [torch.from_numpy(g) for g in groups]
 
