@@ -34,6 +34,14 @@ def test_second_visit_works_offline(browser, web_dist, default_small_bundle):
     try:
         page.open("?provider=wasm")
         assert p.evaluate("crossOriginIsolated")
+        # before anything is kept for offline, the engine put its WebAssembly in the offline worker's cache
+        # and compiled it from there: Chrome keeps the compiled code beside that copy, which later visits use
+        kept = p.evaluate(
+            "async () => (await (await caches.open('diffusion-explainer-shell-v1')).keys()).map(r => new URL(r.url).pathname)"
+        )
+        assert any(k.endswith("/pyodide/pyodide.asm.wasm") for k in kept), kept
+        assert any(k.endswith("/ort/ort-wasm-simd-threaded.wasm") for k in kept), kept
+        assert not any(k.endswith("/runtime/runtime.zip") for k in kept), "kept before the first run"
         # the web app manifest: installable (name, icons 192/512, start_url, standalone) and served
         href = p.get_attribute("link[rel=manifest]", "href")
         manifest = p.evaluate("async (h) => (await fetch(h)).json()", href)

@@ -14,6 +14,8 @@
 // worker), and once the first run is done it is told which files the page and the engine worker
 // loaded (keepForOffline).
 
+import { SHELL_CACHE } from './lib/wasmCache';
+
 const FLAG = 'diffusion-explainer-coi-reload';
 
 /** true when the page is about to reload (the caller must not start the app). */
@@ -48,6 +50,12 @@ const within = <T>(p: Promise<T>, ms: number) =>
 /** Whether this page has an offline worker: not without service workers, and not under ?bench, which
  * counts bytes on the wire by Resource Timing (0 for responses a service worker relays). */
 const offline = () => 'serviceWorker' in navigator && window.isSecureContext && !new URLSearchParams(location.search).has('bench');
+
+/** The offline worker's cache when this visit has that worker but is not answered by it (a first
+ * visit): the engine then keeps its WebAssembly there itself and compiles it from there (lib/wasmCache.ts). */
+export function engineWasmCache(): string | null {
+  return offline() && !navigator.serviceWorker.controller ? SHELL_CACHE : null;
+}
 
 /** Register the service worker (for the next visit); nothing waits for it. */
 function registerForOffline() {

@@ -23,6 +23,7 @@ import {
   saveSnapshot,
   snapshotKey,
 } from './lib/pythonSnapshot';
+import { compileFromCache } from './lib/wasmCache';
 import type { BenchOptions, EngineInfo, FromWorker, InitMsg, Provider, RequestMsg, ToWorker } from './lib/protocol';
 import type { CheckManifest, EngineDescription, PythonEngine, WebModule } from './lib/pythonEngine';
 
@@ -236,6 +237,8 @@ async function loadOrt(provider: Provider, threads: number, adapter: unknown) {
 async function init(msg: InitMsg) {
   const t0 = performance.now();
   stopView = msg.stopFlag ? new Int32Array(msg.stopFlag) : null;
+  // before Python and onnxruntime fetch their WebAssembly
+  if (msg.wasmCache && 'caches' in self) self.fetch = compileFromCache(self.fetch.bind(self), BASE, msg.wasmCache, caches);
   const bundleUrl = new URL(msg.bundleUrl, self.location.href).href;
   if (msg.bench) watchWasmMemories();
 

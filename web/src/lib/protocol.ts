@@ -234,6 +234,9 @@ export interface InitMsg {
   stopFlag: SharedArrayBuffer | null;
   /** The bench view: record WebAssembly memories as they are created, for peak-memory figures. */
   bench?: boolean;
+  /** The offline worker's cache, on a visit it does not answer yet: keep the engine's WebAssembly there
+   * and compile it from there (lib/wasmCache.ts). */
+  wasmCache?: string;
 }
 
 // ---- the bench view (?bench): timings of this machine, see bench/bench.ts and bench/workerBench.ts -------------------------

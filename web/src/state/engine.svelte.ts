@@ -15,7 +15,7 @@ import type {
   WorkerBenchResult,
 } from '../lib/protocol';
 import { bundleAddress } from '../derive/bundleCheck';
-import { keepForOffline } from '../isolation';
+import { engineWasmCache, keepForOffline } from '../isolation';
 import { writeBundle } from './url.svelte';
 
 /** The page's own bundle folder (`diffusion-explainer serve` and the static site put it there). */
@@ -155,6 +155,7 @@ export class EngineClient {
       threads: settings.threads,
       stopFlag: this.#stopFlag,
       ...(settings.bench ? { bench: true } : {}),
+      ...((wasmCache) => (wasmCache ? { wasmCache } : {}))(engineWasmCache()),
     });
   }
 
