@@ -22,7 +22,9 @@
 // Last-Modified) changed. A first visit is never controlled by this worker (no `clients.claim()`):
 // relaying its ~40 MB through this thread cost the first image CPU time it needs on a small machine.
 // Once that visit's first run is done, the page tells this worker which files it and its engine
-// worker loaded ('keep' message), and they are kept from the HTTP cache. Bundles are not kept here:
+// worker loaded ('keep' message), and they are kept from the HTTP cache. On that first visit the engine
+// worker has already put its WebAssembly here itself and compiled it from here (src/lib/wasmCache.ts),
+// so the compiled code Chrome keeps beside a Cache API entry is there for the next visit. Bundles are not kept here:
 // src/lib/bundleLoader.ts keeps them (checked by sha256) in their own cache.
 
 const ISOLATION = {

@@ -148,6 +148,7 @@ export class EngineClient {
     // resolved here: relative to the page, not to the worker's script; a folder URL ends in '/'
     const bundleUrl = new URL(settings.bundleUrl, location.href);
     if (!bundleUrl.pathname.endsWith('/')) bundleUrl.pathname += '/';
+    const wasmCache = engineWasmCache();
     this.#send({
       type: 'init',
       bundleUrl: bundleUrl.href,
@@ -155,7 +156,7 @@ export class EngineClient {
       threads: settings.threads,
       stopFlag: this.#stopFlag,
       ...(settings.bench ? { bench: true } : {}),
-      ...((wasmCache) => (wasmCache ? { wasmCache } : {}))(engineWasmCache()),
+      ...(wasmCache ? { wasmCache } : {}),
     });
   }
 
