@@ -105,13 +105,31 @@ JUDGE_FAILS_BELOW = 0.9  # a prompt the judge gets right on fewer real renders t
 
 
 @torch.no_grad()
-def judge_on_real_renders(judge, held, n: int = REAL_RENDERS, seed: int = 505, threshold: float = JUDGE_FAILS_BELOW) -> dict:
+def through_vae(vae, images: np.ndarray) -> np.ndarray:
+    """uint8 images → the VAE's reconstructions (encoder mean, decoder), uint8: what the decoder can give back."""
+    flat = images.reshape(-1, *images.shape[-3:])
+    out = []
+    for i in range(0, len(flat), 100):
+        x = M.to_tensor(flat[i : i + 100])
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+        out.append(((rec + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out).reshape(images.shape)
+
+
+@torch.no_grad()
+def judge_on_real_renders(
+    judge, held, n: int = REAL_RENDERS, seed: int = 505, threshold: float = JUDGE_FAILS_BELOW, vae=None
+) -> dict:
     """The judge on n real renders of every held-out prompt (placed and sized as the data generator draws captions
     without position words): per prompt, the share it gets right (single: object top-1 and background; pair: both
-    objects as its top 2). A prompt right on under `threshold` is one where the judge itself fails, not the model."""
+    objects as its top 2). A prompt right on under `threshold` is one where the judge itself fails, not the model.
+    With `vae`, on the VAE's reconstructions of those renders: a prompt right there on under half is one the
+    decoder cannot give back, so no UNet can (round 7: the doughnut on orange comes back with green icing)."""
     from . import metrics as X
 
     imgs = X.real_scenes(held, n, seed=seed)
+    if vae is not None:
+        imgs = through_vae(vae, imgs)
     top, bg = judge_images(judge, imgs)
     top, bg = top.reshape(len(held), n, -1), bg.reshape(len(held), n)
     per = []
@@ -247,6 +265,8 @@ def main(args) -> int:
         real_dist["clip_real_shuffled"] = X.clip_score(clip, real_a, shuffled)
     judge_real = judge_on_real_renders(judge, held)
     real_rate = {p["prompt"]: p["right"] for p in judge_real["per_prompt"]}
+    judge_vae = judge_on_real_renders(judge, held, vae=pipe.vae)
+    vae_rate = {p["prompt"]: p["right"] for p in judge_vae["per_prompt"]}
     timing["ceilings"] = time.time() - t
 
     div_idx = single[:: max(1, len(single) // o["diversity_prompts"])][: o["diversity_prompts"]]
@@ -277,6 +297,7 @@ def main(args) -> int:
         hits = _per_prompt(top, bg, held, single)
         below = [(prompts[i], h) for i, h in zip(single, hits) if 2 * h < n]
         judge_fails = [p for p, _ in below if real_rate[p] < JUDGE_FAILS_BELOW]
+        vae_fails = [p for p, _ in below if 2 * vae_rate[p] < 1]
         f = X.features(judge, images)
         fid = X.fid(f, fa[:, :n].reshape(-1, fa.shape[-1]))
         cs = X.clip_score(clip, images, prompts) if clip else float("nan")
@@ -292,6 +313,7 @@ def main(args) -> int:
                 "single_prompts_below_half": below,
                 "single_hits": hits,
                 "below_half_judge_fails_on_real": judge_fails,
+                "below_half_vae_fails": vae_fails,
                 "fid": fid,
                 "fid_real_vs_real": real_dist["fid_real_vs_real"][n],
                 "clip_score": cs,
@@ -376,20 +398,23 @@ def main(args) -> int:
         "",
         "| guidance | seeds | object accuracy | background accuracy | pairs: both objects | pairs: background "
         "| single prompts: fewest seeds right | prompts under half | of them, judge fails on real renders "
-        "| FID (judge features) | CLIP score |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| of them, the VAE cannot give them back | FID (judge features) | CLIP score |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         table.append(
             f"| {r['guidance']:g} | {r['seeds']} | {r['object_accuracy']:.3f} | {r['background_accuracy']:.3f} "
             f"| {r['pair_both_objects']:.3f} | {r['pair_background']:.3f} | {r['single_min_hits']}/{r['seeds']} "
-            f"| {len(r['single_prompts_below_half'])} | {len(r['below_half_judge_fails_on_real'])} | {r['fid']:.2f} | {r['clip_score']:.2f} |"
+            f"| {len(r['single_prompts_below_half'])} | {len(r['below_half_judge_fails_on_real'])} "
+            f"| {len(r['below_half_vae_fails'])} | {r['fid']:.2f} | {r['clip_score']:.2f} |"
         )
     table += ["", "A single-object seed is right when the judge names both its object (top-1) and its background."]
     for r in rows:
         lst = (
             ", ".join(
-                f"{p} ({h}/{r['seeds']}; judge on real renders {real_rate[p]:.2f})" for p, h in r["single_prompts_below_half"]
+                f"{p} ({h}/{r['seeds']}; judge on real renders {real_rate[p]:.2f}, on their VAE reconstructions "
+                f"{vae_rate[p]:.2f})"
+                for p, h in r["single_prompts_below_half"]
             )
             or "none"
         )
@@ -484,6 +509,7 @@ def main(args) -> int:
                 "judge_on_real": real,
                 "judge_on_real_renders": judge_real,
                 "judge_on_vae_reconstructions": ceiling,
+                "judge_on_vae_reconstructions_of_renders": judge_vae,
                 "real_distribution": real_dist,
                 "clip_note": clip_note,
                 "diversity": {**diversity, "prompts": [p for p, _, _ in div_held], "seeds": nd},
@@ -617,11 +643,11 @@ def _figures(folder: Path, later_real: dict | None = None) -> dict:
             put(f"single prompts: fewest seeds right, guidance {g}", r["single_min_hits"], "{}", f"/{n}")
             below = r["single_prompts_below_half"]
             fails = r.get("below_half_judge_fails_on_real")
+            vae = r.get("below_half_vae_fails")
+            why = [f"{len(fails)} where the judge fails on real renders"] if fails is not None else []
+            why += [f"{len(vae)} the VAE cannot give back"] if vae is not None else []
             put(
-                f"prompts under half their seeds, guidance {g}",
-                len(below),
-                "{}",
-                f" ({len(fails)} where the judge fails on real renders)" if fails is not None and below else "",
+                f"prompts under half their seeds, guidance {g}", len(below), "{}", f" ({', '.join(why)})" if why and below else ""
             )
         if "fid" in r:
             put(f"FID (judge features), guidance {g}", r["fid"], "{:.2f}", f" (real vs real {r['fid_real_vs_real']:.2f})")
@@ -660,6 +686,11 @@ def _figures(folder: Path, later_real: dict | None = None) -> dict:
         )
     c = res.get("judge_on_vae_reconstructions") or {}
     put("judge on the VAE's reconstructions (ceiling): objects", c.get("objects"))
+    jv = res.get("judge_on_vae_reconstructions_of_renders")
+    if jv:
+        low = [p["prompt"] for p in jv["per_prompt"] if not p["pair"] and 2 * p["right"] < 1]
+        put("judge on the VAE's reconstructions of those renders: single right", jv["single_right"])
+        put("held-out prompts the VAE gives back on under half", len(low), "{}", f" ({', '.join(low)})" if low else "")
     put("steps", res.get("steps"), "{}")
     t = (res.get("timing_seconds") or {}).get("total")
     put("evaluation run time (min)", t / 60 if t else None, "{:.1f}")
