@@ -372,8 +372,8 @@ def train_unet(
     pair_share: the share of each batch drawn from two-object scenes (None: as the training data has them,
     31% once the held-out pairs are left out); round 5 raised it because pairs had stopped rising.
     hard_share: the share of the single-object part of each batch drawn from scenes where the object is
-    camouflaged on its background (scenes.camouflage > hard_above); round 7 raised it because the held-out
-    misses were objects on their own colour."""
+    camouflaged on its background (scenes.camouflage > hard_above); round 7 tried 0.35 against the held-out
+    misses on their own colour, and lost 3 points of objects (train/README.md)."""
     from diffusers import DDPMScheduler
 
     torch.manual_seed(3)
@@ -413,12 +413,12 @@ def train_unet(
         )
     groups = [torch.from_numpy(g) for g in groups]
 
-    def sample(n):
+    def sample():
         return torch.cat([g[torch.randint(0, len(g), (k,), generator=gen)] for g, k in zip(groups, counts) if k])
 
     def step(i):
         _set_lr(opt, lr, i, min(1.0, ck.elapsed / (minutes * 60)), warmup=200)
-        idx = sample(batch)
+        idx = sample()
         x0 = latents[idx].to(dev)
         cond = states[idx].float().to(dev)
         drop = torch.rand(batch, generator=gen) < dropout
