@@ -60,5 +60,12 @@ describe('the engine WebAssembly kept for compiling', () => {
     const broken = { open: async () => Promise.reject(new Error('no storage')) } as unknown as CacheStorage;
     const ok = (async () => new Response('x', { status: 200 })) as unknown as typeof fetch;
     expect(await (await compileFromCache(ok, BASE, SHELL_CACHE, broken)(`${BASE}ort/a.wasm`)).text()).toBe('x');
+    // the cache refuses the file: fetched again (from the HTTP cache), not lost
+    let n = 0;
+    const counted = (async () => new Response(`answer ${++n}`, { status: 200 })) as unknown as typeof fetch;
+    const full = {
+      open: async () => ({ match: async () => undefined, put: async () => Promise.reject(new Error('quota')) }),
+    } as unknown as CacheStorage;
+    expect(await (await compileFromCache(counted, BASE, SHELL_CACHE, full)(`${BASE}ort/a.wasm`)).text()).toBe('answer 2');
   });
 });
