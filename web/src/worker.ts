@@ -24,6 +24,7 @@ import {
   snapshotKey,
 } from './lib/pythonSnapshot';
 import { compileFromCache } from './lib/wasmCache';
+import { RemoteOrt } from './lib/remoteOrt';
 import type { BenchOptions, EngineInfo, FromWorker, InitMsg, Provider, RequestMsg, ToWorker } from './lib/protocol';
 import type { CheckManifest, EngineDescription, PythonEngine, WebModule } from './lib/pythonEngine';
 
@@ -213,12 +214,46 @@ function makeSnapshotSoon(delayMs: number) {
 const WARMUP_MODEL =
   'CAgSE2RpZmZ1c2lvbi1leHBsYWluZXI6PAoQCgF4EgF5IghJZGVudGl0eRIGd2FybXVwWg8KAXgSCgoICAESBAoCCAFiDwoBeRIKCggIARIECgIIAUIECgAQEQ==';
 
+const warmupBytes = () => Uint8Array.from(atob(WARMUP_MODEL), (c) => c.charCodeAt(0));
+
 async function startOrt(provider: Provider, threads: number, adapter: unknown) {
   const ort = await loadOrt(provider, threads, adapter);
-  const bytes = Uint8Array.from(atob(WARMUP_MODEL), (c) => c.charCodeAt(0));
-  const session = await ort.InferenceSession.create(bytes, { executionProviders: [provider] });
+  const session = await ort.InferenceSession.create(warmupBytes(), { executionProviders: [provider] });
   await session.release();
   return ort;
+}
+
+/** WASM: onnxruntime-web in a worker of its own (ortWorker.ts), so its start and sessions run beside
+ * Python's restore on another core; this worker talks to it through lib/remoteOrt.ts. */
+function startOrtWorker(threads: number, wasmCache: string | undefined): Promise<RemoteOrt> {
+  const worker = new Worker(new URL('./ortWorker.ts', import.meta.url), { type: 'module', name: 'onnxruntime' });
+  let failed = (_text: string) => {};
+  const failure = new Promise<never>((_, reject) => (failed = (text) => reject(new Error(text))));
+  failure.catch(() => {});
+  const started = RemoteOrt.start(worker, { base: BASE, threads, wasmCache, warmup: warmupBytes() });
+  worker.onerror = (e) => {
+    e.preventDefault();
+    const text = `onnxruntime-web's worker failed: ${e.message || 'it could not start'}`;
+    failed(text);
+    void started.then((ort) => ort.failAll(text)).catch(() => {});
+  };
+  return Promise.race([started, failure]);
+}
+
+/** Components made before Python asks, each as soon as its file is in and checked: all of one file
+ * but CLIP's image tower (made after the first image, when a score is wanted). The options are
+ * runtime/web.py WebBackend.load's for WASM; if they ever differ, Python makes its own session and
+ * EngineInfo.ort.premade says fewer were used. */
+function premaker(ort: Promise<RemoteOrt>, manifest: Manifest) {
+  const options = { executionProviders: ['wasm'], graphOptimizationLevel: 'all', logSeverityLevel: 3 };
+  const early = new Set(
+    Object.entries(manifest.components)
+      .filter(([name, c]) => name !== 'clip_image' && c.files.length === 1)
+      .map(([, c]) => c.files[0]),
+  );
+  return (rel: string, data: Uint8Array) => {
+    if (early.has(rel)) void ort.then((o) => o.premake(data, options)).catch(() => {});
+  };
 }
 
 async function loadOrt(provider: Provider, threads: number, adapter: unknown) {
@@ -252,16 +287,20 @@ async function init(msg: InitMsg) {
     // before any download: paths inside the bundle, and a model WASM's 4 GB cannot hold
     const problem = manifestProblem(manifest) ?? (runtime.provider === 'wasm' ? wasmProblem(manifest) : null);
     if (problem) throw new BundleLoadError(problem);
-    return { runtime, bundle: await downloadBundle(bundleUrl, manifest, text) };
+    // with ORT in its own worker, each session is made as its file arrives, while Python still starts
+    const onFile = runtime.ortWorker ? premaker(runtime.ortWorker, manifest) : undefined;
+    return { runtime, bundle: await downloadBundle(bundleUrl, manifest, text, onFile) };
   });
-  await checkManifest(python, text); // before any session or run reads the model's facts
   const bundleMs = performance.now() - tBundle;
-  const ort = await (runtime.ortEarly ?? loadOrt(runtime.provider, runtime.threads, runtime.adapter));
+  const remote = runtime.ortWorker ? await runtime.ortWorker : null;
+  await checkManifest(python, text); // before any session or run reads the model's facts
+  const ort = remote ?? (await (runtime.ortEarly ?? loadOrt(runtime.provider, runtime.threads, runtime.adapter)));
   ortModule = ort;
   const started = await python;
   setWasmOwner('onnxruntime'); // Pyodide's memory exists by now; ORT instantiates its wasm at the first session
 
   const created = await createEngine(started.web, bundle.manifestText, bundle.files, ort, runtime.provider, bundleUrl, '');
+  if (remote) void remote.dropUnused();
   engine = created.engine;
   pyodide = started.py;
   const described = describeEngine(started.py, created.engine);
@@ -281,12 +320,13 @@ async function init(msg: InitMsg) {
     pythonSnapshot: started.snapshot,
     timingsMs: { pyodide: started.pyodideMs, runtime: started.runtimeMs, bundle: bundleMs, sessions, total: performance.now() - t0 },
     downloadedBytes: bundle.downloadedBytes,
-    loadedUrls: performance.getEntriesByType('resource').map((e) => e.name),
+    loadedUrls: [...performance.getEntriesByType('resource').map((e) => e.name), ...(remote ? await remote.urls().catch(() => []) : [])],
+    ort: { worker: remote ? 'own' : 'engine', premade: remote?.premadeUsed ?? 0 },
   };
   post({ type: 'status', phase: 'ready', text: 'ready' });
   post({ type: 'ready', info });
   made = { manifestText: bundle.manifestText, files: bundle.files, bundleUrl, wasmThreads: runtime.wasmThreads, info };
-  if (runtime.provider === 'webgpu') void watchGpuDevice(ort);
+  if (runtime.provider === 'webgpu' && !remote) void watchGpuDevice(ort as typeof import('onnxruntime-web'));
   snapshotWanted = started.snapshot === 'fresh' && !msg.bench;
   makeSnapshotSoon(10_000);
 }
@@ -440,9 +480,13 @@ async function chooseRuntime(msg: InitMsg, manifest: Manifest) {
   const isolated = self.crossOriginIsolated;
   const wasmThreads = isolated ? msg.threads || Math.max(1, Math.min(self.navigator.hardwareConcurrency || 1, 4)) : 1;
   const threads = choice.provider === 'webgpu' ? 1 : wasmThreads;
-  // not in the bench: it attributes WebAssembly memories to Pyodide or ORT by the order they start
-  const ortEarly = msg.bench ? null : startOrt(choice.provider, threads, choice.adapter);
+  // not in the bench: it attributes WebAssembly memories to Pyodide or ORT by the order they start,
+  // in this worker (and its raw ORT timings are the kernels' alone, no messages between workers)
+  const own = !msg.bench && choice.provider === 'wasm';
+  const ortWorker = own ? startOrtWorker(threads, msg.wasmCache) : null;
+  const ortEarly = msg.bench || own ? null : startOrt(choice.provider, threads, choice.adapter);
   ortEarly?.catch(() => {}); // awaited by init; its error is reported there
+  ortWorker?.catch(() => {});
   if (!isolated && choice.provider === 'wasm') {
     post({
       type: 'notice',
@@ -450,16 +494,22 @@ async function chooseRuntime(msg: InitMsg, manifest: Manifest) {
       text: 'the page is not cross-origin isolated (no COOP/COEP headers), so WASM runs on one thread',
     });
   }
-  return { ...choice, precision, threads, wasmThreads, ortEarly };
+  return { ...choice, precision, threads, wasmThreads, ortEarly, ortWorker };
 }
 
 /** Stage: every bundle file, from the Cache API or the network, checked against its sha256. */
-async function downloadBundle(bundleUrl: string, manifest: Manifest, text: string) {
+async function downloadBundle(bundleUrl: string, manifest: Manifest, text: string, onFile?: (rel: string, data: Uint8Array) => void) {
   post({ type: 'status', phase: 'bundle', text: `downloading the bundle “${manifest.name ?? 'bundle'}”…` });
-  return loadBundleFiles(bundleUrl, manifest, text, {
-    progress: (file, loaded, total, fromCache) => post({ type: 'progress', file, loaded, total, fromCache }),
-    notice: (t) => post({ type: 'notice', level: 'warning', text: t }),
-  });
+  return loadBundleFiles(
+    bundleUrl,
+    manifest,
+    text,
+    {
+      progress: (file, loaded, total, fromCache) => post({ type: 'progress', file, loaded, total, fromCache }),
+      notice: (t) => post({ type: 'notice', level: 'warning', text: t }),
+    },
+    { onFile },
+  );
 }
 
 /** Stage: the manifest's one schema is runtime/bundle.py's check_manifest (Python); its one-line

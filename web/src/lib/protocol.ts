@@ -222,6 +222,9 @@ export interface EngineInfo {
   downloadedBytes: number;
   /** Every file the worker fetched while starting (Resource Timing): what the offline service worker keeps. */
   loadedUrls: string[];
+  /** Where onnxruntime-web runs: a worker of its own (WASM; its sessions made while Python starts) or
+   * the engine worker (WebGPU, the bench view); and how many sessions Python found made already. */
+  ort?: { worker: 'own' | 'engine'; premade: number };
 }
 
 export interface InitMsg {
