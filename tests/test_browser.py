@@ -288,6 +288,9 @@ def test_wasm_image_equals_native(page, bundle, threads):
             "page_download_bytes": page.bytes,
         },
     )
+    # once idle after a run, the sessions move into the engine worker (no message per call); the next
+    # run there still equals native
+    page.page.wait_for_function("() => window.__engineStats().then((s) => s.ort === 'engine')", timeout=60_000, polling=500)
     # a second scheduler on the same page (and the page's default scheduler list)
     got = page.generate(prompt="a rocket at night", negative="", seed=11, guidance=3.0, steps=5, scheduler="dpmpp_2m")
     assert_same_image(

@@ -24,7 +24,7 @@ import {
   snapshotKey,
 } from './lib/pythonSnapshot';
 import { compileFromCache } from './lib/wasmCache';
-import { RemoteOrt } from './lib/remoteOrt';
+import { RemoteOrt, type LocalOrt } from './lib/remoteOrt';
 import type { BenchOptions, EngineInfo, FromWorker, InitMsg, Provider, RequestMsg, ToWorker } from './lib/protocol';
 import type { CheckManifest, EngineDescription, PythonEngine, WebModule } from './lib/pythonEngine';
 
@@ -61,7 +61,7 @@ self.onmessage = (e: MessageEvent<ToWorker>) => {
   } else if (msg.type === 'generate') {
     generate(msg.runId, msg.request, !!msg.side);
   } else if (msg.type === 'stats') {
-    post({ type: 'stats', ...memoryStats() });
+    post({ type: 'stats', ...memoryStats(), ort: remoteOrt?.where ?? 'engine' });
   } else if (msg.type === 'clip') {
     clip(msg.prompts);
   } else if (msg.type === 'bench') {
@@ -223,10 +223,17 @@ async function startOrt(provider: Provider, threads: number, adapter: unknown) {
   return ort;
 }
 
-/** WASM: onnxruntime-web in a worker of its own (ortWorker.ts), so its start and sessions run beside
- * Python's restore on another core; this worker talks to it through lib/remoteOrt.ts. */
+/** WASM: onnxruntime-web starts in a worker of its own (ortWorker.ts), so its start and sessions run
+ * beside Python's restore on another core; this worker talks to it through lib/remoteOrt.ts until the
+ * page is idle, then the sessions move here (moveOrtSoon). */
+let ortWorker: Worker | null = null;
+let remoteOrt: RemoteOrt | null = null;
+let ortThreads = 1;
+
 function startOrtWorker(threads: number, wasmCache: string | undefined): Promise<RemoteOrt> {
   const worker = new Worker(new URL('./ortWorker.ts', import.meta.url), { type: 'module', name: 'onnxruntime' });
+  ortWorker = worker;
+  ortThreads = threads;
   let failed = (_text: string) => {};
   const failure = new Promise<never>((_, reject) => (failed = (text) => reject(new Error(text))));
   failure.catch(() => {});
@@ -237,7 +244,29 @@ function startOrtWorker(threads: number, wasmCache: string | undefined): Promise
     failed(text);
     void started.then((ort) => ort.failAll(text)).catch(() => {});
   };
-  return Promise.race([started, failure]);
+  return Promise.race([started, failure]).then((ort) => (remoteOrt = ort));
+}
+
+/** The sessions move into this worker once it is idle (after the first run, or 10 s after ready): a
+ * message each way per call cost a run ~3% (2 threads) to ~7% (1 thread). Runs meanwhile go on in the
+ * ORT worker; if the move fails they stay there. */
+let moveTimer: ReturnType<typeof setTimeout> | null = null;
+function moveOrtSoon(delayMs: number) {
+  if (!remoteOrt || remoteOrt.where === 'engine') return;
+  if (moveTimer !== null) clearTimeout(moveTimer);
+  moveTimer = setTimeout(() => {
+    moveTimer = null;
+    if (busy || opening) return moveOrtSoon(2000);
+    void moveOrt().catch((e) => console.warn(`onnxruntime-web stays in its own worker (${describeError(e)})`));
+  }, delayMs);
+}
+
+async function moveOrt() {
+  const remote = remoteOrt!;
+  const local = await startOrt('wasm', ortThreads, null);
+  await remote.moveHere(local as unknown as LocalOrt);
+  ortWorker?.terminate();
+  ortWorker = null;
 }
 
 /** Components made before Python asks, each as soon as its file is in and checked: all of one file
@@ -288,11 +317,11 @@ async function init(msg: InitMsg) {
     const problem = manifestProblem(manifest) ?? (runtime.provider === 'wasm' ? wasmProblem(manifest) : null);
     if (problem) throw new BundleLoadError(problem);
     // with ORT in its own worker, each session is made as its file arrives, while Python still starts
-    const onFile = runtime.ortWorker ? premaker(runtime.ortWorker, manifest) : undefined;
+    const onFile = runtime.ortOwn ? premaker(runtime.ortOwn, manifest) : undefined;
     return { runtime, bundle: await downloadBundle(bundleUrl, manifest, text, onFile) };
   });
   const bundleMs = performance.now() - tBundle;
-  const remote = runtime.ortWorker ? await runtime.ortWorker : null;
+  const remote = runtime.ortOwn ? await runtime.ortOwn : null;
   await checkManifest(python, text); // before any session or run reads the model's facts
   const ort = remote ?? (await (runtime.ortEarly ?? loadOrt(runtime.provider, runtime.threads, runtime.adapter)));
   ortModule = ort;
@@ -329,6 +358,7 @@ async function init(msg: InitMsg) {
   if (runtime.provider === 'webgpu' && !remote) void watchGpuDevice(ort as typeof import('onnxruntime-web'));
   snapshotWanted = started.snapshot === 'fresh' && !msg.bench;
   makeSnapshotSoon(10_000);
+  moveOrtSoon(10_000);
 }
 
 type Started = Awaited<ReturnType<typeof startPython>>;
@@ -483,10 +513,13 @@ async function chooseRuntime(msg: InitMsg, manifest: Manifest) {
   // not in the bench: it attributes WebAssembly memories to Pyodide or ORT by the order they start,
   // in this worker (and its raw ORT timings are the kernels' alone, no messages between workers)
   const own = !msg.bench && choice.provider === 'wasm';
-  const ortWorker = own ? startOrtWorker(threads, msg.wasmCache) : null;
+  const ortOwn = own ? startOrtWorker(threads, msg.wasmCache) : null;
+  // the sessions move here later (moveOrtSoon): this worker's own copy of ORT's glue is fetched now,
+  // so it is among the files kept for offline use
+  if (own) void import('onnxruntime-web/wasm').catch(() => {});
   const ortEarly = msg.bench || own ? null : startOrt(choice.provider, threads, choice.adapter);
   ortEarly?.catch(() => {}); // awaited by init; its error is reported there
-  ortWorker?.catch(() => {});
+  ortOwn?.catch(() => {});
   if (!isolated && choice.provider === 'wasm') {
     post({
       type: 'notice',
@@ -494,7 +527,7 @@ async function chooseRuntime(msg: InitMsg, manifest: Manifest) {
       text: 'the page is not cross-origin isolated (no COOP/COEP headers), so WASM runs on one thread',
     });
   }
-  return { ...choice, precision, threads, wasmThreads, ortEarly, ortWorker };
+  return { ...choice, precision, threads, wasmThreads, ortEarly, ortOwn };
 }
 
 /** Stage: every bundle file, from the Cache API or the network, checked against its sha256. */
@@ -740,6 +773,7 @@ async function generate(runId: number, request: RequestMsg, side = false) {
     finish();
     decodeStep();
     makeSnapshotSoon(1000);
+    moveOrtSoon(1000);
   }
 }
 

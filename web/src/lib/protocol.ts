@@ -362,7 +362,7 @@ export type FromWorker =
   | { type: 'run-clip'; runId: number; clip: ClipMsg }
   /** The worker is done with this run: its steps, previews and CLIP scores are in (or will not come). */
   | { type: 'run-settled'; runId: number }
-  | { type: 'stats'; heapBytes: number; pyObjects: number; jsProxies: number }
+  | { type: 'stats'; heapBytes: number; pyObjects: number; jsProxies: number; ort?: 'own' | 'engine' }
   | { type: 'run-error'; runId: number; text: string }
   | { type: 'bench-progress'; text: string; done: number; total: number }
   | { type: 'bench-done'; result: WorkerBenchResult }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { optionsKey, RemoteOrt, type OrtReply, type OrtRequest } from './remoteOrt';
+import { optionsKey, RemoteOrt, RemoteTensor, type LocalOrt, type OrtReply, type OrtRequest } from './remoteOrt';
 
 /** ortWorker.ts's stand-in: answers each request a task later and records what it was asked. */
 function fakeWorker(fail: Partial<Record<OrtRequest['op'], string>> = {}) {
@@ -85,5 +85,70 @@ describe('onnxruntime-web in its own worker', () => {
     const a = optionsKey({ externalData: [{ path: 'w.bin', data: new Uint8Array(5) }] });
     expect(a).toBe(optionsKey({ externalData: [{ data: new Uint8Array(5), path: 'w.bin' }] }));
     expect(a).not.toBe(optionsKey({ externalData: [{ path: 'w.bin', data: new Uint8Array(6) }] }));
+  });
+
+  it('moves every live session into the engine worker’s own ORT, and calls go there after', async () => {
+    const { port, asked } = fakeWorker();
+    const ort = await start(port);
+    const made: Uint8Array[] = [];
+    class LocalTensor {
+      constructor(
+        readonly type: string,
+        readonly data: Float32Array,
+        readonly dims: readonly number[],
+      ) {}
+    }
+    const local: LocalOrt = {
+      Tensor: LocalTensor as unknown as LocalOrt['Tensor'],
+      InferenceSession: {
+        create: async (bytes: Uint8Array) => {
+          made.push(bytes);
+          return {
+            inputNames: ['x'],
+            outputNames: ['y'],
+            run: async (feeds: Record<string, unknown>) => {
+              const x = feeds.x as LocalTensor; // ORT in this worker takes only its own Tensor class
+              if (!(x instanceof LocalTensor)) throw new Error('not a local tensor');
+              return {
+                y: new LocalTensor(
+                  'float32',
+                  x.data.map((v) => 3 * v),
+                  x.dims,
+                ),
+              };
+            },
+            release: async () => {},
+          };
+        },
+      },
+    };
+    const kept = new Uint8Array(8);
+    const session = await ort.InferenceSession.create(kept, OPTIONS);
+    const gone = await ort.InferenceSession.create(new Uint8Array(9), OPTIONS);
+    await gone.release();
+    expect(ort.where).toBe('own');
+    await ort.moveHere(local);
+    expect(ort.where).toBe('engine');
+    expect(made).toEqual([kept]); // the released one is not made again
+    const runsBefore = asked.filter((m) => m.op === 'run').length;
+    const out = await session.run({ x: new RemoteTensor('float32', new Float32Array([1, 2]), [2]) });
+    expect(Array.from((out.y as unknown as LocalTensor).data)).toEqual([3, 6]);
+    expect(asked.filter((m) => m.op === 'run')).toHaveLength(runsBefore);
+    await ort.InferenceSession.create(new Uint8Array(4), OPTIONS); // later sessions (CLIP's image tower) are made here too
+    expect(made).toHaveLength(2);
+  });
+
+  it('keeps every session where it was when one cannot be moved', async () => {
+    const { port } = fakeWorker();
+    const ort = await start(port);
+    const session = await ort.InferenceSession.create(new Uint8Array(8), OPTIONS);
+    const failing: LocalOrt = {
+      Tensor: RemoteTensor as unknown as LocalOrt['Tensor'],
+      InferenceSession: { create: () => Promise.reject(new Error('Aborted(OOM)')) },
+    };
+    await expect(ort.moveHere(failing)).rejects.toThrow('Aborted(OOM)');
+    expect(ort.where).toBe('own');
+    const out = await session.run({ x: new RemoteTensor('float32', new Float32Array([1]), [1]) });
+    expect(Array.from(out.y.data as Float32Array)).toEqual([2]);
   });
 });

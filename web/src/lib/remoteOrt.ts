@@ -1,9 +1,11 @@
-// The engine worker's face of onnxruntime-web when ORT runs in a worker of its own (ortWorker.ts):
+// The engine worker's face of onnxruntime-web when ORT starts in a worker of its own (ortWorker.ts):
 // the small part of ORT's API that runtime/web.py and the bench use (env, InferenceSession.create,
 // session.run / release, Tensor), answered by messages. Sessions can be made before Python asks for
 // them (`premake`): the bundle is downloaded before Python has restored, so their ~1 s of work runs
 // beside Python's instead of after it. Python's own create() then takes the premade session when it
 // asks for the same bytes with the same options, and makes a new one otherwise.
+// Once the page is idle the sessions move into the engine worker (`moveHere`): a message each way per
+// call cost a run ~3% with 2 threads and ~7% with 1 (the scheduler's small graphs are a call each).
 
 export type WireData = Float32Array | Int32Array | BigInt64Array | Uint8Array | Int8Array | Uint16Array | Float64Array;
 export type WireTensor = { type: string; dims: number[]; data: WireData };
@@ -27,6 +29,18 @@ export type OrtReply = { seq: number } & (
 
 type Port = Pick<Worker, 'postMessage'> & { onmessage: ((e: MessageEvent<OrtReply>) => void) | null };
 
+/** The part of onnxruntime-web's module that sessions are moved to (the engine worker's own ORT). */
+export interface LocalOrt {
+  Tensor: new (type: 'float32', data: Float32Array, dims: readonly number[]) => unknown;
+  InferenceSession: { create(bytes: Uint8Array, options?: never): Promise<LocalSession> };
+}
+export interface LocalSession {
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  run(feeds: Record<string, unknown>): Promise<Record<string, unknown>>;
+  release(): Promise<void>;
+}
+
 /** A CPU tensor as ORT's Tensor looks to its callers; its data is sent along with each run. */
 export class RemoteTensor {
   readonly location = 'cpu';
@@ -42,14 +56,20 @@ export class RemoteTensor {
 }
 
 export class RemoteSession {
+  /** The same model made in the engine worker's own ORT (moveHere); every call goes there once set. */
+  local: LocalSession | null = null;
+  released = false;
+
   constructor(
     private readonly ort: RemoteOrt,
     readonly id: number,
     readonly inputNames: string[],
     readonly outputNames: string[],
+    readonly made: { bytes: Uint8Array; options: unknown },
   ) {}
 
   async run(feeds: Record<string, RemoteTensor>): Promise<Record<string, RemoteTensor>> {
+    if (this.local) return (await this.local.run(this.ort.localFeeds(feeds))) as Record<string, RemoteTensor>;
     const wire: Record<string, WireTensor> = {};
     for (const [k, t] of Object.entries(feeds)) wire[k] = { type: t.type, dims: [...t.dims], data: t.data };
     const reply = await this.ort.call({ op: 'run', id: this.id, feeds: wire }); // copied: a feed may be used again
@@ -58,6 +78,9 @@ export class RemoteSession {
   }
 
   async release(): Promise<void> {
+    this.released = true;
+    this.ort.forget(this);
+    if (this.local) return this.local.release();
     await this.ort.call({ op: 'release', id: this.id });
   }
 }
@@ -83,6 +106,8 @@ export class RemoteOrt {
   premadeUsed = 0;
   private seq = 0;
   private nextId = 1;
+  private local: LocalOrt | null = null;
+  private readonly live = new Set<RemoteSession>();
   private readonly pending = new Map<number, Pending>();
   private readonly premade = new Map<Uint8Array, { key: string; session: Promise<RemoteSession> }>();
 
@@ -130,6 +155,7 @@ export class RemoteOrt {
   }
 
   async create(bytes: Uint8Array, options?: unknown): Promise<RemoteSession> {
+    if (this.local) return this.adopt(this.nextId++, bytes, options, await this.local.InferenceSession.create(bytes, options as never));
     const early = this.premade.get(bytes);
     this.premade.delete(bytes);
     if (early && early.key === optionsKey(options)) {
@@ -156,10 +182,56 @@ export class RemoteOrt {
     return ((await this.call({ op: 'urls' })) as Extract<OrtReply, { op: 'urls' }>).urls;
   }
 
+  forget(session: RemoteSession): void {
+    this.live.delete(session);
+  }
+
+  /** Where calls go now: the ORT worker, or (after moveHere) this worker's own ORT. */
+  get where(): 'own' | 'engine' {
+    return this.local ? 'engine' : 'own';
+  }
+
+  /** Make every live session again in `local` (this worker's own ORT), then send every call there;
+   * resolves once nothing waits on the ORT worker any more, so the caller may end it. A session that
+   * fails to move keeps the whole set where it was (nothing half-moved). */
+  async moveHere(local: LocalOrt): Promise<void> {
+    if (this.local) return;
+    const sessions = [...this.live].filter((s) => !s.released);
+    const made: LocalSession[] = [];
+    try {
+      for (const s of sessions) made.push(await local.InferenceSession.create(s.made.bytes, s.made.options as never));
+    } catch (e) {
+      await Promise.all(made.map((m) => m.release().catch(() => {})));
+      throw e;
+    }
+    sessions.forEach((s, i) => (s.local = made[i]));
+    this.local = local;
+    while (this.pending.size) await new Promise((r) => setTimeout(r, 10)); // a call already sent finishes there
+  }
+
+  /** Feeds for a session in this worker: ORT there takes only its own Tensor class (wrapped, not copied). */
+  localFeeds(feeds: Record<string, unknown>): Record<string, unknown> {
+    const T = this.local!.Tensor;
+    return Object.fromEntries(
+      Object.entries(feeds).map(([k, t]) => [
+        k,
+        t instanceof RemoteTensor ? new T(t.type as 'float32', t.data as Float32Array, t.dims) : t,
+      ]),
+    );
+  }
+
+  private adopt(id: number, bytes: Uint8Array, options: unknown, local: LocalSession | null, names?: OrtReply): RemoteSession {
+    const io = local ?? (names as Extract<OrtReply, { op: 'created' }>);
+    const session = new RemoteSession(this, id, [...io.inputNames], [...io.outputNames], { bytes, options });
+    session.local = local;
+    this.live.add(session);
+    return session;
+  }
+
   private async make(bytes: Uint8Array, options: unknown): Promise<RemoteSession> {
     const id = this.nextId++;
-    const made = (await this.call({ op: 'create', id, bytes, options })) as Extract<OrtReply, { op: 'created' }>;
-    return new RemoteSession(this, id, made.inputNames, made.outputNames);
+    const made = await this.call({ op: 'create', id, bytes, options });
+    return this.adopt(id, bytes, options, null, made);
   }
 }
 

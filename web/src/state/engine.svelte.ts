@@ -54,7 +54,7 @@ declare global {
     /** Debug hook for tests and the console: the last finished (or stopped) run's Trace. */
     __lastTrace?: Trace;
     /** Debug hook for leak tests: the worker's memory figures. */
-    __engineStats?: () => Promise<{ heapBytes: number; pyObjects: number; jsProxies: number }>;
+    __engineStats?: () => Promise<{ heapBytes: number; pyObjects: number; jsProxies: number; ort?: string }>;
     /** Debug hook: the compare view's second run (growing, then done). */
     __compareTrace?: Trace;
     /** Debug hook: what the engine runs on (provider, reason, timings). */
@@ -115,7 +115,7 @@ export class EngineClient {
   decodingCut = $state<number | null>(null);
   #pendingMain: RequestMsg | null = null;
   #sideIds = new Map<number, string>();
-  #statsWaiter: ((s: { heapBytes: number; pyObjects: number; jsProxies: number }) => void) | null = null;
+  #statsWaiter: ((s: { heapBytes: number; pyObjects: number; jsProxies: number; ort?: string }) => void) | null = null;
 
   start(settings: EngineSettings) {
     this.replay = null;
@@ -322,7 +322,7 @@ export class EngineClient {
   }
 
   /** The worker's memory figures (Pyodide heap, Python objects, JS proxies), for leak tests. */
-  stats(): Promise<{ heapBytes: number; pyObjects: number; jsProxies: number }> {
+  stats(): Promise<{ heapBytes: number; pyObjects: number; jsProxies: number; ort?: string }> {
     return new Promise((resolve) => {
       this.#statsWaiter = resolve;
       this.#send({ type: 'stats' });
