@@ -251,12 +251,14 @@ function startOrtWorker(threads: number, wasmCache: string | undefined): Promise
  * message each way per call cost a run ~3% (2 threads) to ~7% (1 thread). Runs meanwhile go on in the
  * ORT worker; if the move fails they stay there. */
 let moveTimer: ReturnType<typeof setTimeout> | null = null;
+let moveTried = false; // once: a move that failed (no memory for the second copy) is not tried after every run
 function moveOrtSoon(delayMs: number) {
-  if (!remoteOrt || remoteOrt.where === 'engine') return;
+  if (!remoteOrt || moveTried) return;
   if (moveTimer !== null) clearTimeout(moveTimer);
   moveTimer = setTimeout(() => {
     moveTimer = null;
     if (busy || opening) return moveOrtSoon(2000);
+    moveTried = true;
     void moveOrt().catch((e) => console.warn(`onnxruntime-web stays in its own worker (${describeError(e)})`));
   }, delayMs);
 }
