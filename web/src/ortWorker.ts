@@ -2,6 +2,7 @@
 // other half). Why: on a first visit Python's restore and the sessions' creation are each ~1 s of one
 // thread's work; in one worker they ran one after the other, here they run side by side on two cores.
 // Messages are lib/remoteOrt.ts's OrtRequest / OrtReply; tensors travel as {type, dims, data}.
+import { configureOrt, startWithWarmup } from './lib/ortSetup';
 import { compileFromCache } from './lib/wasmCache';
 import type { OrtReply, OrtRequest, WireTensor } from './lib/remoteOrt';
 
@@ -23,13 +24,8 @@ const messageOf = (e: unknown) => (e instanceof Error ? e.message : String(e));
 async function handle(msg: OrtRequest): Promise<void> {
   if (msg.op === 'start') {
     if (msg.wasmCache && 'caches' in self) self.fetch = compileFromCache(self.fetch.bind(self), msg.base, msg.wasmCache, caches);
-    ort = await import('onnxruntime-web/wasm');
-    ort.env.wasm.wasmPaths = `${msg.base}ort/`;
-    ort.env.wasm.numThreads = msg.threads;
-    ort.env.logLevel = 'error';
-    // a one-node graph starts the WebAssembly and its threads before the first real session
-    const warm = await ort.InferenceSession.create(msg.warmup, { executionProviders: ['wasm'] });
-    await warm.release();
+    ort = configureOrt(await import('onnxruntime-web/wasm'), msg.base, msg.threads);
+    await startWithWarmup(ort, 'wasm');
     return reply({ op: 'started', seq: msg.seq, version: ort.env.versions.web ?? '?' });
   }
   if (!ort) throw new Error('onnxruntime-web has not started');

@@ -24,6 +24,7 @@ import {
   snapshotKey,
 } from './lib/pythonSnapshot';
 import { compileFromCache } from './lib/wasmCache';
+import { configureOrt, startWithWarmup } from './lib/ortSetup';
 import { RemoteOrt, type LocalOrt } from './lib/remoteOrt';
 import type { BenchOptions, EngineInfo, FromWorker, InitMsg, Provider, RequestMsg, ToWorker } from './lib/protocol';
 import type { CheckManifest, EngineDescription, PythonEngine, WebModule } from './lib/pythonEngine';
@@ -209,17 +210,9 @@ function makeSnapshotSoon(delayMs: number) {
   }, delayMs);
 }
 
-/** A one-node ONNX graph (Identity, 91 bytes): creating a session from it starts onnxruntime-web's
- * wasm and thread pool while Python starts, instead of after it. */
-const WARMUP_MODEL =
-  'CAgSE2RpZmZ1c2lvbi1leHBsYWluZXI6PAoQCgF4EgF5IghJZGVudGl0eRIGd2FybXVwWg8KAXgSCgoICAESBAoCCAFiDwoBeRIKCggIARIECgIIAUIECgAQEQ==';
-
-const warmupBytes = () => Uint8Array.from(atob(WARMUP_MODEL), (c) => c.charCodeAt(0));
-
 async function startOrt(provider: Provider, threads: number, adapter: unknown) {
   const ort = await loadOrt(provider, threads, adapter);
-  const session = await ort.InferenceSession.create(warmupBytes(), { executionProviders: [provider] });
-  await session.release();
+  await startWithWarmup(ort, provider);
   return ort;
 }
 
@@ -237,7 +230,7 @@ function startOrtWorker(threads: number, wasmCache: string | undefined): Promise
   let failed = (_text: string) => {};
   const failure = new Promise<never>((_, reject) => (failed = (text) => reject(new Error(text))));
   failure.catch(() => {});
-  const started = RemoteOrt.start(worker, { base: BASE, threads, wasmCache, warmup: warmupBytes() });
+  const started = RemoteOrt.start(worker, { base: BASE, threads, wasmCache });
   worker.onerror = (e) => {
     e.preventDefault();
     const text = `onnxruntime-web's worker failed: ${e.message || 'it could not start'}`;
@@ -248,8 +241,8 @@ function startOrtWorker(threads: number, wasmCache: string | undefined): Promise
 }
 
 /** The sessions move into this worker once it is idle (after the first run, or 10 s after ready): a
- * message each way per call cost a run ~3% (2 threads) to ~7% (1 thread). Runs meanwhile go on in the
- * ORT worker; if the move fails they stay there. */
+ * message each way per call cost a 1-thread run 2.6–7% (with 2 threads the noise hid it). Runs meanwhile
+ * go on in the ORT worker; if the move fails they stay there. */
 let moveTimer: ReturnType<typeof setTimeout> | null = null;
 let moveTried = false; // once: a move that failed (no memory for the second copy) is not tried after every run
 function moveOrtSoon(delayMs: number) {
@@ -289,10 +282,7 @@ function premaker(ort: Promise<RemoteOrt>, manifest: Manifest) {
 
 async function loadOrt(provider: Provider, threads: number, adapter: unknown) {
   // The JSEP build carries the WebGPU kernels (28 MB wasm); the WASM-only build is half that.
-  const ort = provider === 'webgpu' ? await import('onnxruntime-web') : await import('onnxruntime-web/wasm');
-  ort.env.wasm.wasmPaths = `${BASE}ort/`;
-  ort.env.wasm.numThreads = threads;
-  ort.env.logLevel = 'error';
+  const ort = configureOrt(provider === 'webgpu' ? await import('onnxruntime-web') : await import('onnxruntime-web/wasm'), BASE, threads);
   if (provider === 'webgpu' && adapter) (ort.env.webgpu as { adapter?: unknown }).adapter = adapter;
   return ort;
 }

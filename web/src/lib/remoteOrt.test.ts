@@ -24,8 +24,7 @@ function fakeWorker(fail: Partial<Record<OrtRequest['op'], string>> = {}) {
   return { port, asked };
 }
 
-const start = (port: ReturnType<typeof fakeWorker>['port']) =>
-  RemoteOrt.start(port, { base: 'https://example.org/', threads: 2, warmup: new Uint8Array(4) });
+const start = (port: ReturnType<typeof fakeWorker>['port']) => RemoteOrt.start(port, { base: 'https://example.org/', threads: 2 });
 const OPTIONS = { executionProviders: ['wasm'], graphOptimizationLevel: 'all', logSeverityLevel: 3 };
 
 describe('onnxruntime-web in its own worker', () => {
@@ -150,5 +149,28 @@ describe('onnxruntime-web in its own worker', () => {
     expect(ort.where).toBe('own');
     const out = await session.run({ x: new RemoteTensor('float32', new Float32Array([1]), [1]) });
     expect(Array.from(out.y.data as Float32Array)).toEqual([2]);
+  });
+
+  it('also moves a session the ORT worker made while the others were being moved', async () => {
+    const { port } = fakeWorker();
+    const ort = await start(port);
+    await ort.InferenceSession.create(new Uint8Array(8), OPTIONS);
+    const box: { late?: Promise<unknown> } = {};
+    const made: Uint8Array[] = [];
+    const local: LocalOrt = {
+      Tensor: RemoteTensor as unknown as LocalOrt['Tensor'],
+      InferenceSession: {
+        create: async (bytes: Uint8Array) => {
+          made.push(bytes);
+          box.late ??= ort.InferenceSession.create(new Uint8Array(5), OPTIONS); // a run ends and CLIP's tower is made
+          await new Promise((r) => setTimeout(r, 5));
+          return { inputNames: ['x'], outputNames: ['y'], run: async () => ({}), release: async () => {} };
+        },
+      },
+    };
+    await ort.moveHere(local);
+    const session = (await box.late) as { local: unknown };
+    expect(made.map((b) => b.length).sort()).toEqual([5, 8]);
+    expect(session.local).not.toBeNull();
   });
 });

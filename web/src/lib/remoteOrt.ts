@@ -5,13 +5,13 @@
 // beside Python's instead of after it. Python's own create() then takes the premade session when it
 // asks for the same bytes with the same options, and makes a new one otherwise.
 // Once the page is idle the sessions move into the engine worker (`moveHere`): a message each way per
-// call cost a run ~3% with 2 threads and ~7% with 1 (the scheduler's small graphs are a call each).
+// call cost a 1-thread run 2.6–7% (the scheduler's small graphs are a call each).
 
 export type WireData = Float32Array | Int32Array | BigInt64Array | Uint8Array | Int8Array | Uint16Array | Float64Array;
 export type WireTensor = { type: string; dims: number[]; data: WireData };
 
 export type OrtRequest = { seq: number } & (
-  | { op: 'start'; base: string; threads: number; wasmCache?: string; warmup: Uint8Array }
+  | { op: 'start'; base: string; threads: number; wasmCache?: string }
   | { op: 'create'; id: number; bytes: Uint8Array; options: unknown }
   | { op: 'run'; id: number; feeds: Record<string, WireTensor> }
   | { op: 'release'; id: number }
@@ -126,7 +126,7 @@ export class RemoteOrt {
   }
 
   /** Start ORT in `port` (its WebAssembly and threads, through a one-node warm-up graph). */
-  static async start(port: Port, options: { base: string; threads: number; wasmCache?: string; warmup: Uint8Array }): Promise<RemoteOrt> {
+  static async start(port: Port, options: { base: string; threads: number; wasmCache?: string }): Promise<RemoteOrt> {
     const ort = new RemoteOrt(port, options.threads);
     const started = (await ort.call({ op: 'start', ...options })) as Extract<OrtReply, { op: 'started' }>;
     ort.env.versions.web = started.version;
@@ -193,20 +193,31 @@ export class RemoteOrt {
 
   /** Make every live session again in `local` (this worker's own ORT), then send every call there;
    * resolves once nothing waits on the ORT worker any more, so the caller may end it. A session that
-   * fails to move keeps the whole set where it was (nothing half-moved). */
+   * fails to move keeps the whole set where it was (nothing half-moved). Runs may go on meanwhile: a
+   * session the ORT worker makes during the move (CLIP's image tower after a run) is moved after it. */
   async moveHere(local: LocalOrt): Promise<void> {
     if (this.local) return;
-    const sessions = [...this.live].filter((s) => !s.released);
-    const made: LocalSession[] = [];
+    const made = new Map<RemoteSession, LocalSession>();
+    const left = () => [...this.live].filter((s) => !s.released && !s.local && !made.has(s));
     try {
-      for (const s of sessions) made.push(await local.InferenceSession.create(s.made.bytes, s.made.options as never));
+      for (let todo = left(); todo.length; todo = left())
+        for (const s of todo) made.set(s, await local.InferenceSession.create(s.made.bytes, s.made.options as never));
     } catch (e) {
-      await Promise.all(made.map((m) => m.release().catch(() => {})));
+      await Promise.all([...made.values()].map((m) => m.release().catch(() => {})));
       throw e;
     }
-    sessions.forEach((s, i) => (s.local = made[i]));
-    this.local = local;
-    while (this.pending.size) await new Promise((r) => setTimeout(r, 10)); // a call already sent finishes there
+    for (const [s, m] of made) {
+      if (s.released)
+        void m.release().catch(() => {}); // released while its copy was being made
+      else s.local = m;
+    }
+    this.local = local; // from here every create() is made here too
+    for (;;) {
+      while (this.pending.size) await new Promise((r) => setTimeout(r, 10)); // a call already sent finishes there
+      const late = left(); // made by the ORT worker after the sessions above were
+      if (!late.length) return;
+      for (const s of late) s.local = await local.InferenceSession.create(s.made.bytes, s.made.options as never);
+    }
   }
 
   /** Feeds for a session in this worker: ORT there takes only its own Tensor class (wrapped, not copied). */
