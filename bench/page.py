@@ -350,7 +350,8 @@ def run_explainer(
                     page.wait_for_function("() => window.__imageAt", timeout=10_000)
                     info = page.evaluate(
                         "() => ({t: window.__engineInfo.timingsMs, s: window.__engineInfo.pythonSnapshot, "
-                        "r: window.__readyAt, i: window.__imageAt})"
+                        "r: window.__readyAt, i: window.__imageAt, o: window.__engineInfo.ort ?? null, "
+                        "u: window.__lastTrace.steps.map((s) => s.timingsMs.unet)})"
                     )
                     out[visit] = {
                         "ready_s": ready,
@@ -365,6 +366,10 @@ def run_explainer(
                             "sessions": sum(info["t"]["sessions"].values()),
                             "worker_total": info["t"]["total"],
                         },
+                        # where a first visit goes: the ORT worker's start and sessions, and the first run's
+                        # UNet calls (slow until V8 has optimised onnxruntime's WebAssembly)
+                        "ort": info["o"],
+                        "first_run_unet_ms": [round(u, 1) for u in info["u"]],
                     }
                 if out["warm_new_tab"].get("python_snapshot") == "fresh":  # a fresh visit's snapshot-maker: not during the runs
                     wait_for_snapshot(page)

@@ -14,6 +14,28 @@ from pathlib import Path
 COMPONENTS = (("text_encoder", "text encoder"), ("unet_step", "UNet step"), ("ops", "op graphs"), ("vae_decode", "VAE decode"))
 
 
+def _first_visit_lines(starts: list) -> list[str]:
+    """Where a first visit goes beyond Python: the ORT worker's start, each session it made before
+    Python asked, and the first run's UNet calls (slow until V8 has optimised ORT's WebAssembly)."""
+    lines = []
+    for r in starts:
+        v = r.get("cold") or {}
+        o, u = v.get("ort"), v.get("first_run_unet_ms")
+        if not u:
+            continue
+        tail = sorted(u[-10:])[len(u[-10:]) // 2]
+        text = f"- cold, {r['threads']} thread(s): "
+        if o and o.get("worker") == "own" and o.get("startMs"):
+            made = ", ".join(f"{k} {ms:.0f}" for k, ms in sorted(o.get("madeMs", {}).items(), key=lambda kv: -kv[1]))
+            text += f"the ORT worker started in {o['startMs']:.0f} ms and made the sessions in {sum(o.get('madeMs', {}).values()):.0f} ms ({made}); "
+        text += (
+            f"the first run's UNet calls took {', '.join(f'{x:.0f}' for x in u[:5])} … ms "
+            f"(median of its last 10: {tail:.0f} ms), {sum(u):.0f} ms in all"
+        )
+        lines.append(text)
+    return ["", *lines] if lines else []
+
+
 def derive(result: dict) -> dict:
     """Add achieved FLOP/s and fraction of peak to every run (in place); returns result."""
     flops = result.get("flops", {})
@@ -221,6 +243,7 @@ def markdown(result: dict) -> str:
                             f"| {r['threads']} | {label} | {m['python']:.0f} | {m['runtime_zip']:.0f} | {m['bundle']:.0f} | "
                             f"{m['sessions']:.0f} | {m['worker_total']:.0f} | {two_clocks(v, 'ready')} | {two_clocks(v, 'first_image')} |"
                         )
+            out += _first_visit_lines(starts)
     f = result.get("flops", {})
     if f:
         out += ["", "## Arithmetic", ""]

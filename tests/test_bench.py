@@ -200,3 +200,15 @@ def test_report_shows_the_startup_levers_per_visit():
     md = markdown(result)
     assert "| 2 | warm (snapshot) | 350 | 40 | 300 | 900 | 1600 | 1.20 (1.60) | 3.50 (3.90) |" in md
     assert "| 2 | 5.00 | 8.00 | 1.20 (1.60) | 3.50 (3.90) | 90.0 |" in md
+    # where a first visit goes: the ORT worker's start, its sessions (biggest first), the first run's UNet calls
+    assert "- cold, 2 thread(s)" not in md  # nothing recorded: no line
+    steps = [300.0, 160.0, 140.0, 120.0, 90.0] + [50.0] * 9 + [70.0]
+    result["explainer"][0]["cold"].update(
+        ort={"worker": "own", "premade": 2, "startMs": 1040.4, "madeMs": {"text_encoder": 190.2, "unet": 510.0}},
+        first_run_unet_ms=steps,
+    )
+    md = markdown(result)
+    assert (
+        "- cold, 2 thread(s): the ORT worker started in 1040 ms and made the sessions in 700 ms (unet 510, text_encoder 190); "
+        "the first run's UNet calls took 300, 160, 140, 120, 90 … ms (median of its last 10: 50 ms), 1330 ms in all"
+    ) in md

@@ -275,7 +275,10 @@ def test_wasm_image_equals_native(page, bundle, threads):
     # (made with worker.ts's copy of runtime/web.py's session options: a drift makes this fewer)
     components = json.loads((bundle / "manifest.json").read_text())["components"]
     early = [n for n, c in components.items() if n != "clip_image" and len(c["files"]) == 1]
-    assert t2["info"]["ort"] == {"worker": "own", "premade": len(early)}
+    ort = t2["info"]["ort"]
+    assert (ort["worker"], ort["premade"]) == ("own", len(early))
+    # and said how long each took there (the bench's "where a first visit goes")
+    assert ort["startMs"] > 0 and sorted(ort["madeMs"]) == sorted(early) and all(ms > 0 for ms in ort["madeMs"].values())
     _record(
         f"wasm_{threads}_threads",
         {

@@ -26,13 +26,15 @@ async function handle(msg: OrtRequest): Promise<void> {
     if (msg.wasmCache && 'caches' in self) self.fetch = compileFromCache(self.fetch.bind(self), msg.base, msg.wasmCache, caches);
     ort = configureOrt(await import('onnxruntime-web/wasm'), msg.base, msg.threads);
     await startWithWarmup(ort, 'wasm');
-    return reply({ op: 'started', seq: msg.seq, version: ort.env.versions.web ?? '?' });
+    return reply({ op: 'started', seq: msg.seq, version: ort.env.versions.web ?? '?', ms: performance.now() });
   }
   if (!ort) throw new Error('onnxruntime-web has not started');
   if (msg.op === 'create') {
+    const t0 = performance.now();
     const session = await ort.InferenceSession.create(msg.bytes, msg.options as Parameters<Ort['InferenceSession']['create']>[1]);
     sessions.set(msg.id, session);
-    return reply({ op: 'created', seq: msg.seq, inputNames: [...session.inputNames], outputNames: [...session.outputNames] });
+    const ms = performance.now() - t0;
+    return reply({ op: 'created', seq: msg.seq, inputNames: [...session.inputNames], outputNames: [...session.outputNames], ms });
   }
   if (msg.op === 'run') {
     const session = sessions.get(msg.id);

@@ -268,15 +268,16 @@ async function moveOrt() {
  * but CLIP's image tower (made after the first image, when a score is wanted). The options are
  * runtime/web.py WebBackend.load's for WASM; if they ever differ, Python makes its own session and
  * EngineInfo.ort.premade says fewer were used. */
-function premaker(ort: Promise<RemoteOrt>, manifest: Manifest) {
+function premaker(ort: Promise<RemoteOrt>, manifest: Manifest, madeMs: Record<string, number>) {
   const options = { executionProviders: ['wasm'], graphOptimizationLevel: 'all', logSeverityLevel: 3 };
-  const early = new Set(
+  const early = new Map(
     Object.entries(manifest.components)
       .filter(([name, c]) => name !== 'clip_image' && c.files.length === 1)
-      .map(([, c]) => c.files[0]),
+      .map(([name, c]) => [c.files[0], name]),
   );
   return (rel: string, data: Uint8Array) => {
-    if (early.has(rel)) void ort.then((o) => o.premake(data, options)).catch(() => {});
+    const name = early.get(rel);
+    if (name) void ort.then((o) => o.premake(data, options).then((s) => (madeMs[name] = s.madeMs))).catch(() => {});
   };
 }
 
@@ -299,6 +300,7 @@ async function init(msg: InitMsg) {
   if (msg.bench) watchWasmMemories();
 
   post({ type: 'status', phase: 'bundle', text: 'reading the bundle manifest…' });
+  const madeMs: Record<string, number> = {}; // each premade session's making, in the ORT worker
   const python = startPython(); // in parallel with the downloads: it is CPU-bound, they are not
   python.catch(() => {}); // reported where awaited
   const tBundle = performance.now();
@@ -309,7 +311,7 @@ async function init(msg: InitMsg) {
     const problem = manifestProblem(manifest) ?? (runtime.provider === 'wasm' ? wasmProblem(manifest) : null);
     if (problem) throw new BundleLoadError(problem);
     // with ORT in its own worker, each session is made as its file arrives, while Python still starts
-    const onFile = runtime.ortOwn ? premaker(runtime.ortOwn, manifest) : undefined;
+    const onFile = runtime.ortOwn ? premaker(runtime.ortOwn, manifest, madeMs) : undefined;
     return { runtime, bundle: await downloadBundle(bundleUrl, manifest, text, onFile) };
   });
   const bundleMs = performance.now() - tBundle;
@@ -342,7 +344,7 @@ async function init(msg: InitMsg) {
     timingsMs: { pyodide: started.pyodideMs, runtime: started.runtimeMs, bundle: bundleMs, sessions, total: performance.now() - t0 },
     downloadedBytes: bundle.downloadedBytes,
     loadedUrls: [...performance.getEntriesByType('resource').map((e) => e.name), ...(remote ? await remote.urls().catch(() => []) : [])],
-    ort: { worker: remote ? 'own' : 'engine', premade: remote?.premadeUsed ?? 0 },
+    ort: { worker: remote ? 'own' : 'engine', premade: remote?.premadeUsed ?? 0, startMs: remote?.startMs ?? 0, madeMs },
   };
   post({ type: 'status', phase: 'ready', text: 'ready' });
   post({ type: 'ready', info });

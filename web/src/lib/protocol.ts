@@ -223,8 +223,10 @@ export interface EngineInfo {
   /** Every file the worker fetched while starting (Resource Timing): what the offline service worker keeps. */
   loadedUrls: string[];
   /** Where onnxruntime-web runs: a worker of its own (WASM; its sessions made while Python starts) or
-   * the engine worker (WebGPU, the bench view); and how many sessions Python found made already. */
-  ort?: { worker: 'own' | 'engine'; premade: number };
+   * the engine worker (WebGPU, the bench view); how many sessions Python found made already; and where a
+   * first visit's time went there: the ORT worker's start (ms from its creation) and each premade
+   * session's making (ms, by component). */
+  ort?: { worker: 'own' | 'engine'; premade: number; startMs: number; madeMs: Record<string, number> };
 }
 
 export interface InitMsg {

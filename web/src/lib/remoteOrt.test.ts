@@ -11,8 +11,9 @@ function fakeWorker(fail: Partial<Record<OrtRequest['op'], string>> = {}) {
       const answer = (r: OrtReply) => setTimeout(() => port.onmessage?.({ data: r } as MessageEvent<OrtReply>), 0);
       const text = fail[msg.op];
       if (text) return answer({ op: 'error', seq: msg.seq, text });
-      if (msg.op === 'start') answer({ op: 'started', seq: msg.seq, version: '9.9.9' });
-      else if (msg.op === 'create') answer({ op: 'created', seq: msg.seq, inputNames: ['x'], outputNames: ['y'] });
+      if (msg.op === 'start') answer({ op: 'started', seq: msg.seq, version: '9.9.9', ms: 812 });
+      else if (msg.op === 'create')
+        answer({ op: 'created', seq: msg.seq, inputNames: ['x'], outputNames: ['y'], ms: msg.bytes.byteLength * 10 });
       else if (msg.op === 'release') answer({ op: 'released', seq: msg.seq });
       else if (msg.op === 'urls') answer({ op: 'urls', seq: msg.seq, urls: ['u'] });
       else if (msg.op === 'run') {
@@ -50,6 +51,14 @@ describe('onnxruntime-web in its own worker', () => {
     await ort.InferenceSession.create(unet, reordered);
     expect(ort.premadeUsed).toBe(1);
     expect(asked.filter((m) => m.op === 'create')).toHaveLength(1);
+  });
+
+  it('says how long the ORT worker took to start and to make each session (where a first visit goes)', async () => {
+    const { port } = fakeWorker();
+    const ort = await start(port);
+    expect(ort.startMs).toBe(812);
+    const made = await ort.premake(new Uint8Array(16), OPTIONS);
+    expect(made.madeMs).toBe(160);
   });
 
   it('makes a new session when the options differ, and releases the early one', async () => {

@@ -19,8 +19,8 @@ export type OrtRequest = { seq: number } & (
 );
 
 export type OrtReply = { seq: number } & (
-  | { op: 'started'; version: string }
-  | { op: 'created'; inputNames: string[]; outputNames: string[] }
+  | { op: 'started'; version: string; ms: number }
+  | { op: 'created'; inputNames: string[]; outputNames: string[]; ms: number }
   | { op: 'ran'; outputs: Record<string, WireTensor> }
   | { op: 'released' }
   | { op: 'urls'; urls: string[] }
@@ -59,6 +59,8 @@ export class RemoteSession {
   /** The same model made in the engine worker's own ORT (moveHere); every call goes there once set. */
   local: LocalSession | null = null;
   released = false;
+  /** How long the ORT worker took to make it (EngineInfo.ort.madeMs: where a first visit's time goes). */
+  madeMs = 0;
 
   constructor(
     private readonly ort: RemoteOrt,
@@ -104,6 +106,8 @@ export class RemoteOrt {
   readonly InferenceSession = { create: (bytes: Uint8Array, options?: unknown) => this.create(bytes, options) };
   /** How many of Python's sessions were premade ones (EngineInfo reports it; a test holds it). */
   premadeUsed = 0;
+  /** The ORT worker's start: ms from its creation to ORT's wasm and threads running. */
+  startMs = 0;
   private seq = 0;
   private nextId = 1;
   private local: LocalOrt | null = null;
@@ -130,6 +134,7 @@ export class RemoteOrt {
     const ort = new RemoteOrt(port, options.threads);
     const started = (await ort.call({ op: 'start', ...options })) as Extract<OrtReply, { op: 'started' }>;
     ort.env.versions.web = started.version;
+    ort.startMs = started.ms;
     return ort;
   }
 
@@ -148,10 +153,11 @@ export class RemoteOrt {
   }
 
   /** Start making a session now; create(bytes, options) takes it later. */
-  premake(bytes: Uint8Array, options: unknown): void {
+  premake(bytes: Uint8Array, options: unknown): Promise<RemoteSession> {
     const session = this.make(bytes, options);
     session.catch(() => {}); // reported when Python asks for it (its create makes it again)
     this.premade.set(bytes, { key: optionsKey(options), session });
+    return session;
   }
 
   async create(bytes: Uint8Array, options?: unknown): Promise<RemoteSession> {
@@ -242,7 +248,9 @@ export class RemoteOrt {
   private async make(bytes: Uint8Array, options: unknown): Promise<RemoteSession> {
     const id = this.nextId++;
     const made = await this.call({ op: 'create', id, bytes, options });
-    return this.adopt(id, bytes, options, null, made);
+    const session = this.adopt(id, bytes, options, null, made);
+    session.madeMs = (made as Extract<OrtReply, { op: 'created' }>).ms;
+    return session;
   }
 }
 
