@@ -341,8 +341,12 @@ def cmd_train(a) -> int:
     for flag, share in (("--pair-share", a.pair_share), ("--hard-share", a.hard_share)):
         if share is not None and not 0 <= share <= 1:
             return _fail(f"{flag} must be between 0 and 1, not {share}")
+    if a.object_weight is not None and not 1 <= a.object_weight <= 100:
+        return _fail(f"--object-weight must be between 1 and 100, not {a.object_weight}")
     unet = {k: v for k, v in (("pair_share", a.pair_share), ("hard_share", a.hard_share)) if v is not None}
     options = {"unet": unet} if unet else {}
+    if a.object_weight is not None:
+        options["vae_tune"] = {"object_weight": a.object_weight}
     stages.run(a.stages or stages.MODEL_STAGES, {k: float(v) for k, v in (m.split("=") for m in a.minutes)}, table, options)
     return 0
 
@@ -496,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "stages",
         nargs="*",
-        help="default: clip vae encode decoder unet package; the evaluation's judge: judge; the CLIP view's image tower: clip_image",
+        help="default: clip vae encode decoder unet package; the evaluation's judge: judge; the CLIP view's image tower: "
+        "clip_image; the VAE tuned without moving its latent space: vae_tune (then package)",
     )
     p.add_argument("--minutes", action="append", default=[], help="STAGE=MINUTES, e.g. unet=85")
     p.add_argument(
@@ -511,6 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SHARE",
         help="unet: the share of each batch's single-object scenes drawn from those where the object is "
         "camouflaged on its background (default: the data's own)",
+    )
+    p.add_argument(
+        "--object-weight",
+        type=float,
+        metavar="W",
+        help="vae_tune: how much an object pixel weighs against a background pixel in the reconstruction loss (default 8)",
     )
     p.add_argument(
         "--continue-from",

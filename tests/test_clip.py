@@ -213,3 +213,16 @@ def test_runtime_similarities_equal_pytorch_on_rendered_scenes(default_clip_bund
 
     again = np.array(run_sync(clip_similarities(pipe, [HostTensor.of(rgba.tobytes(), rgba.shape, "uint8")], prompts[:1])))
     np.testing.assert_allclose(again[:, 0], got[:, 0], atol=1e-5)  # one [N, H, W, 4] tensor; the session is reused
+
+
+def test_object_weight_reaches_the_vae_tune_stage(monkeypatch, capsys):
+    """`train vae_tune --object-weight 8` goes to tune_vae only; out of range: one line, nothing runs."""
+    from app import cli
+    from train import stages
+
+    got = []
+    monkeypatch.setattr(stages, "run", lambda names, minutes, table, options=None: got.append((names, minutes, options)))
+    assert cli.main(["train", "vae_tune", "--minutes", "vae_tune=25", "--object-weight", "8"]) == 0
+    assert got == [(["vae_tune"], {"vae_tune": 25.0}, {"vae_tune": {"object_weight": 8.0}})]
+    assert cli.main(["train", "vae_tune", "--object-weight", "0"]) == 2 and len(got) == 1
+    assert "--object-weight must be between 1 and 100" in capsys.readouterr().err

@@ -60,3 +60,44 @@ def test_the_committed_encoder_is_the_one_the_unet_learned_on():
     with torch.no_grad():
         z = vae.encode(M.to_tensor(images)).latent_dist.mean * vae.config.scaling_factor
     assert abs(z.std().item() - 1.0) < 0.1
+
+
+def test_vae_tune_moves_encoder_and_decoder_and_is_what_package_ships(run_dir):
+    assert ST.shipped_vae_dir() == run_dir / "vae"
+    ST.tune_vae(minutes=0.03, batch=4)
+    before = AutoencoderKL.from_pretrained(run_dir / "vae").state_dict()
+    after = AutoencoderKL.from_pretrained(run_dir / "vae_tuned").state_dict()
+    for half in ("encoder.", "decoder."):
+        assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith(half))
+    assert ST.shipped_vae_dir() == run_dir / "vae_tuned"
+    assert not (run_dir / "vae_tune.pt").exists()  # finished: the next run continues from vae_tuned
+    ST.tune_vae(minutes=0.02, batch=4)
+    again = AutoencoderKL.from_pretrained(run_dir / "vae_tuned").state_dict()
+    assert any(not torch.equal(after[k], again[k]) for k in after)
+
+
+def test_object_pixels_and_recoloured_scenes():
+    """The tune's loss weighs object pixels (not the plain background's colour); its recoloured half keeps
+    every object pixel where it was and gives a plain background one flat colour."""
+    import numpy as np
+
+    images, _, _, bgs = S.build_dataset(40, seed=7, train=True)
+    bgs = np.asarray(bgs)
+    plain = [i for i, b in enumerate(bgs) if S.BACKGROUNDS[b][3] is None and S.BACKGROUNDS[b][0] != "night"]
+    patterned = [i for i, b in enumerate(bgs) if S.BACKGROUNDS[b][3] is not None]
+    assert plain and patterned
+    idx = np.array(plain + patterned)
+    mask = ST._object_mask(images, idx, bgs)[:, 0].numpy()
+    for k, i in enumerate(plain):
+        top = np.array(S.BACKGROUNDS[bgs[i]][2])
+        assert 0 < mask[k].mean() < 0.6  # an object, on a background
+        assert np.abs(images[i][mask[k] == 0].astype(int) - top).max() <= 12  # the rest is background
+    assert mask[len(plain) :].sum() == 0  # no object weights where the background is a picture
+    x = ST._recolour(images, idx, bgs, np.random.default_rng(0))
+    assert x.shape == images[idx].shape and x.dtype == images.dtype
+    changed = 0
+    for k, i in enumerate(plain):
+        back = x[k][mask[k] == 0].reshape(-1, 3)
+        assert len(np.unique(back, axis=0)) <= len(np.unique(images[i][mask[k] == 0].reshape(-1, 3), axis=0))
+        changed += int(not np.array_equal(x[k], images[i]))
+    assert changed > 0
