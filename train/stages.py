@@ -283,9 +283,10 @@ def tune_vae(minutes: float = 25.0, batch: int = 16, lr: float = 5e-5, object_we
     was trained on. Why: the VAE, trained on 32-px crops with every pixel weighing the same, gave some
     held-out objects back wrong on their own colour (the doughnut's chocolate icing on orange came back
     green), so no UNet could draw them. Each batch is half training scenes and half recoloured ones
-    (`_recolour`); object pixels weigh `object_weight` times a background pixel (objects are ~10% of a
-    scene); the encoder's latent means on the unrecoloured half are held to those of RUN_DIR/vae, the
-    encoder that made encoded.pt (`anchor` × their MSE), so the UNet's latents still decode.
+    (`_recolour`); object pixels weigh `object_weight` times a background pixel (objects are 14% of a
+    plain scene's pixels); the encoder's latent means on the unrecoloured half are held to those of
+    RUN_DIR/vae, the encoder that made encoded.pt (`anchor` × their MSE), so the UNet's latents still
+    decode.
     Starts from RUN_DIR/vae_tuned when there is one (each run continues the last one's result, with a
     learning-rate decay of its own), else from RUN_DIR/vae; writes RUN_DIR/vae_tuned, which `package` ships."""
     from diffusers import AutoencoderKL
