@@ -249,32 +249,32 @@ def finetune_decoder(minutes: float = 30.0, batch: int = 16, lr: float = 3e-4):
     vae.save_pretrained(RUN_DIR / "vae_decoder")
 
 
+# One flat colour behind the objects: the scenes `tune_vae` may recolour and weigh by object pixels (the
+# night sky has stars drawn on it; grass and beach have two colours)
+_PLAIN_BACKGROUND = np.array([b[3] is None and b[0] != "night" for b in S.BACKGROUNDS])
+_BACKGROUND_RGB = np.array([b[2] for b in S.BACKGROUNDS], dtype=np.int16)
+_CHANNEL_ORDERS = [(0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]  # every order but RGB
+
+
 def _recolour(images: np.ndarray, idx: np.ndarray, bgs: np.ndarray, gen: np.random.Generator) -> np.ndarray:
     """Scenes in colours the data never pairs: each plain background, with probability ½, a random flat
     colour; each image, with probability ½, its colour channels permuted."""
-    plain = np.array([b[3] is None and b[0] != "night" for b in S.BACKGROUNDS])
-    tops = np.array([b[2] for b in S.BACKGROUNDS], dtype=np.uint8)
     x = images[idx].copy()
     for k, i in enumerate(idx):
-        if gen.random() < 0.5 and plain[bgs[i]]:
-            x[k][(x[k] == tops[bgs[i]]).all(-1)] = gen.integers(0, 256, 3, dtype=np.uint8)
+        if gen.random() < 0.5 and _PLAIN_BACKGROUND[bgs[i]]:
+            x[k][(x[k] == _BACKGROUND_RGB[bgs[i]]).all(-1)] = gen.integers(0, 256, 3, dtype=np.uint8)
         if gen.random() < 0.5:
-            x[k] = x[k][..., VAE_PERMUTATIONS[gen.integers(1, 6)]]
+            x[k] = x[k][..., _CHANNEL_ORDERS[gen.integers(1, 6) - 1]]
     return x
 
 
-VAE_PERMUTATIONS = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
-
-
 def _object_mask(images: np.ndarray, idx: np.ndarray, bgs: np.ndarray) -> torch.Tensor:
-    """1 where a pixel is not its plain background's colour (the objects), 0 elsewhere and on patterned
-    backgrounds, whose object pixels cannot be told apart this way."""
-    plain = np.array([b[3] is None and b[0] != "night" for b in S.BACKGROUNDS])
-    tops = np.array([b[2] for b in S.BACKGROUNDS], dtype=np.int16)
+    """1 where a pixel is not its plain background's colour (any channel over 12 away: the objects), 0
+    elsewhere and on the other backgrounds, whose object pixels cannot be told apart this way."""
     m = np.zeros((len(idx), 1, S.SIZE, S.SIZE), dtype=np.float32)
     for k, i in enumerate(idx):
-        if plain[bgs[i]]:
-            m[k, 0] = np.abs(images[i].astype(np.int16) - tops[bgs[i]]).max(-1) > 12
+        if _PLAIN_BACKGROUND[bgs[i]]:
+            m[k, 0] = np.abs(images[i].astype(np.int16) - _BACKGROUND_RGB[bgs[i]]).max(-1) > 12
     return torch.from_numpy(m)
 
 

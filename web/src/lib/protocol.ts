@@ -229,6 +229,14 @@ export interface EngineInfo {
   ort?: { worker: 'own' | 'engine'; premade: number; startMs: number; madeMs: Record<string, number> };
 }
 
+/** The worker's memory figures for leak tests (Pyodide heap, Python objects, JS proxies) and where ORT runs. */
+export interface EngineStats {
+  heapBytes: number;
+  pyObjects: number;
+  jsProxies: number;
+  ort?: 'own' | 'engine';
+}
+
 export interface InitMsg {
   type: 'init';
   bundleUrl: string;
@@ -364,7 +372,7 @@ export type FromWorker =
   | { type: 'run-clip'; runId: number; clip: ClipMsg }
   /** The worker is done with this run: its steps, previews and CLIP scores are in (or will not come). */
   | { type: 'run-settled'; runId: number }
-  | { type: 'stats'; heapBytes: number; pyObjects: number; jsProxies: number; ort?: 'own' | 'engine' }
+  | ({ type: 'stats' } & EngineStats)
   | { type: 'run-error'; runId: number; text: string }
   | { type: 'bench-progress'; text: string; done: number; total: number }
   | { type: 'bench-done'; result: WorkerBenchResult }

@@ -5,6 +5,7 @@
 import type {
   BenchOptions,
   EngineInfo,
+  EngineStats,
   FromWorker,
   Phase,
   ProviderChoice,
@@ -54,7 +55,7 @@ declare global {
     /** Debug hook for tests and the console: the last finished (or stopped) run's Trace. */
     __lastTrace?: Trace;
     /** Debug hook for leak tests: the worker's memory figures. */
-    __engineStats?: () => Promise<{ heapBytes: number; pyObjects: number; jsProxies: number; ort?: string }>;
+    __engineStats?: () => Promise<EngineStats>;
     /** Debug hook: the compare view's second run (growing, then done). */
     __compareTrace?: Trace;
     /** Debug hook: what the engine runs on (provider, reason, timings). */
@@ -115,7 +116,7 @@ export class EngineClient {
   decodingCut = $state<number | null>(null);
   #pendingMain: RequestMsg | null = null;
   #sideIds = new Map<number, string>();
-  #statsWaiter: ((s: { heapBytes: number; pyObjects: number; jsProxies: number; ort?: string }) => void) | null = null;
+  #statsWaiter: ((s: EngineStats) => void) | null = null;
 
   start(settings: EngineSettings) {
     this.replay = null;
@@ -322,7 +323,7 @@ export class EngineClient {
   }
 
   /** The worker's memory figures (Pyodide heap, Python objects, JS proxies), for leak tests. */
-  stats(): Promise<{ heapBytes: number; pyObjects: number; jsProxies: number; ort?: string }> {
+  stats(): Promise<EngineStats> {
     return new Promise((resolve) => {
       this.#statsWaiter = resolve;
       this.#send({ type: 'stats' });
