@@ -76,6 +76,23 @@ def test_vae_tune_moves_encoder_and_decoder_and_is_what_package_ships(run_dir):
     assert any(not torch.equal(after[k], again[k]) for k in after)
 
 
+def test_encode_uses_the_shipped_vae_and_says_so(run_dir):
+    """A UNet trained after `vae_tune` learns the tuned encoder's latents (the ones its decoder was tuned
+    for), and the next tune holds the encoder to the one that made them; older files mean runs/vae."""
+    assert ST.encoded_with() == run_dir / "vae"  # the fixture's file says nothing: made before round 9
+    ST.tune_vae(minutes=0.02, batch=4)
+    M.text_encoder().save_pretrained(run_dir / "text_encoder")
+    (run_dir / "encoded.pt").unlink()
+    ST.encode()
+    enc = torch.load(run_dir / "encoded.pt", weights_only=False)
+    assert enc["vae"] == "vae_tuned" and ST.encoded_with() == run_dir / "vae_tuned"
+    tuned = AutoencoderKL.from_pretrained(run_dir / "vae_tuned").eval()
+    images = ST._dataset()[0]
+    with torch.no_grad():
+        want = tuned.encode(M.to_tensor(images)).latent_dist.mean * enc["scaling_factor"]
+    assert torch.allclose(enc["latents"], want, atol=1e-5)
+
+
 def test_object_pixels_and_recoloured_scenes():
     """The tune's loss weighs object pixels (not the plain background's colour); its recoloured half keeps
     every object pixel where it was and gives a plain background one flat colour."""

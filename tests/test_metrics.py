@@ -167,6 +167,18 @@ def _sprite_scene(bg: int, obj: int, x: int, y: int, side: int = 28) -> np.ndarr
     return np.asarray(img, dtype=np.uint8)
 
 
+def test_prompt_interval_counts_prompts_not_images():
+    """Prompts that fail on every seed make a wide interval; the same mean spread evenly is narrow, and a
+    perfect score has nothing to resample."""
+    clustered = [1.0] * 45 + [0.0] * 3  # 0.9375: three prompts wrong on all their seeds
+    even = [0.9375] * 48
+    lo, hi = X.prompt_interval(clustered)
+    assert lo < 0.9375 < hi and hi - lo > 0.1
+    assert X.prompt_interval(even) == pytest.approx((0.9375, 0.9375))
+    assert X.prompt_interval([1.0] * 12) == (1.0, 1.0)
+    assert X.prompt_interval(clustered) == (lo, hi)  # seeded: the table does not change from run to run
+
+
 def test_inside_the_frame_on_synthetic_images():
     bg, obj = 4, 0  # a cat face on blue
     whole = _sprite_scene(bg, obj, 18, 18)

@@ -212,6 +212,10 @@ def _clip(pipe, model_dir):
     )
 
 
+def _span(interval) -> str:
+    return f"{interval[0]:.3f}–{interval[1]:.3f}"
+
+
 def _per_prompt(top, bg, held, idx):
     """Single-object prompts: seeds with both the object and the background right, per prompt."""
     return [int(sum(top[i, s, 0] == held[i][1][0] and bg[i, s] == held[i][2] for s in range(top.shape[1]))) for i in idx]
@@ -292,6 +296,8 @@ def main(args) -> int:
         back = np.mean([bg[i, s] == held[i][2] for i in single for s in range(n)])
         pair = np.mean([set(top[i, s, :2]) == set(held[i][1]) for i in pairs for s in range(n)]) if pairs else float("nan")
         pair_bg = np.mean([bg[i, s] == held[i][2] for i in pairs for s in range(n)]) if pairs else float("nan")
+        obj_rates = [np.mean([top[i, s, 0] == held[i][1][0] for s in range(n)]) for i in single]
+        pair_rates = [np.mean([set(top[i, s, :2]) == set(held[i][1]) for s in range(n)]) for i in pairs]
         hits = _per_prompt(top, bg, held, single)
         below = [(prompts[i], h) for i, h in zip(single, hits) if 2 * h < n]
         judge_fails = [p for p, _ in below if real_rate[p] < JUDGE_FAILS_BELOW]
@@ -307,6 +313,8 @@ def main(args) -> int:
                 "background_accuracy": float(back),
                 "pair_both_objects": float(pair),
                 "pair_background": float(pair_bg),
+                "object_accuracy_interval": X.prompt_interval(obj_rates),
+                "pair_both_objects_interval": X.prompt_interval(pair_rates) if pairs else None,
                 "single_min_hits": int(min(hits)),
                 "single_prompts_below_half": below,
                 "single_hits": hits,
@@ -407,6 +415,15 @@ def main(args) -> int:
             f"| {len(r['below_half_vae_fails'])} | {r['fid']:.2f} | {r['clip_score']:.2f} |"
         )
     table += ["", "A single-object seed is right when the judge names both its object (top-1) and its background."]
+    table.append(
+        "95% intervals (bootstrap over prompts, since a prompt's seeds tend to fail together): "
+        + "; ".join(
+            f"guidance {r['guidance']:g}: objects {_span(r['object_accuracy_interval'])}"
+            + (f", pairs both named {_span(r['pair_both_objects_interval'])}" if r["pair_both_objects_interval"] else "")
+            for r in rows
+        )
+        + "."
+    )
     for r in rows:
         lst = (
             ", ".join(

@@ -274,6 +274,16 @@ def real_word_scenes(items: list, key: str, n: int, seed: int = 0, edge_margin: 
 # ---------------------------------------------------------------- distribution: judge features, FID
 
 
+def prompt_interval(rates, n_boot: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of a mean over prompts, the prompts resampled (bootstrap). Why not a binomial one over
+    images: a prompt's seeds succeed or fail together (the doughnut fails on all 8), so 384 images hold far
+    fewer than 384 independent draws, and a binomial interval would claim more certainty than there is."""
+    r = np.asarray(rates, dtype=np.float64)
+    means = r[np.random.default_rng(seed).integers(0, len(r), (n_boot, len(r)))].mean(1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
 @torch.no_grad()
 def features(judge: M.Judge, images: np.ndarray, batch: int = 256) -> np.ndarray:
     """The judge's penultimate features (after global pooling, before its two heads): float64 [N,128]."""

@@ -285,7 +285,7 @@ def tune_vae(minutes: float = 25.0, batch: int = 16, lr: float = 5e-5, object_we
     green), so no UNet could draw them. Each batch is half training scenes and half recoloured ones
     (`_recolour`); object pixels weigh `object_weight` times a background pixel (objects are 14% of a
     plain scene's pixels); the encoder's latent means on the unrecoloured half are held to those of
-    RUN_DIR/vae, the encoder that made encoded.pt (`anchor` × their MSE), so the UNet's latents still
+    the encoder that made encoded.pt (`encoded_with`; `anchor` × their MSE), so the UNet's latents still
     decode.
     Starts from RUN_DIR/vae_tuned when there is one (each run continues the last one's result, with a
     learning-rate decay of its own), else from RUN_DIR/vae; writes RUN_DIR/vae_tuned, which `package` ships."""
@@ -295,7 +295,7 @@ def tune_vae(minutes: float = 25.0, batch: int = 16, lr: float = 5e-5, object_we
     dev = device()
     images, _, _, bgs = _dataset()
     bgs = np.asarray(bgs)
-    reference = AutoencoderKL.from_pretrained(RUN_DIR / "vae").to(dev).eval().requires_grad_(False)
+    reference = AutoencoderKL.from_pretrained(encoded_with()).to(dev).eval().requires_grad_(False)
     sf = reference.config.scaling_factor
     start = RUN_DIR / "vae_tuned" if (RUN_DIR / "vae_tuned").is_dir() else RUN_DIR / "vae"
     vae = AutoencoderKL.from_pretrained(start).to(dev).train().requires_grad_(True)
@@ -394,7 +394,9 @@ def train_judge(minutes: float = 36.0, batch: int = 64):
 # ---------------------------------------------------------------- encode once
 @torch.no_grad()
 def encode():
-    """Latents and text states once, before UNet training (both encoders are frozen from here on)."""
+    """Latents and text states once, before UNet training (both encoders are frozen from here on). The
+    latents are the shipped encoder's (`shipped_vae_dir`: a tuned VAE when there is one), so the UNet learns
+    the latent space its decoder was tuned for; encoded.pt says which VAE made them."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
@@ -403,7 +405,8 @@ def encode():
         return
     dev = device()
     images, captions, _, _ = _dataset()
-    vae = AutoencoderKL.from_pretrained(RUN_DIR / "vae").to(dev).eval()
+    maker = shipped_vae_dir()
+    vae = AutoencoderKL.from_pretrained(maker).to(dev).eval()
     text = CLIPTextModel.from_pretrained(RUN_DIR / "text_encoder").to(dev).eval()
     tok = tokenizer()
     lat = []
@@ -418,8 +421,18 @@ def encode():
         ids = tok(captions[i : i + 512], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
         states.append(text(ids.to(dev)).last_hidden_state.half().cpu())
     empty = text(tok([""], padding="max_length", max_length=77, return_tensors="pt").input_ids.to(dev)).last_hidden_state.cpu()
-    torch.save({"latents": lat * scaling, "scaling_factor": scaling, "states": torch.cat(states), "empty": empty}, out)
-    log.info("encoded %d latents, scaling factor %.5f", len(lat), scaling)
+    torch.save(
+        {"latents": lat * scaling, "scaling_factor": scaling, "states": torch.cat(states), "empty": empty, "vae": maker.name},
+        out,
+    )
+    log.info("encoded %d latents with %s, scaling factor %.5f", len(lat), maker.name, scaling)
+
+
+def encoded_with() -> Path:
+    """The VAE whose encoder made encoded.pt (files from before round 9 do not say: runs/vae made them)."""
+    path = RUN_DIR / "encoded.pt"
+    name = torch.load(path, weights_only=False, mmap=True).get("vae", "vae") if path.exists() else "vae"
+    return RUN_DIR / name
 
 
 # ---------------------------------------------------------------- UNet
