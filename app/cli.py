@@ -345,8 +345,11 @@ def cmd_train(a) -> int:
         return _fail(f"--object-weight must be between 1 and 100, not {a.object_weight}")
     unet = {k: v for k, v in (("pair_share", a.pair_share), ("hard_share", a.hard_share)) if v is not None}
     options = {"unet": unet} if unet else {}
-    if a.object_weight is not None:
-        options["vae_tune"] = {"object_weight": a.object_weight}
+    if a.camouflage is not None and not 0 <= a.camouflage <= 1:
+        return _fail(f"--camouflage must be between 0 and 1, not {a.camouflage}")
+    vae_tune = {k: v for k, v in (("object_weight", a.object_weight), ("camouflage", a.camouflage)) if v is not None}
+    if vae_tune:
+        options["vae_tune"] = vae_tune
     stages.run(a.stages or stages.MODEL_STAGES, {k: float(v) for k, v in (m.split("=") for m in a.minutes)}, table, options)
     return 0
 
@@ -522,6 +525,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="W",
         help="vae_tune: how much an object pixel weighs against a background pixel in the reconstruction loss (default 8)",
+    )
+    p.add_argument(
+        "--camouflage",
+        type=float,
+        metavar="SHARE",
+        help="vae_tune: the share of the recoloured backgrounds that take a colour of the object's own (default 0)",
     )
     p.add_argument(
         "--continue-from",

@@ -226,3 +226,7 @@ def test_object_weight_reaches_the_vae_tune_stage(monkeypatch, capsys):
     assert got == [(["vae_tune"], {"vae_tune": 25.0}, {"vae_tune": {"object_weight": 8.0}})]
     assert cli.main(["train", "vae_tune", "--object-weight", "0"]) == 2 and len(got) == 1
     assert "--object-weight must be between 1 and 100" in capsys.readouterr().err
+    assert cli.main(["train", "vae_tune", "--camouflage", "0.5"]) == 0
+    assert got[-1] == (["vae_tune"], {}, {"vae_tune": {"camouflage": 0.5}})
+    assert cli.main(["train", "vae_tune", "--camouflage", "2"]) == 2 and len(got) == 2
+    assert "--camouflage must be between 0 and 1" in capsys.readouterr().err

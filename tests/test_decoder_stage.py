@@ -118,3 +118,19 @@ def test_object_pixels_and_recoloured_scenes():
         assert len(np.unique(back, axis=0)) <= len(np.unique(images[i][mask[k] == 0].reshape(-1, 3), axis=0))
         changed += int(not np.array_equal(x[k], images[i]))
     assert changed > 0
+    again = ST._recolour(images, idx, bgs, np.random.default_rng(0), camouflage=0.0)
+    assert np.array_equal(x, again)  # no camouflage: the recipe round 8 was trained with, draw for draw
+    hid = ST._recolour(images, idx, bgs, np.random.default_rng(0), camouflage=1.0)
+    camouflaged = 0
+    for k, i in enumerate(plain):
+        colours, counts = np.unique(hid[k][mask[k] == 0].reshape(-1, 3), axis=0, return_counts=True)
+        flat = colours[counts.argmax()].astype(int)  # the background (a few edge pixels keep their blend)
+        order = next(
+            o for o in [(0, 1, 2), *ST._CHANNEL_ORDERS] if np.array_equal(hid[k][mask[k] == 1], images[i][mask[k] == 1][:, o])
+        )
+        own = images[i][mask[k] == 1][:, order].astype(int)  # the object untouched, up to the channel order
+        if np.array_equal(flat, np.array(S.BACKGROUNDS[bgs[i]][2])[list(order)]):
+            continue  # this one kept its background colour
+        assert np.abs(own - flat).max(-1).min() <= 8  # the background: one of the object's own colours, ± 8
+        camouflaged += 1
+    assert camouflaged > 0

@@ -256,13 +256,23 @@ _BACKGROUND_RGB = np.array([b[2] for b in S.BACKGROUNDS], dtype=np.int16)
 _CHANNEL_ORDERS = [(0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]  # every order but RGB
 
 
-def _recolour(images: np.ndarray, idx: np.ndarray, bgs: np.ndarray, gen: np.random.Generator) -> np.ndarray:
+def _recolour(
+    images: np.ndarray, idx: np.ndarray, bgs: np.ndarray, gen: np.random.Generator, camouflage: float = 0.0
+) -> np.ndarray:
     """Scenes in colours the data never pairs: each plain background, with probability ½, a random flat
-    colour; each image, with probability ½, its colour channels permuted."""
+    colour; each image, with probability ½, its colour channels permuted. camouflage: the share of those
+    new backgrounds that take the colour of one of the object's own pixels (± 8 per channel), so the VAE
+    learns to keep what is left of an object on its own colour (a doughnut's orange dough on orange)."""
     x = images[idx].copy()
     for k, i in enumerate(idx):
         if gen.random() < 0.5 and _PLAIN_BACKGROUND[bgs[i]]:
-            x[k][(x[k] == _BACKGROUND_RGB[bgs[i]]).all(-1)] = gen.integers(0, 256, 3, dtype=np.uint8)
+            back = (x[k] == _BACKGROUND_RGB[bgs[i]]).all(-1)
+            colour = gen.integers(0, 256, 3, dtype=np.uint8)
+            body = np.abs(x[k].astype(np.int16) - _BACKGROUND_RGB[bgs[i]]).max(-1) > 12  # as _object_mask
+            if camouflage and gen.random() < camouflage and body.any():
+                own = x[k][body][gen.integers(0, int(body.sum()))].astype(np.int16)
+                colour = np.clip(own + gen.integers(-8, 9, 3), 0, 255).astype(np.uint8)
+            x[k][back] = colour
         if gen.random() < 0.5:
             x[k] = x[k][..., _CHANNEL_ORDERS[gen.integers(1, 6) - 1]]
     return x
@@ -278,13 +288,20 @@ def _object_mask(images: np.ndarray, idx: np.ndarray, bgs: np.ndarray) -> torch.
     return torch.from_numpy(m)
 
 
-def tune_vae(minutes: float = 25.0, batch: int = 16, lr: float = 5e-5, object_weight: float = 8.0, anchor: float = 1.0):
+def tune_vae(
+    minutes: float = 25.0,
+    batch: int = 16,
+    lr: float = 5e-5,
+    object_weight: float = 8.0,
+    anchor: float = 1.0,
+    camouflage: float = 0.0,
+):
     """Fine-tune the VAE, encoder and decoder, on whole scenes without moving the latent space the UNet
     was trained on. Why: the VAE, trained on 32-px crops with every pixel weighing the same, gave some
     held-out objects back wrong on their own colour (the doughnut's chocolate icing on orange came back
     green), so no UNet could draw them. Each batch is half training scenes and half recoloured ones
     (`_recolour`); object pixels weigh `object_weight` times a background pixel (objects are 14% of a
-    plain scene's pixels); the encoder's latent means on the unrecoloured half are held to those of
+    plain scene's pixels; `camouflage`: see `_recolour`); the encoder's latent means on the unrecoloured half are held to those of
     the encoder that made encoded.pt (`encoded_with`; `anchor` × their MSE), so the UNet's latents still
     decode.
     Starts from RUN_DIR/vae_tuned when there is one (each run continues the last one's result, with a
@@ -308,7 +325,7 @@ def tune_vae(minutes: float = 25.0, batch: int = 16, lr: float = 5e-5, object_we
         _set_lr(opt, lr, i, min(1.0, ck.elapsed / (minutes * 60)), warmup=1)
         idx = gen.integers(0, len(images), batch)
         plain = M.to_tensor(images[idx[:half]]).to(dev)
-        x = torch.cat([plain, M.to_tensor(_recolour(images, idx[half:], bgs, gen)).to(dev)])
+        x = torch.cat([plain, M.to_tensor(_recolour(images, idx[half:], bgs, gen, camouflage)).to(dev)])
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         w = 1.0 + (object_weight - 1.0) * _object_mask(images, idx, bgs).to(dev)
