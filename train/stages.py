@@ -268,10 +268,11 @@ def _recolour(
         if gen.random() < 0.5 and _PLAIN_BACKGROUND[bgs[i]]:
             back = (x[k] == _BACKGROUND_RGB[bgs[i]]).all(-1)
             colour = gen.integers(0, 256, 3, dtype=np.uint8)
-            body = np.abs(x[k].astype(np.int16) - _BACKGROUND_RGB[bgs[i]]).max(-1) > 12  # as _object_mask
-            if camouflage and gen.random() < camouflage and body.any():
-                own = x[k][body][gen.integers(0, int(body.sum()))].astype(np.int16)
-                colour = np.clip(own + gen.integers(-8, 9, 3), 0, 255).astype(np.uint8)
+            if camouflage and gen.random() < camouflage:
+                body = np.abs(x[k].astype(np.int16) - _BACKGROUND_RGB[bgs[i]]).max(-1) > 12  # as _object_mask
+                if body.any():
+                    own = x[k][body][gen.integers(0, int(body.sum()))].astype(np.int16)
+                    colour = np.clip(own + gen.integers(-8, 9, 3), 0, 255).astype(np.uint8)
             x[k][back] = colour
         if gen.random() < 0.5:
             x[k] = x[k][..., _CHANNEL_ORDERS[gen.integers(1, 6) - 1]]
@@ -300,10 +301,10 @@ def tune_vae(
     was trained on. Why: the VAE, trained on 32-px crops with every pixel weighing the same, gave some
     held-out objects back wrong on their own colour (the doughnut's chocolate icing on orange came back
     green), so no UNet could draw them. Each batch is half training scenes and half recoloured ones
-    (`_recolour`); object pixels weigh `object_weight` times a background pixel (objects are 14% of a
-    plain scene's pixels; `camouflage`: see `_recolour`); the encoder's latent means on the unrecoloured half are held to those of
-    the encoder that made encoded.pt (`encoded_with`; `anchor` × their MSE), so the UNet's latents still
-    decode.
+    (`_recolour`, `camouflage` its share of backgrounds in the object's own colours); object pixels weigh
+    `object_weight` times a background pixel (objects are 14% of a plain scene's pixels); the encoder's
+    latent means on the unrecoloured half are held to those of the encoder that made encoded.pt
+    (`encoded_with`; `anchor` × their MSE), so the UNet's latents still decode.
     Starts from RUN_DIR/vae_tuned when there is one (each run continues the last one's result, with a
     learning-rate decay of its own), else from RUN_DIR/vae; writes RUN_DIR/vae_tuned, which `package` ships."""
     from diffusers import AutoencoderKL
@@ -602,7 +603,7 @@ def about(evaluation: Path | None = None) -> dict:
     that the page's sentences quote (web/src/text/). Every fact names where it comes from: this
     module's own defaults, the scene generator, train/README.md's record of the committed run, the
     CLIP image tower's config, or an evaluation's results.json. `evaluation` (or DX_CARD_EVALUATION)
-    points at the results the guidance facts quote: evaluation/round8/results.json until a later
+    points at the results the guidance facts quote: evaluation/round9/results.json until a later
     round replaces it; re-point it and rerun `package` (or this function) to update the card."""
     import inspect
 
@@ -706,7 +707,7 @@ def about(evaluation: Path | None = None) -> dict:
             "object_retrieval": t.get("object_retrieval_after"),
             "source": "models/default/clip_image/config.json; train/clip_image.py",
         }
-    path = Path(evaluation or os.environ.get("DX_CARD_EVALUATION") or ROOT / "evaluation" / "round8" / "results.json")
+    path = Path(evaluation or os.environ.get("DX_CARD_EVALUATION") or ROOT / "evaluation" / "round9" / "results.json")
     if path.is_file():
         ev = json.loads(path.read_text())
         keys = ("object_accuracy", "background_accuracy", "pair_both_objects")
