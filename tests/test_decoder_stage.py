@@ -85,12 +85,16 @@ def test_encode_uses_the_shipped_vae_and_says_so(run_dir):
     (run_dir / "encoded.pt").unlink()
     ST.encode()
     enc = torch.load(run_dir / "encoded.pt", weights_only=False)
-    assert enc["vae"] == "vae_tuned" and ST.encoded_with() == run_dir / "vae_tuned"
+    assert ST.encoded_with() == run_dir / enc["vae"] != run_dir / "vae_tuned"
     tuned = AutoencoderKL.from_pretrained(run_dir / "vae_tuned").eval()
     images = ST._dataset()[0]
     with torch.no_grad():
         want = tuned.encode(M.to_tensor(images)).latent_dist.mean * enc["scaling_factor"]
     assert torch.allclose(enc["latents"], want, atol=1e-5)
+    ST.tune_vae(minutes=0.02, batch=4)  # rewrites vae_tuned; the encoder the latents came from stays as it was
+    kept = AutoencoderKL.from_pretrained(ST.encoded_with()).state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in tuned.state_dict().items())
+    assert any(not torch.equal(v, kept[k]) for k, v in AutoencoderKL.from_pretrained(run_dir / "vae_tuned").state_dict().items())
 
 
 def test_object_pixels_and_recoloured_scenes():

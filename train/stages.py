@@ -414,7 +414,8 @@ def train_judge(minutes: float = 36.0, batch: int = 64):
 def encode():
     """Latents and text states once, before UNet training (both encoders are frozen from here on). The
     latents are the shipped encoder's (`shipped_vae_dir`: a tuned VAE when there is one), so the UNet learns
-    the latent space its decoder was tuned for; encoded.pt says which VAE made them."""
+    the latent space its decoder was tuned for. That VAE is kept as it was in RUN_DIR/LATENT_VAE, which
+    encoded.pt names, so each later `vae_tune` holds its encoder to the one these latents came from."""
     from diffusers import AutoencoderKL
     from transformers import CLIPTextModel
 
@@ -423,8 +424,8 @@ def encode():
         return
     dev = device()
     images, captions, _, _ = _dataset()
-    maker = shipped_vae_dir()
-    vae = AutoencoderKL.from_pretrained(maker).to(dev).eval()
+    vae = AutoencoderKL.from_pretrained(shipped_vae_dir()).to(dev).eval()
+    vae.save_pretrained(RUN_DIR / LATENT_VAE)  # frozen: a later vae_tune rewrites vae_tuned, not this
     text = CLIPTextModel.from_pretrained(RUN_DIR / "text_encoder").to(dev).eval()
     tok = tokenizer()
     lat = []
@@ -440,10 +441,13 @@ def encode():
         states.append(text(ids.to(dev)).last_hidden_state.half().cpu())
     empty = text(tok([""], padding="max_length", max_length=77, return_tensors="pt").input_ids.to(dev)).last_hidden_state.cpu()
     torch.save(
-        {"latents": lat * scaling, "scaling_factor": scaling, "states": torch.cat(states), "empty": empty, "vae": maker.name},
+        {"latents": lat * scaling, "scaling_factor": scaling, "states": torch.cat(states), "empty": empty, "vae": LATENT_VAE},
         out,
     )
-    log.info("encoded %d latents with %s, scaling factor %.5f", len(lat), maker.name, scaling)
+    log.info("encoded %d latents with %s, scaling factor %.5f", len(lat), shipped_vae_dir().name, scaling)
+
+
+LATENT_VAE = "vae_latents"
 
 
 def encoded_with() -> Path:
