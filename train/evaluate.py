@@ -292,12 +292,12 @@ def main(args) -> int:
         grids[g] = images
         top, bg = judge_images(judge, images)
         top, bg = top.reshape(len(prompts), n, -1), bg.reshape(len(prompts), n)
-        obj = np.mean([top[i, s, 0] == held[i][1][0] for i in single for s in range(n)])
         back = np.mean([bg[i, s] == held[i][2] for i in single for s in range(n)])
-        pair = np.mean([set(top[i, s, :2]) == set(held[i][1]) for i in pairs for s in range(n)]) if pairs else float("nan")
         pair_bg = np.mean([bg[i, s] == held[i][2] for i in pairs for s in range(n)]) if pairs else float("nan")
         obj_rates = [np.mean([top[i, s, 0] == held[i][1][0] for s in range(n)]) for i in single]
         pair_rates = [np.mean([set(top[i, s, :2]) == set(held[i][1]) for s in range(n)]) for i in pairs]
+        obj = np.mean(obj_rates)  # every prompt has n seeds: the mean of the per-prompt rates is the image mean
+        pair = np.mean(pair_rates) if pairs else float("nan")
         hits = _per_prompt(top, bg, held, single)
         below = [(prompts[i], h) for i, h in zip(single, hits) if 2 * h < n]
         judge_fails = [p for p, _ in below if real_rate[p] < JUDGE_FAILS_BELOW]

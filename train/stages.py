@@ -256,6 +256,11 @@ _BACKGROUND_RGB = np.array([b[2] for b in S.BACKGROUNDS], dtype=np.int16)
 _CHANNEL_ORDERS = [(0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]  # every order but RGB
 
 
+def _object_pixels(image: np.ndarray, bg: int) -> np.ndarray:
+    """True where a pixel is not plain background `bg`'s colour (any channel over 12 away): the objects."""
+    return np.abs(image.astype(np.int16) - _BACKGROUND_RGB[bg]).max(-1) > 12
+
+
 def _recolour(
     images: np.ndarray, idx: np.ndarray, bgs: np.ndarray, gen: np.random.Generator, camouflage: float = 0.0
 ) -> np.ndarray:
@@ -269,7 +274,7 @@ def _recolour(
             back = (x[k] == _BACKGROUND_RGB[bgs[i]]).all(-1)
             colour = gen.integers(0, 256, 3, dtype=np.uint8)
             if camouflage and gen.random() < camouflage:
-                body = np.abs(x[k].astype(np.int16) - _BACKGROUND_RGB[bgs[i]]).max(-1) > 12  # as _object_mask
+                body = _object_pixels(x[k], bgs[i])
                 if body.any():
                     own = x[k][body][gen.integers(0, int(body.sum()))].astype(np.int16)
                     colour = np.clip(own + gen.integers(-8, 9, 3), 0, 255).astype(np.uint8)
@@ -285,7 +290,7 @@ def _object_mask(images: np.ndarray, idx: np.ndarray, bgs: np.ndarray) -> torch.
     m = np.zeros((len(idx), 1, S.SIZE, S.SIZE), dtype=np.float32)
     for k, i in enumerate(idx):
         if _PLAIN_BACKGROUND[bgs[i]]:
-            m[k, 0] = np.abs(images[i].astype(np.int16) - _BACKGROUND_RGB[bgs[i]]).max(-1) > 12
+            m[k, 0] = _object_pixels(images[i], bgs[i])
     return torch.from_numpy(m)
 
 
@@ -410,6 +415,9 @@ def train_judge(minutes: float = 36.0, batch: int = 64):
 
 
 # ---------------------------------------------------------------- encode once
+LATENT_VAE = "vae_latents"  # the VAE encoded.pt's latents came from, kept as it was
+
+
 @torch.no_grad()
 def encode():
     """Latents and text states once, before UNet training (both encoders are frozen from here on). The
@@ -424,7 +432,8 @@ def encode():
         return
     dev = device()
     images, captions, _, _ = _dataset()
-    vae = AutoencoderKL.from_pretrained(shipped_vae_dir()).to(dev).eval()
+    maker = shipped_vae_dir()
+    vae = AutoencoderKL.from_pretrained(maker).to(dev).eval()
     vae.save_pretrained(RUN_DIR / LATENT_VAE)  # frozen: a later vae_tune rewrites vae_tuned, not this
     text = CLIPTextModel.from_pretrained(RUN_DIR / "text_encoder").to(dev).eval()
     tok = tokenizer()
@@ -444,10 +453,7 @@ def encode():
         {"latents": lat * scaling, "scaling_factor": scaling, "states": torch.cat(states), "empty": empty, "vae": LATENT_VAE},
         out,
     )
-    log.info("encoded %d latents with %s, scaling factor %.5f", len(lat), shipped_vae_dir().name, scaling)
-
-
-LATENT_VAE = "vae_latents"
+    log.info("encoded %d latents with %s, scaling factor %.5f", len(lat), maker.name, scaling)
 
 
 def encoded_with() -> Path:
