@@ -114,19 +114,48 @@ def through_vae(vae, images: np.ndarray) -> np.ndarray:
     return np.concatenate(out).reshape(images.shape)
 
 
+def best_latents(vae, images: np.ndarray, steps: int = 100, lr: float = 0.05) -> np.ndarray:
+    """uint8 images → what the decoder draws from the latent that reconstructs each best (Adam on the latent,
+    from the encoder's mean; the decoder frozen). Why: where the VAE gives a prompt's renders back wrong, this
+    tells whose failure it is: if the decoder draws them from some latent, the encoder's (and a UNet's, which
+    learns the encoder's latents); if from none, the decoder's."""
+    x = M.to_tensor(images.reshape(-1, *images.shape[-3:]))
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist.mean.clone()
+    trainable = [p.requires_grad for p in vae.parameters()]
+    vae.requires_grad_(False)
+    z.requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    for _ in range(steps):
+        d = vae.decode(z).sample - x
+        loss = (d.abs() + d**2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for p, t in zip(vae.parameters(), trainable):
+        p.requires_grad_(t)
+    with torch.no_grad():
+        rec = vae.decode(z).sample.clamp(-1, 1)
+    return ((rec + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy().reshape(images.shape)
+
+
 @torch.no_grad()
 def judge_on_real_renders(
-    judge, held, n: int = REAL_RENDERS, seed: int = 505, threshold: float = JUDGE_FAILS_BELOW, vae=None
+    judge, held, n: int = REAL_RENDERS, seed: int = 505, threshold: float = JUDGE_FAILS_BELOW, vae=None, best=False
 ) -> dict:
     """The judge on n real renders of every held-out prompt (placed and sized as the data generator draws captions
     without position words): per prompt, the share it gets right (single: object top-1 and background; pair: both
     objects as its top 2). A prompt right on under `threshold` is one where the judge itself fails, not the model.
     With `vae`, on the VAE's reconstructions of those renders: a prompt right there on under half is one the
-    decoder cannot give back, so no UNet can (round 7: the doughnut on orange comes back with green icing)."""
+    decoder cannot give back, so no UNet can (round 7: the doughnut on orange comes back with green icing).
+    With `best` too, on what the decoder draws from the latents that reconstruct them best (`best_latents`)."""
     from . import metrics as X
 
     imgs = X.real_scenes(held, n, seed=seed)
-    if vae is not None:
+    if vae is not None and best:
+        with torch.enable_grad():
+            imgs = best_latents(vae, imgs)
+    elif vae is not None:
         imgs = through_vae(vae, imgs)
     top, bg = judge_images(judge, imgs)
     top, bg = top.reshape(len(held), n, -1), bg.reshape(len(held), n)
@@ -269,6 +298,10 @@ def main(args) -> int:
     real_rate = {p["prompt"]: p["right"] for p in judge_real["per_prompt"]}
     judge_vae = judge_on_real_renders(judge, held, vae=pipe.vae)
     vae_rate = {p["prompt"]: p["right"] for p in judge_vae["per_prompt"]}
+    # single prompts the VAE gives back on under half, where the judge itself names real renders
+    lost = [h for h in held if len(h[1]) == 1 and 2 * vae_rate[h[0]] < 1 and real_rate[h[0]] >= JUDGE_FAILS_BELOW]
+    judge_best = judge_on_real_renders(judge, lost, vae=pipe.vae, best=True) if lost else None
+    best_rate = {p["prompt"]: p["right"] for p in (judge_best or {}).get("per_prompt", [])}
     timing["ceilings"] = time.time() - t
 
     div_idx = single[:: max(1, len(single) // o["diversity_prompts"])][: o["diversity_prompts"]]
@@ -428,7 +461,7 @@ def main(args) -> int:
         lst = (
             ", ".join(
                 f"{p} ({h}/{r['seeds']}; judge on real renders {real_rate[p]:.2f}, on their VAE reconstructions "
-                f"{vae_rate[p]:.2f})"
+                f"{vae_rate[p]:.2f}" + (f", from the decoder's best latents {best_rate[p]:.2f})" if p in best_rate else ")")
                 for p, h in r["single_prompts_below_half"]
             )
             or "none"
@@ -450,6 +483,18 @@ def main(args) -> int:
         )
         + ".",
     ]
+    if judge_best:
+        table += [
+            "",
+            "Where the VAE gives a prompt's real renders back wrong, whose failure is it? The judge on what the decoder "
+            "draws from the latent that reconstructs each render best (100 Adam steps on the latent from the encoder's "
+            "mean, the decoder frozen): "
+            + ", ".join(
+                f"{p['prompt']} {best_rate[p['prompt']]:.2f} (through the encoder {vae_rate[p['prompt']]:.2f})"
+                for p in judge_best["per_prompt"]
+            )
+            + ". A prompt drawn there is one the decoder can draw: the encoder's latents (which a UNet learns) miss it.",
+        ]
     rr = ", ".join(f"{v:.2f} (N = {n * len(held)})" for n, v in sorted(real_dist["fid_real_vs_real"].items()))
     table += [
         "",
@@ -525,6 +570,7 @@ def main(args) -> int:
                 "judge_on_real_renders": judge_real,
                 "judge_on_vae_reconstructions": ceiling,
                 "judge_on_vae_reconstructions_of_renders": judge_vae,
+                "judge_on_best_latents_of_renders": judge_best,
                 "real_distribution": real_dist,
                 "clip_note": clip_note,
                 "diversity": {**diversity, "prompts": [p for p, _, _ in div_held], "seeds": nd},
@@ -706,6 +752,10 @@ def _figures(folder: Path, later_real: dict | None = None) -> dict:
         low = [p["prompt"] for p in jv["per_prompt"] if not p["pair"] and 2 * p["right"] < 1]
         put("judge on the VAE's reconstructions of those renders: single right", jv["single_right"])
         put("held-out prompts the VAE gives back on under half", len(low), "{}", f" ({', '.join(low)})" if low else "")
+    jb = res.get("judge_on_best_latents_of_renders")
+    if jb:
+        drawn = [f"{p['prompt']} {p['right']:.2f}" for p in jb["per_prompt"]]
+        put("of those, the judge on the decoder's drawings from their best latents", len(drawn), "{}", f" ({', '.join(drawn)})")
     put("steps", res.get("steps"), "{}")
     t = (res.get("timing_seconds") or {}).get("total")
     put("evaluation run time (min)", t / 60 if t else None, "{:.1f}")
