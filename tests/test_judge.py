@@ -104,7 +104,7 @@ def test_the_vae_cannot_give_back_the_doughnut_on_orange():
 def test_the_decoder_can_draw_the_doughnut_on_orange_from_a_better_latent():
     """What the evaluation says beside a prompt the VAE gives back wrong: the judge on the decoder's drawings from
     latents fitted to the renders. For the doughnut on orange a latent exists that the decoder draws as a doughnut,
-    so its failure is the encoder's mapping (the one a UNet learns), not the latent's capacity (stop 37)."""
+    so its failure is the encoder's mapping (the one a UNet learns), not the latent's capacity (measured 2026-12-06)."""
     from diffusers import AutoencoderKL
 
     from train import metrics as X
